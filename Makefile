@@ -1,0 +1,53 @@
+# The two commands: `make lab` and `make test`. Everything else here serves them.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.lepton-installed
+# Where `make lab` keeps its policy, profiles, audit log and registry.
+LAB_HOME ?= $(CURDIR)/.lepton
+LAB_PORT ?= 8888
+
+.PHONY: lab test setup setup-test browser-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip wheel
+
+# torch's CPU wheel goes in first where there is no NVIDIA GPU: a plain `torch`
+# requirement would otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml $(BIN)/python
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "no nvidia-smi: installing the CPU build of torch"; \
+		$(PIP) install --quiet torch==2.13.0; \
+	fi
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(STAMP)
+
+# Chromium for the browser tests comes from Debian (never from playwright's downloader).
+browser-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing chromium from apt"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+setup-test: setup browser-deps
+
+lab: setup
+	mkdir -p $(LAB_HOME)
+	LEPTON_HOME=$(LAB_HOME) $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+		--ServerApp.root_dir=$(CURDIR) notebooks/quickstart.ipynb
+
+test: setup-test
+	$(BIN)/python -m pytest tests -q --ignore=tests/browser -p no:cacheprovider
+	@if [ -d tests/browser ]; then $(BIN)/python -m pytest tests/browser -q -p no:cacheprovider; fi
+
+bench: setup
+	$(BIN)/python bench/cluster.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info lepton_lab/labextension extension/lib extension/node_modules

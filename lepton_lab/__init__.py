@@ -1,0 +1,48 @@
+"""Lepton Lab: cloud and edge Dask clusters, training, compression and a signed model
+registry, from JupyterLab.
+
+    import lepton_lab
+    cluster = lepton_lab.up()            # 2 cloud + 2 edge workers on this machine
+    cluster.client.submit(f, x, resources=lepton_lab.on_site("edge"))
+
+In IPython: ``%load_ext lepton_lab`` then ``%lepton help``.
+"""
+
+from .api import (  # noqa: F401
+    ClusterHandle,
+    RunResult,
+    clusters,
+    connect,
+    current,
+    down,
+    on_site,
+    run_on,
+    scale,
+    status,
+    up,
+)
+from .errors import LeptonError  # noqa: F401
+
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext lepton_lab``: register the ``%lepton`` magics."""
+    from .kernel.magics import load
+
+    load(ipython)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "lepton-lab"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "lepton_lab"}]
+
+
+def _load_jupyter_server_extension(server_app) -> None:
+    """Load the Lepton server extension (REST API, identity and authorization)."""
+    from .server.extension import load_server_extension
+
+    load_server_extension(server_app)

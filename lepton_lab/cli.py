@@ -1,0 +1,167 @@
+"""``lepton-lab``: the command line.
+
+``lepton-lab worker`` joins this machine to a scheduler as workers of one site;
+``lepton-lab profiles`` lists and checks cluster profiles. Errors are one line on
+stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from typing import Callable
+
+from .errors import LeptonError
+
+#: Subcommands added by other modules: name -> (help, fill(parser) -> runner).
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Callable[[argparse.Namespace], int]]]] = {}
+
+
+def command(name: str, help: str):
+    """Register a subcommand: the decorated function fills its parser and returns the runner."""
+
+    def wrap(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+
+    return wrap
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", required=True, help="scheduler address, e.g. tls://10.0.0.5:8786")
+    p.add_argument("--site", required=True, help="site name, e.g. edge-hospital-a or cloud")
+    p.add_argument("--kind", choices=("cloud", "edge"), help="site kind (default: from the site name)")
+    p.add_argument("--nworkers", type=int, default=1, help="CPU workers to start (default 1)")
+    p.add_argument("--nthreads", type=int, default=1, help="threads per worker (default 1)")
+    p.add_argument("--memory-limit", default="2GiB", help="memory per worker (default 2GiB)")
+    p.add_argument("--gpus", default="0", help="GPU workers, one per GPU: a number or auto (default 0)")
+    p.add_argument("--index", type=int, default=None, help="first worker number (default: from the process id)")
+    p.add_argument("--host", default=None, help="address to listen on (default: the one that reaches the scheduler)")
+    p.add_argument("--tls-ca-file", help="CA certificate of the cluster (TLS)")
+    p.add_argument("--tls-cert", help="this worker's certificate (TLS)")
+    p.add_argument("--tls-key", help="this worker's private key (TLS)")
+    p.add_argument("--join-token", help="a one-time token from `lepton-lab join-token` (TLS)")
+    p.add_argument("--death-timeout", type=float, default=60, help="seconds without a scheduler before exiting")
+
+
+def _worker_security(a: argparse.Namespace):
+    if a.join_token:
+        from .security.join import security_from_token
+
+        return security_from_token(a.join_token, a.site)
+    if a.tls_ca_file or a.tls_cert or a.tls_key:
+        if not (a.tls_ca_file and a.tls_cert and a.tls_key):
+            raise LeptonError("--tls-ca-file, --tls-cert and --tls-key go together")
+        from distributed import Security
+
+        return Security(tls_ca_file=a.tls_ca_file, tls_worker_cert=a.tls_cert, tls_worker_key=a.tls_key,
+                        require_encryption=True)
+    return None
+
+
+def run_worker(a: argparse.Namespace) -> int:
+    """Start real Dask workers (distributed's nanny) for one site and serve until stopped."""
+    from .cluster import gpus as gpu_discovery
+    from .cluster.profiles import SiteSpec, _memory, _site_from_dict
+    from .cluster.workers import SiteNanny, plan_site, worker_spec
+
+    kind = a.kind or ("edge" if a.site.startswith("edge") else "cloud")
+    gpus_arg = a.gpus if a.gpus == "auto" else _int_arg(a.gpus, "--gpus")
+    site: SiteSpec = _site_from_dict(
+        {"name": a.site, "kind": kind, "workers": a.nworkers, "threads": a.nthreads,
+         "memory": _memory(a.memory_limit, "--memory-limit"), "gpus": gpus_arg},
+        "site",
+    )
+    found = gpu_discovery.discover() if site.gpus else []
+    start = a.index if a.index is not None else os.getpid() * 10
+    plans = plan_site(site, found, start=start)
+    security = _worker_security(a)
+    base = {"security": security, "host": a.host, "death_timeout": a.death_timeout}
+    gpu_indices = [g.index for g in found]
+
+    async def serve() -> None:
+        nannies = []
+        for plan in plans:
+            spec = worker_spec(plan, base, gpu_indices)
+            nannies.append(SiteNanny(a.scheduler, **spec["options"]))
+        await asyncio.gather(*nannies)
+        for plan, n in zip(plans, nannies):
+            print(f"worker {plan.name} ({site.kind}, resources {plan.resources}) joined {a.scheduler} "
+                  f"from {n.worker_address}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        finished = [asyncio.ensure_future(n.finished()) for n in nannies]
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiter, *finished], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(*(n.close(reason="lepton-lab worker stopped") for n in nannies),
+                             return_exceptions=True)
+
+    try:
+        asyncio.run(serve())
+    except (OSError, TimeoutError) as e:
+        raise LeptonError(f"could not join {a.scheduler}: {e}") from None
+    return 0
+
+
+def _int_arg(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise LeptonError(f"{flag}: a whole number or auto, got {text!r}") from None
+
+
+# -- profiles ------------------------------------------------------------------------------------
+
+
+def _profiles_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--file", help="a profiles.yaml to check (default: $LEPTON_HOME/profiles.yaml)")
+
+
+def run_profiles(a: argparse.Namespace) -> int:
+    from .cluster.profiles import all_profiles
+
+    for prof in all_profiles(a.file).values():
+        sites = ", ".join(f"{s.name}({s.kind})×{s.workers}" + (f" gpus={s.gpus}" if s.gpus else "")
+                          for s in prof.sites)
+        print(f"{prof.name:12} {sites}  {prof.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lepton-lab", description="Lepton Lab command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="join this machine to a scheduler as workers of a site")
+    _worker_args(w)
+    w.set_defaults(run=run_worker)
+    pr = sub.add_parser("profiles", help="list cluster profiles (built-in and yours), checking yours")
+    _profiles_args(pr)
+    pr.set_defaults(run=run_profiles)
+    for name, (help_text, fill) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        runner = fill(p)
+        p.set_defaults(run=runner)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except LeptonError as e:
+        print(f"lepton-lab {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

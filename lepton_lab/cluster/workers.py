@@ -1,0 +1,216 @@
+"""How a Lepton worker is made: its name, its site resources, its nanny, its GPU spec.
+
+Shared by the launcher (workers on this machine) and ``lepton-lab worker``
+(a machine joining a scheduler from elsewhere), so that a worker means the same
+thing wherever it runs:
+
+* its **name** is ``<site>-<n>`` (``edge-hospital-a-0``);
+* its **resources** hold the site kind and the site name, each as many units as
+  it has threads, so ``resources={"edge": 1}`` places one task per thread on
+  any edge worker, and ``{"edge-hospital-a": 1}`` on that site only; a GPU
+  worker also holds ``{"GPU": 1}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from distributed import Nanny
+
+from ..errors import NoGPUError
+from .gpus import GPU
+from .profiles import SiteSpec
+
+WORKER_NAME = re.compile(r"^(?P<site>[a-z][a-z0-9-]*?)-(?P<n>\d+)$")
+
+
+def worker_name(site: str, n: int) -> str:
+    return f"{site}-{n}"
+
+
+def site_of(name: str, resources: dict[str, float] | None = None) -> tuple[str, str]:
+    """(site name, site kind) of a worker, from its name and resources.
+
+    A worker Lepton did not start (say, a plain ``dask worker``) is
+    ``("unknown", "unknown")`` unless its resources name a kind.
+    """
+    resources = resources or {}
+    kind = next((k for k in ("cloud", "edge") if k in resources), "unknown")
+    m = WORKER_NAME.match(str(name))
+    if m and (m["site"] in resources or m["site"] == kind):
+        return m["site"], kind
+    return (kind if kind != "unknown" else "unknown"), kind
+
+
+def site_resources(kind: str, site: str, threads: int, gpu: bool = False) -> dict[str, float]:
+    """The Dask ``resources`` of one worker of ``site``."""
+    res: dict[str, float] = {kind: threads, site: threads}
+    if gpu:
+        res["GPU"] = 1
+    return res
+
+
+def on_site(site: str, gpus: int = 0) -> dict[str, float]:
+    """Resources that place one task on a worker of ``site`` (a site name or ``cloud``/``edge``).
+
+    >>> client.submit(f, x, resources=lepton_lab.on_site("edge-hospital-a"))
+    """
+    res: dict[str, float] = {site: 1}
+    if gpus:
+        res["GPU"] = gpus
+    return res
+
+
+# -- keeping the kernel's environment ----------------------------------------------------------
+#
+# A nanny sets OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, ... in *this* process's
+# os.environ before it spawns a worker, and never puts them back: numpy, torch and
+# XGBoost in the kernel would then run on one thread. Workers still get those
+# settings, because they inherit the environment at spawn time; only the window
+# around the spawn sees them. Spawns may overlap (several nannies start at once,
+# and the main thread may guard a whole bring-up), so the first to enter saves
+# and the last to leave restores.
+
+_env_lock = threading.Lock()
+_env_depth = 0
+_env_saved: dict[str, str] = {}
+
+
+def _enter_env() -> None:
+    global _env_depth, _env_saved
+    with _env_lock:
+        if _env_depth == 0:
+            _env_saved = dict(os.environ)
+        _env_depth += 1
+
+
+def _leave_env() -> None:
+    global _env_depth
+    with _env_lock:
+        _env_depth -= 1
+        if _env_depth:
+            return
+        for key in [k for k in os.environ if k not in _env_saved]:
+            del os.environ[key]
+        for key, value in _env_saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def kernel_environment() -> Iterator[None]:
+    """Leave ``os.environ`` as it was found, whatever worker spawns happen inside."""
+    _enter_env()
+    try:
+        yield
+    finally:
+        _leave_env()
+
+
+class SiteNanny(Nanny):
+    """A :class:`distributed.Nanny` that gives the parent process its environment back.
+
+    Restarts after a worker dies go through ``instantiate`` too, so they are covered.
+    """
+
+    async def instantiate(self):  # type: ignore[override]
+        _enter_env()
+        try:
+            return await super().instantiate()
+        finally:
+            _leave_env()
+
+
+# -- planning workers of a site ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker to start: where, its shape, and the GPU it owns (if any)."""
+
+    name: str
+    site: str
+    kind: str
+    threads: int
+    memory: int
+    gpu: int | None = None  # NVML index
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return site_resources(self.kind, self.site, self.threads, self.gpu is not None)
+
+
+def gpu_count_for(site: SiteSpec, gpus: list[GPU]) -> int:
+    """How many GPU workers ``site`` gets on a machine with ``gpus``; a clear error if impossible."""
+    want = site.gpus
+    if want == "auto":
+        return len(gpus)
+    if want and not gpus:
+        raise NoGPUError(
+            f"no GPU found on this machine (site {site.name} asks for {want}); drop --gpus, "
+            "or join a GPU machine with `lepton-lab worker --scheduler ADDRESS --gpus N`"
+        )
+    if want > len(gpus):
+        raise NoGPUError(
+            f"site {site.name} asks for {want} GPUs but this machine has {len(gpus)}; use --gpus {len(gpus)}"
+        )
+    return int(want)
+
+
+def plan_site(site: SiteSpec, gpus: list[GPU], start: int = 0) -> list[WorkerPlan]:
+    """Workers for ``site``: one per GPU it gets, then CPU workers up to ``site.workers``."""
+    n_gpu = gpu_count_for(site, gpus)
+    n_cpu = max(site.workers - n_gpu, 0)
+    plans = []
+    for i in range(n_gpu):
+        plans.append(WorkerPlan(worker_name(site.name, start + i), site.name, site.kind,
+                                site.threads, site.memory, gpus[i].index))
+    for j in range(n_cpu):
+        plans.append(WorkerPlan(worker_name(site.name, start + n_gpu + j), site.name, site.kind,
+                                site.threads, site.memory))
+    return plans
+
+
+def worker_spec(plan: WorkerPlan, base_options: dict[str, Any], gpu_indices: list[int]) -> dict[str, Any]:
+    """A ``SpecCluster`` worker spec for ``plan``.
+
+    GPU workers take dask-cuda's own recipe (``CUDA_VISIBLE_DEVICES`` rotated so
+    the worker's GPU comes first, CPU affinity), imported only here, only when a
+    GPU worker is really started.
+    """
+    options = dict(base_options)
+    options.update(
+        name=plan.name,
+        nthreads=plan.threads,
+        memory_limit=plan.memory,
+        resources=plan.resources,
+    )
+    if plan.gpu is None:
+        return {"cls": SiteNanny, "options": options}
+    from dask_cuda.worker_spec import worker_spec as cuda_worker_spec
+
+    position = gpu_indices.index(plan.gpu)
+    cuda = cuda_worker_spec(
+        CUDA_VISIBLE_DEVICES=gpu_indices, threads_per_worker=plan.threads,
+    )[position]["options"]
+    for key in ("env", "plugins", "preload", "preload_argv", "data"):
+        if key in cuda:
+            options[key] = cuda[key]
+    return {"cls": SiteNanny, "options": options}
+
+
+async def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate()`` until true or ``timeout`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())

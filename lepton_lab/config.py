@@ -1,0 +1,62 @@
+"""Every default in one place.
+
+Paths come from the environment so that tests, CI and several users on one
+machine never share state by accident: ``$LEPTON_HOME`` (default ``~/.lepton``)
+holds the policy, user profiles, the audit log, keys and the model registry.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Seconds ``connect`` waits for an unreachable scheduler before giving up.
+CONNECT_TIMEOUT = float(os.environ.get("LEPTON_CONNECT_TIMEOUT", "5"))
+
+#: Seconds between two snapshots of the live allocation view.
+REFRESH_INTERVAL = 1.0
+
+#: Profile used by ``up()`` when none is named.
+DEFAULT_PROFILE = "local"
+
+#: Default compression tolerance: largest accepted drop of the accuracy metric, in points.
+COMPRESSION_TOLERANCE = 1.0
+
+
+def home() -> Path:
+    """The Lepton home directory (``$LEPTON_HOME`` or ``~/.lepton``); created on demand."""
+    path = Path(os.environ.get("LEPTON_HOME") or Path.home() / ".lepton").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def profiles_path() -> Path:
+    """User cluster profiles (YAML)."""
+    return Path(os.environ.get("LEPTON_PROFILES") or home() / "profiles.yaml")
+
+
+def policy_path() -> Path:
+    """The access policy (YAML) read by the server extension."""
+    return Path(os.environ.get("LEPTON_POLICY") or home() / "policy.yaml")
+
+
+def audit_path() -> Path:
+    """The hash-chained audit log (JSONL)."""
+    return Path(os.environ.get("LEPTON_AUDIT") or home() / "audit.jsonl")
+
+
+def registry_path() -> Path:
+    """Root of the model registry."""
+    return Path(os.environ.get("LEPTON_REGISTRY") or home() / "registry")
+
+
+def keys_path() -> Path:
+    """Team keys, user signing keys and cluster CAs."""
+    path = home() / "keys"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def tokens_path() -> Path:
+    """Hashes of personal access tokens."""
+    return home() / "tokens.json"

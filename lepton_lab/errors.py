@@ -1,0 +1,53 @@
+"""Typed errors. Each carries a one-line message that tells the user what to do."""
+
+from __future__ import annotations
+
+
+class LeptonError(Exception):
+    """Base class of every error Lepton Lab raises on purpose.
+
+    ``str(err)`` is a single line meant for the user; front doors (magics, REST,
+    CLI) show it as it is, without a traceback.
+    """
+
+    #: HTTP status the server answers with when this error crosses REST.
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(LeptonError):
+    """A profile, policy or option is invalid; the message names the field."""
+
+
+class NotFound(LeptonError):
+    status = 404
+
+
+class AlreadyExists(LeptonError):
+    status = 409
+
+
+class PermissionDenied(LeptonError):
+    status = 403
+
+
+class QuotaExceeded(PermissionDenied):
+    """A request would go over a team or user quota; the message gives the numbers."""
+
+
+class ClusterError(LeptonError):
+    """A cluster could not be started, reached or changed."""
+
+    status = 409
+
+
+class NoGPUError(ClusterError):
+    status = 400
+
+
+class IntegrityError(LeptonError):
+    """A signature, MAC or hash check failed: the data was changed or is not ours."""
+
+    status = 422

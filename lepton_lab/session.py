@@ -1,0 +1,201 @@
+"""The kernel's side of Lepton Lab: which clusters it knows and how it reaches the services.
+
+Two transports lead to the same services. :class:`EmbeddedTransport` runs them in
+this process, the local user acting as admin (plain IPython, scripts, tests). A
+REST transport reaches the Jupyter server's extension with the user's own
+identity. Either way the kernel ends up with a :class:`ClusterHandle`: the
+cluster's description plus a ``distributed.Client`` connected to it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+from distributed import Client, Security
+
+from . import config
+from .cluster import allocation
+from .cluster.launcher import ClusterManager, ManagedCluster
+from .cluster.profiles import get_profile
+from .errors import ClusterError, ConfigError, NotFound
+
+
+class Transport(Protocol):
+    """What the kernel needs from the cluster service."""
+
+    def create(self, profile: str, *, name: str | None, overrides: dict[str, Any]) -> tuple[dict, Security | None, bool]: ...
+    def scale(self, cluster_id: str, n: int, site: str) -> dict: ...
+    def stop(self, cluster_id: str) -> None: ...
+    def list(self) -> list[dict]: ...
+
+
+class EmbeddedTransport:
+    """The services in this process, for the local user."""
+
+    def __init__(self, manager: ClusterManager | None = None):
+        self.manager = manager or ClusterManager()
+
+    def create(self, profile, *, name, overrides):
+        prof = get_profile(profile).with_overrides(**overrides)
+        managed, started = self.manager.start(prof, name=name, reuse=True)
+        return managed.info().to_dict(), managed.security, not started
+
+    def scale(self, cluster_id, n, site):
+        managed = self.manager.get(cluster_id)
+        managed.scale(n, site)
+        return managed.info().to_dict()
+
+    def stop(self, cluster_id):
+        self.manager.stop(cluster_id)
+
+    def list(self):
+        return [c.info().to_dict() for c in self.manager.list()]
+
+    def managed(self, cluster_id: str) -> ManagedCluster:
+        return self.manager.get(cluster_id)
+
+
+class ClusterHandle:
+    """A cluster as this kernel sees it: ``.client`` is connected; ``.view()`` shows it live."""
+
+    def __init__(self, info: dict[str, Any], client: Client, *, transport: Transport | None,
+                 adopted: bool = False):
+        self.info = info
+        self.client = client
+        self.transport = transport
+        self.adopted = adopted
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def id(self) -> str:
+        return self.info["id"]
+
+    @property
+    def address(self) -> str:
+        return self.info["scheduler_address"]
+
+    @property
+    def dashboard_link(self) -> str:
+        return self.info.get("dashboard_link") or ""
+
+    def costs(self) -> dict[str, float]:
+        return {s["name"]: float(s["cost_per_hour"]) for s in self.info.get("sites", [])}
+
+    def snapshot(self) -> allocation.Snapshot:
+        """Who holds what on this cluster right now."""
+        return allocation.snapshot(self.client, cluster=self.name, costs=self.costs())
+
+    def scale(self, n: int, site: str = "edge") -> "ClusterHandle":
+        """Set the worker count of ``site`` (a site name, or every site of a kind) to ``n``."""
+        if self.adopted or self.transport is None:
+            raise ClusterError(f"cluster {self.name} was adopted with connect(); scale it where it was started")
+        self.info = self.transport.scale(self.id, n, site)
+        return self
+
+    def close(self) -> None:
+        """Disconnect; a cluster this kernel started is stopped too, an adopted one is left running."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.client.close(timeout=10)
+        finally:
+            if not self.adopted and self.transport is not None:
+                try:
+                    self.transport.stop(self.id)
+                except NotFound:
+                    pass
+
+    def view(self, interval: float = config.REFRESH_INTERVAL):
+        """The live allocation view (ipywidgets + plotly), refreshed every ``interval`` seconds."""
+        from .kernel.widgets import AllocationView
+
+        return AllocationView(self, interval=interval)
+
+    def __repr__(self) -> str:
+        sites = ", ".join(f"{s['name']}={s['workers']}" for s in self.info.get("sites", []))
+        state = "closed" if self.closed else self.info.get("status", "running")
+        return f"<LeptonCluster {self.name!r} {self.address} [{sites}] {state}>"
+
+    def _repr_html_(self) -> str:
+        from .kernel.widgets import snapshot_html
+
+        try:
+            return snapshot_html(self.snapshot(), title=f"Lepton cluster {self.name}",
+                                 dashboard=self.dashboard_link)
+        except Exception:
+            return f"<pre>{self!r}</pre>"
+
+
+class Session:
+    """This kernel's clusters, by name, and the one used when no name is given."""
+
+    def __init__(self, transport: Transport | None = None):
+        self.transport = transport or EmbeddedTransport()
+        self.handles: dict[str, ClusterHandle] = {}
+        self.current: ClusterHandle | None = None
+        self.lock = threading.RLock()
+
+    def get(self, name: str | None = None) -> ClusterHandle:
+        with self.lock:
+            if name is None:
+                if self.current is None or self.current.closed:
+                    raise NotFound("no cluster yet; start one with `%lepton up` or lepton_lab.up()")
+                return self.current
+            handle = self.handles.get(name)
+            if handle is None or handle.closed:
+                known = ", ".join(sorted(n for n, h in self.handles.items() if not h.closed)) or "none"
+                raise NotFound(f"this kernel knows no cluster {name!r} (known: {known})")
+            return handle
+
+    def add(self, handle: ClusterHandle) -> ClusterHandle:
+        with self.lock:
+            self.handles[handle.name] = handle
+            self.current = handle
+            return handle
+
+    def remove(self, handle: ClusterHandle) -> None:
+        with self.lock:
+            self.handles.pop(handle.name, None)
+            if self.current is handle:
+                live = [h for h in self.handles.values() if not h.closed]
+                self.current = live[-1] if live else None
+
+    def close_all(self) -> None:
+        for handle in list(self.handles.values()):
+            handle.close()
+            self.remove(handle)
+
+
+_session: Session | None = None
+_session_lock = threading.Lock()
+
+
+def session() -> Session:
+    """This process's session (made on first use)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = Session()
+        return _session
+
+
+def connect_client(address: str, *, security: Security | None = None,
+                   timeout: float = config.CONNECT_TIMEOUT) -> Client:
+    """A Client for ``address``, or a one-line ClusterError within ``timeout`` seconds."""
+    if not isinstance(address, str) or "://" not in address and ":" not in address:
+        raise ConfigError(f"not a scheduler address: {address!r} (expected tcp://HOST:PORT or tls://HOST:PORT)")
+    try:
+        return Client(address, security=security, timeout=timeout, set_as_default=True)
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(
+            f"could not reach a Dask scheduler at {address} within {timeout:g} s "
+            f"({type(e).__name__}); check the address and that the scheduler is running"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"not a scheduler address: {address!r} ({e})") from None

@@ -1,0 +1,60 @@
+"""`lepton-lab worker` as real processes joining a scheduler on loopback."""
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from distributed import Client, LocalCluster
+
+import lepton_lab
+
+
+def start_worker(address, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "lepton_lab.cli", "worker", "--scheduler", address, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_workers_join_by_site_and_take_placed_work():
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+        procs = [start_worker(cluster.scheduler_address, "--site", "edge-hospital-a", "--index", "0"),
+                 start_worker(cluster.scheduler_address, "--site", "cloud", "--nthreads", "2", "--index", "0")]
+        try:
+            client.wait_for_workers(2, timeout=60)
+            info = {w["name"]: w for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+            assert info["edge-hospital-a-0"]["resources"] == {"edge": 1, "edge-hospital-a": 1}
+            assert info["cloud-0"]["resources"] == {"cloud": 2} and info["cloud-0"]["nthreads"] == 2
+            pid = client.submit(os.getpid, resources=lepton_lab.on_site("edge-hospital-a"), pure=False).result()
+            children = {c.pid for c in psutil.Process(procs[0].pid).children(recursive=True)}
+            assert pid in children  # ran in the process tree of the edge worker command
+            handle = lepton_lab.connect(cluster.scheduler_address, name="joined")
+            snap = handle.snapshot()
+            assert {(w.site, w.kind) for w in snap.workers} == {("edge-hospital-a", "edge"), ("cloud", "cloud")}
+            lepton_lab.down("joined")
+        finally:
+            for p in procs:
+                p.terminate()
+            codes = [p.wait(30) for p in procs]
+        assert codes == [0, 0]
+        out = procs[0].stdout.read()
+        assert "worker edge-hospital-a-0 (edge" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--site", "Edge_A"], "name: lower-case letters"),
+    (["--site", "edge-a", "--nthreads", "0"], "threads"),
+    (["--site", "edge-a", "--gpus", "lots"], "--gpus"),
+    (["--site", "cloud", "--gpus", "1"], "no GPU found on this machine"),
+    (["--site", "edge-a", "--gpus", "1"], "site.gpus: only cloud sites carry GPUs"),
+    (["--site", "edge-a", "--tls-cert", "x.pem"], "go together"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    p = subprocess.run([sys.executable, "-m", "lepton_lab.cli", "worker", "--scheduler", "tcp://127.0.0.1:9", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], p.stderr

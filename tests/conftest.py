@@ -1,0 +1,27 @@
+"""Suite-wide setup: a private LEPTON_HOME, and no Dask process left behind at the end."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from tests.helpers import wait_no_dask_children
+
+_home = tempfile.mkdtemp(prefix="lepton-test-home-")
+os.environ["LEPTON_HOME"] = _home
+os.environ.setdefault("LEPTON_CONNECT_TIMEOUT", "5")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_dask_process_left_behind():
+    """At the end of the suite, every cluster is stopped and no Dask process remains."""
+    yield
+    from lepton_lab.session import session
+
+    session().close_all()
+    left = wait_no_dask_children()
+    for p in left:
+        p.kill()
+    assert not left, f"Dask processes left behind: {[p.pid for p in left]}"
