@@ -1,0 +1,346 @@
+"""Models to bytes in their framework's own format, and back.
+
+- XGBoost ``Booster``: UBJSON (``save_raw("ubj")``).
+- XGBoost scikit-learn wrappers (``XGBClassifier`` ...): the booster as UBJSON
+  plus the wrapper class and its non-default parameters.
+- PyTorch ``nn.Module``: the ``state_dict`` via ``torch.save`` plus a
+  construction spec (``module:qualname`` and constructor kwargs). Whole
+  modules are never pickled: loading uses ``torch.load(weights_only=True)``.
+  Dynamically quantized Linear layers are recorded and re-applied with
+  ``quantize_dynamic`` on the rebuilt float module before loading weights.
+- ``bytes`` or a file path: stored as they are (framework ``"bytes"``), loaded
+  back as a ``bytearray``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import io
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lepton_lab.errors import ConfigError
+from lepton_lab.registry.manifest import Construction, Manifest, Quantization, to_plain_json
+
+#: Write ``bytes`` into a stream (the encrypting writer).
+Writer = Any
+
+_COPY_CHUNK = 4 * 1024 * 1024
+
+# Parameters of the XGBoost wrappers that only matter while training and may
+# hold Python callables; they are left out of the construction spec.
+_XGB_TRAINING_ONLY = {"callbacks", "eval_metric", "early_stopping_rounds"}
+
+
+@dataclass
+class Serialized:
+    """A model ready to be written: its format facts and a function that writes the bytes."""
+
+    framework: str
+    framework_version: str
+    format: str
+    suffix: str
+    write: Callable[[Writer], None]
+    construction: Construction | None = None
+
+
+def records_init_kwargs(cls: type) -> type:
+    """Class decorator: instances remember their constructor arguments as ``init_kwargs``.
+
+    The registry uses them to rebuild a PyTorch module before loading its
+    weights, so publishing needs no ``init_kwargs=``.
+    """
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self) is cls:  # a subclass has other arguments; it records its own
+            bound = signature.bind(self, *args, **kwargs)
+            recorded: dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                kind = signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                    recorded[name] = value
+            self.init_kwargs = recorded
+
+    cls.__init__ = __init__
+    return cls
+
+
+def _loaded(module: str):
+    """The module if this process already imported it; a framework is never imported to look."""
+    return sys.modules.get(module)
+
+
+def serialize(obj: Any, *, init_kwargs: dict[str, Any] | None = None) -> Serialized:
+    """How to write ``obj`` in its native format; ConfigError if it cannot be stored safely."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        data = obj
+        return Serialized("bytes", "", "bytes", ".bin", lambda w: w.write(data))
+    if isinstance(obj, (str, os.PathLike)):
+        return _file(Path(obj))
+    xgb = _loaded("xgboost")
+    if xgb is not None and isinstance(obj, xgb.Booster):
+        return Serialized(
+            "xgboost", xgb.__version__, "ubj", ".ubj", lambda w: w.write(obj.save_raw("ubj"))
+        )
+    if xgb is not None and isinstance(obj, xgb.XGBModel):
+        return _xgb_wrapper(obj, xgb)
+    torch = _loaded("torch")
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        return _torch_module(obj, init_kwargs, torch)
+    raise ConfigError(
+        f"cannot publish a {type(obj).__module__}.{type(obj).__qualname__}: pass an XGBoost "
+        "Booster or estimator, a PyTorch nn.Module, bytes or a file path"
+    )
+
+
+def _file(path: Path) -> Serialized:
+    if not path.is_file():
+        raise ConfigError(f"no file at {path}; pass bytes to publish raw content")
+
+    def write(w: Writer) -> None:
+        with open(path, "rb") as handle:
+            while block := handle.read(_COPY_CHUNK):
+                w.write(block)
+
+    return Serialized("bytes", "", "bytes", path.suffix or ".bin", write)
+
+
+def _target(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve(target: str) -> Any:
+    """The object named ``module:qualname``; ConfigError saying what to fix if it cannot."""
+    module_name, _, qualname = target.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(
+            f"cannot import {target} to rebuild the model ({err}); make that module importable"
+        ) from None
+    return obj
+
+
+# ------------------------------------------------------------------ XGBoost
+
+
+def _xgb_wrapper(model: Any, xgb: Any) -> Serialized:
+    if not model.__sklearn_is_fitted__():
+        raise ConfigError(f"{type(model).__name__} is not fitted; call fit() before publishing")
+    booster = model.get_booster()
+    cls = type(model)
+    defaults = cls().get_params(deep=False)
+    kwargs: dict[str, Any] = {}
+    for key, value in model.get_params(deep=False).items():
+        if key in _XGB_TRAINING_ONLY or _same(value, defaults.get(key, object())):
+            continue
+        kwargs[key] = to_plain_json(value, f"{cls.__name__} parameter {key!r}")
+    construction = Construction(target=_target(cls), kwargs=kwargs)
+    return Serialized(
+        "xgboost",
+        xgb.__version__,
+        "ubj",
+        ".ubj",
+        lambda w: w.write(booster.save_raw("ubj")),
+        construction,
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except (TypeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------ PyTorch
+
+
+def _torch_module(module: Any, init_kwargs: dict[str, Any] | None, torch: Any) -> Serialized:
+    cls = type(module)
+    target = _target(cls)
+    if "<locals>" in cls.__qualname__:
+        raise ConfigError(
+            f"{cls.__qualname__} is defined inside a function; define it at module level "
+            "so the registry can rebuild it"
+        )
+    if resolve(target) is not cls:
+        raise ConfigError(
+            f"{target} does not import as the class of this module; was it redefined?"
+        )
+    if init_kwargs is None:
+        init_kwargs = getattr(module, "init_kwargs", None)
+    if init_kwargs is not None and not isinstance(init_kwargs, dict):
+        raise ConfigError("init_kwargs must be a dict of constructor keyword arguments")
+    kwargs = to_plain_json(dict(init_kwargs or {}), f"constructor argument of {cls.__name__}")
+    quantization = _dynamic_quantization(module, torch)
+    _check_rebuild(module, cls, kwargs, quantization, torch)
+    construction = Construction(target=target, kwargs=kwargs, quantization=quantization)
+
+    def write(w: Writer) -> None:
+        torch.save(module.state_dict(), w)
+
+    return Serialized("torch", torch.__version__, "state_dict", ".pt", write, construction)
+
+
+def _dynamic_quantization(module: Any, torch: Any) -> Quantization | None:
+    dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
+    names, dtypes = [], set()
+    for name, sub in module.named_modules():
+        kind = type(sub).__module__
+        if isinstance(sub, dynamic_linear):
+            names.append(name)
+            dtypes.add(str(sub._packed_params.dtype).replace("torch.", ""))
+        elif kind.startswith(
+            ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized")
+        ):
+            if type(sub).__name__ != "LinearPackedParams":
+                raise ConfigError(
+                    f"{name or 'the model'} is a {type(sub).__name__}: only dynamic int8/float16 "
+                    "quantization of Linear layers (quantize_dynamic) is supported"
+                )
+    if not names:
+        return None
+    if len(dtypes) != 1 or not dtypes <= {"qint8", "float16"}:
+        raise ConfigError(f"mixed or unsupported dynamic quantization dtypes {sorted(dtypes)}")
+    return Quantization(
+        method="dynamic", dtype=dtypes.pop(), modules=names, engine=torch.backends.quantized.engine
+    )
+
+
+def _check_rebuild(
+    module: Any, cls: type, kwargs: dict, quantization: Quantization | None, torch: Any
+) -> None:
+    """Refuse now, not at load time, if ``cls(**kwargs)`` does not give the same structure.
+
+    The module is built on the meta device, so this costs no memory for weights.
+    """
+    hint = "pass init_kwargs= or record them on the module (init_kwargs, @records_init_kwargs)"
+    try:
+        with torch.device("meta"):
+            fresh = cls(**kwargs)
+    except Exception as err:
+        raise ConfigError(
+            f"cannot rebuild {cls.__name__}(**{sorted(kwargs)}): {err}; {hint}"
+        ) from None
+    skip = tuple(f"{name}." for name in (quantization.modules if quantization else []))
+    for name in quantization.modules if quantization else []:
+        try:
+            float_layer = fresh.get_submodule(name)
+        except AttributeError:
+            float_layer = None
+        quantized = module.get_submodule(name)
+        if not isinstance(float_layer, torch.nn.Linear) or (
+            float_layer.in_features,
+            float_layer.out_features,
+        ) != (quantized.in_features, quantized.out_features):
+            raise ConfigError(
+                f"rebuilt {cls.__name__} has no Linear {name!r} matching the quantized one; {hint}"
+            )
+
+    def shapes(m: Any) -> dict[str, tuple]:
+        return {
+            key: tuple(value.shape) if hasattr(value, "shape") else ()
+            for key, value in m.state_dict().items()
+            if not key.startswith(skip)
+        }
+
+    if shapes(fresh) != shapes(module):
+        raise ConfigError(
+            f"{cls.__name__}(**{kwargs}) builds a different structure than the model "
+            f"being published; {hint}"
+        )
+
+
+# ------------------------------------------------------------------ loading
+
+
+def deserialize(payload: bytes | bytearray, manifest: Manifest) -> Any:
+    """The live object for verified ``payload``: a Booster or estimator, an nn.Module, or
+    for framework ``"bytes"`` the payload itself (a ``bytearray``: copying a large
+    artifact into ``bytes`` would cost as much time as decrypting it).
+
+    Only call this once the payload's signature and tags have been verified.
+    """
+    if manifest.framework == "bytes":
+        return payload if isinstance(payload, bytearray) else bytearray(payload)
+    if manifest.framework == "xgboost":
+        return _load_xgboost(payload, manifest)
+    if manifest.framework == "torch":
+        return _load_torch(payload, manifest)
+    raise ConfigError(
+        f"unknown framework {manifest.framework!r} in {manifest.ref}; upgrade Lepton Lab"
+    )
+
+
+def _load_xgboost(payload: bytes | bytearray, manifest: Manifest) -> Any:
+    import xgboost as xgb
+
+    raw = payload if isinstance(payload, bytearray) else bytearray(payload)
+    if manifest.construction is None:
+        booster = xgb.Booster()
+        booster.load_model(raw)
+        return booster
+    cls = resolve(manifest.construction.target)
+    if not (isinstance(cls, type) and issubclass(cls, xgb.XGBModel)):
+        raise ConfigError(f"{manifest.construction.target} is not an XGBoost estimator")
+    model = cls(**manifest.construction.kwargs)
+    model.load_model(raw)
+    return model
+
+
+def _load_torch(payload: bytes | bytearray, manifest: Manifest) -> Any:
+    import torch
+
+    spec = manifest.construction
+    if spec is None:
+        raise ConfigError(f"{manifest.ref} has no construction spec; it cannot be rebuilt")
+    cls = resolve(spec.target)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ConfigError(f"{spec.target} is not a torch.nn.Module")
+    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    module = cls(**spec.kwargs)
+    if spec.quantization is not None:
+        module = _requantize(module, spec.quantization, torch)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"weights of {manifest.ref} do not fit {spec.target}: {first}") from None
+    return module.eval()
+
+
+def _requantize(module: Any, quantization: Quantization, torch: Any) -> Any:
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        float16_dynamic_qconfig,
+        quantize_dynamic,
+    )
+
+    if quantization.method != "dynamic" or quantization.dtype not in ("qint8", "float16"):
+        raise ConfigError(f"unsupported quantization {quantization.method}/{quantization.dtype}")
+    qconfig = default_dynamic_qconfig if quantization.dtype == "qint8" else float16_dynamic_qconfig
+    dtype = torch.qint8 if quantization.dtype == "qint8" else torch.float16
+    # Names, not types: exactly the layers that were quantized at publish time.
+    spec = {name: qconfig for name in quantization.modules}
+    return quantize_dynamic(module, spec, dtype=dtype)
+
+
+__all__ = ["Serialized", "deserialize", "records_init_kwargs", "resolve", "serialize"]
