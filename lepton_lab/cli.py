@@ -135,6 +135,70 @@ def run_profiles(a: argparse.Namespace) -> int:
     return 0
 
 
+# -- administration ------------------------------------------------------------------------------
+
+
+def run_policy_check(a: argparse.Namespace) -> int:
+    from .security.policy import load_policy
+
+    policy = load_policy(a.file)
+    print(f"{a.file}: ok ({len(policy.teams)} teams, {len(policy.members)} members, {len(policy.groups)} groups)")
+    return 0
+
+
+def run_token_add(a: argparse.Namespace) -> int:
+    from .security.policy import load_policy
+    from .security.tokens import TokenStore
+
+    policy = load_policy()
+    if not policy.teams_of(a.user):
+        raise LeptonError(f"{a.user} is in no team of {policy.source}; add them under 'members:' first")
+    token = TokenStore().add(a.user)
+    print(token)
+    print(f"personal token for {a.user}; it is shown only this once", file=sys.stderr)
+    return 0
+
+
+def run_token_list(a: argparse.Namespace) -> int:
+    from .security.tokens import TokenStore
+
+    for info in TokenStore().list():
+        print(f"{info.user:16} {info.token_id}  {info.created}")
+    return 0
+
+
+def run_token_revoke(a: argparse.Namespace) -> int:
+    from .security.tokens import TokenStore
+
+    n = TokenStore().revoke(a.user)
+    print(f"revoked {n} token(s) of {a.user}")
+    return 0
+
+
+def run_audit_verify(a: argparse.Namespace) -> int:
+    from . import config
+    from .security.audit import verify
+
+    path = a.file or config.audit_path()
+    result = verify(path)
+    if result.ok:
+        print(f"{path}: ok, {result.entries} entries, chain intact")
+        return 0
+    print(f"{path}: TAMPERED at line {result.bad_line}: {result.reason}", file=sys.stderr)
+    return 1
+
+
+def run_join_token(a: argparse.Namespace) -> int:
+    from .security.policy import load_policy
+    from .services import Services
+
+    token, address = Services(load_policy()).join_token(a.cluster, a.site)
+    print(token)
+    print(f"on the joining machine: lepton-lab worker --scheduler {address} --site {a.site} "
+          f"--join-token {token} --server URL", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lepton-lab", description="Lepton Lab command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profiles", help="list cluster profiles (built-in and yours), checking yours")
     _profiles_args(pr)
     pr.set_defaults(run=run_profiles)
+    pol = sub.add_parser("policy", help="check a policy file")
+    pol_sub = pol.add_subparsers(dest="action", required=True)
+    chk = pol_sub.add_parser("check", help="validate a policy file; one line per problem")
+    chk.add_argument("file")
+    chk.set_defaults(run=run_policy_check)
+    tok = sub.add_parser("token", help="personal access tokens")
+    tok_sub = tok.add_subparsers(dest="action", required=True)
+    add = tok_sub.add_parser("add", help="issue a token for USER (printed once)")
+    add.add_argument("user")
+    add.set_defaults(run=run_token_add)
+    tok_sub.add_parser("list", help="users and token ids (never the tokens)").set_defaults(run=run_token_list)
+    rev = tok_sub.add_parser("revoke", help="revoke every token of USER")
+    rev.add_argument("user")
+    rev.set_defaults(run=run_token_revoke)
+    aud = sub.add_parser("audit", help="the audit log")
+    aud_sub = aud.add_subparsers(dest="action", required=True)
+    ver = aud_sub.add_parser("verify", help="check the hash chain; exit 1 if a line was changed or removed")
+    ver.add_argument("--file", default=None)
+    ver.set_defaults(run=run_audit_verify)
+    jt = sub.add_parser("join-token", help="a one-time token for a worker joining CLUSTER over TLS")
+    jt.add_argument("cluster")
+    jt.add_argument("--site", required=True)
+    jt.set_defaults(run=run_join_token)
     for name, (help_text, fill) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         runner = fill(p)

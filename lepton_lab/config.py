@@ -60,3 +60,23 @@ def keys_path() -> Path:
 def tokens_path() -> Path:
     """Hashes of personal access tokens."""
     return home() / "tokens.json"
+
+
+def templates_path() -> Path:
+    """Team template notebooks: ``templates/<team>/*.ipynb``.
+
+    ``$LEPTON_TEMPLATES``, else the checkout's ``templates/`` (editable installs),
+    else the copy a wheel installs under ``<prefix>/share/lepton_lab/templates``.
+    """
+    if os.environ.get("LEPTON_TEMPLATES"):
+        return Path(os.environ["LEPTON_TEMPLATES"])
+    checkout = Path(__file__).resolve().parent.parent / "templates"
+    if checkout.is_dir():
+        return checkout
+    import sys
+
+    return Path(sys.prefix) / "share" / "lepton_lab" / "templates"
+
+
+#: Profile the server extension starts for the local user at launch (``make lab``), if any.
+AUTOSTART_PROFILE = os.environ.get("LEPTON_AUTOSTART", "")

@@ -18,9 +18,11 @@ os.environ.setdefault("LEPTON_CONNECT_TIMEOUT", "5")
 def no_dask_process_left_behind():
     """At the end of the suite, every cluster is stopped and no Dask process remains."""
     yield
+    from lepton_lab.cluster.launcher import close_all
     from lepton_lab.session import session
 
     session().close_all()
+    close_all()
     left = wait_no_dask_children()
     for p in left:
         p.kill()

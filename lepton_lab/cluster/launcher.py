@@ -337,7 +337,7 @@ _live: "weakref.WeakSet[ManagedCluster]" = weakref.WeakSet()
 
 
 @atexit.register
-def _close_all() -> None:
-    # A kernel that exits (shutdown, restart) takes its clusters with it.
+def close_all() -> None:
+    """Stop every cluster this process started (a kernel that exits takes its clusters with it)."""
     for c in list(_live):
         c.close()

@@ -1,0 +1,90 @@
+"""What every Lepton handler shares: JSON bodies with limits, typed errors as status codes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..errors import LeptonError
+from ..services import Actor, Services
+
+#: Largest JSON body a Lepton route accepts.
+MAX_BODY = 64 * 1024
+
+
+class LeptonHandler(APIHandler):
+    """Base of Lepton's REST handlers: ``self.services``, ``self.actor``, one-line JSON errors."""
+
+    @property
+    def services(self) -> Services:
+        return self.settings["lepton"]
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.of(self.current_user)
+
+    def body(self, allowed: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The JSON object body, checked: size, unknown fields, types, required fields (400 otherwise)."""
+        raw = self.request.body or b""
+        if len(raw) > MAX_BODY:
+            raise web.HTTPError(400, f"request body over {MAX_BODY // 1024} KiB")
+        try:
+            data = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise web.HTTPError(400, f"body is not valid JSON ({e.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "body must be a JSON object")
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise web.HTTPError(400, f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(allowed))})")
+        for key in required:
+            if key not in data:
+                raise web.HTTPError(400, f"missing field {key!r}")
+        for key, value in data.items():
+            types = allowed[key]
+            if value is None:
+                continue
+            if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+                raise web.HTTPError(400, f"field {key!r} has the wrong type")
+            if not isinstance(value, types):
+                raise web.HTTPError(400, f"field {key!r} has the wrong type")
+        return data
+
+    def check_xsrf_cookie(self) -> None:
+        # Without any identity the answer is 401, not an XSRF complaint.
+        if hasattr(self, "_jupyter_current_user") and self._jupyter_current_user is None:
+            raise web.HTTPError(401, "sign in first: a token in the Authorization header or a login cookie")
+        return super().check_xsrf_cookie()
+
+    def get_login_url(self) -> str:
+        # An API has no login page to redirect to: no identity is a 401.
+        raise web.HTTPError(401, "sign in first: a token in the Authorization header or a login cookie")
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = ""
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        if status_code == 403 and getattr(self, "lepton_denial", None):
+            message = self.lepton_denial
+        if not message:
+            message = {401: "sign in first (a token or the login page)", 403: "not allowed",
+                       404: "not found"}.get(status_code, "request failed")
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": " ".join(str(message).split()), "reason": self._reason}))
+
+    async def run(self, fn, *args: Any, **kwargs: Any) -> Any:
+        """Call a service off the event loop; a LeptonError becomes its HTTP status."""
+        import asyncio
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+        except LeptonError as e:
+            raise web.HTTPError(e.status, str(e).replace("%", "%%")) from None

@@ -1,0 +1,53 @@
+"""The server extension: load the policy (refusing to start on a bad one), wire services and routes."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+
+from .. import config
+from ..errors import ConfigError
+from ..security.identity import local_user, set_current_policy
+from ..security.policy import ensure_policy_file, load_policy
+from ..services import Actor, Services
+from .routes import setup_route_handlers
+
+
+def load_server_extension(server_app) -> None:
+    path = config.policy_path()
+    try:
+        if path.exists():
+            policy = load_policy(path)
+        else:
+            # The embedded default: the local user administers every team.
+            policy = ensure_policy_file(path, local_user())
+    except ConfigError as e:
+        server_app.log.critical(f"Lepton Lab: {e}")
+        # Running with no policy would mean running open: stop instead.
+        raise SystemExit(f"Lepton Lab: invalid policy, server not started: {e}") from None
+    set_current_policy(policy)
+    services = Services(policy)
+    web_app = server_app.web_app
+    web_app.settings["lepton"] = services
+    setup_route_handlers(web_app)
+    atexit.register(services.close)
+    if not _uses_lepton_auth(server_app):
+        server_app.log.warning("Lepton Lab: ServerApp.authorizer_class is not LeptonAuthorizer; "
+                               "Jupyter's own resources are not checked against the policy")
+    if config.AUTOSTART_PROFILE:
+        def start() -> None:
+            try:
+                c = services.create_cluster(Actor(local_user()), team=policy.teams[0],
+                                            profile=config.AUTOSTART_PROFILE, name="local")
+                server_app.log.info(f"Lepton Lab: cluster {c.name} at {c.address}")
+            except Exception as e:  # the lab still starts; the sidebar shows no cluster
+                server_app.log.error(f"Lepton Lab: could not start the {config.AUTOSTART_PROFILE} cluster: {e}")
+
+        threading.Thread(target=start, name="lepton-autostart", daemon=True).start()
+    server_app.log.info(f"Lepton Lab: policy {path} ({len(policy.teams)} teams)")
+
+
+def _uses_lepton_auth(server_app) -> bool:
+    from ..security.authz import LeptonAuthorizer
+
+    return isinstance(getattr(server_app, "authorizer", None), LeptonAuthorizer)

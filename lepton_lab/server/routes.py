@@ -1,0 +1,25 @@
+"""URL routes of the Lepton REST API, under ``<base_url>/lepton/api/``."""
+
+from __future__ import annotations
+
+from jupyter_server.utils import url_path_join
+
+from . import audit, clusters, templates, whoami
+
+
+def setup_route_handlers(web_app) -> None:
+    base = url_path_join(web_app.settings["base_url"], "lepton", "api")
+    cid = clusters.CLUSTER_ID
+    routes = [
+        ("whoami", whoami.WhoAmIHandler),
+        ("profiles", clusters.ProfilesHandler),
+        ("clusters", clusters.ClustersHandler),
+        (f"clusters/{cid}", clusters.ClusterHandler),
+        (f"clusters/{cid}/allocation", clusters.AllocationHandler),
+        (f"clusters/{cid}/stream", clusters.StreamHandler),
+        (f"clusters/{cid}/credentials", clusters.CredentialsHandler),
+        ("templates", templates.TemplatesHandler),
+        ("templates/copy", templates.TemplateCopyHandler),
+        ("audit", audit.AuditHandler),
+    ]
+    web_app.add_handlers(".*$", [(url_path_join(base, path) + "/?", handler) for path, handler in routes])

@@ -1,0 +1,343 @@
+"""The services behind every front door, for a known user.
+
+``Services`` holds the policy, the audit log, personal tokens and the cluster
+manager, and answers the questions that need both a user and a resource: may
+this user create a cluster in this team, within quota? Which clusters may they
+see? The REST handlers and the kernel's embedded transport both call these
+methods; neither holds a rule of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .cluster import allocation
+from .cluster.launcher import ClusterInfo, ClusterManager, ManagedCluster
+from .cluster.profiles import Profile, all_profiles, get_profile
+from .errors import ClusterError, ConfigError, NotFound, PermissionDenied
+from .security.audit import AuditLog
+from .security.certs import ClusterCA
+from .security.files import write_atomic
+from .security.policy import Policy, Usage, check_quota
+from .security.tokens import TokenStore
+
+
+@dataclass
+class Actor:
+    """Who asks: a user name and the groups the policy maps (for rules given to groups)."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, user: Any) -> "Actor":
+        return cls(user.username, tuple(getattr(user, "groups", ()) or ()))
+
+
+class Services:
+    """Policy-aware services shared by the server extension's handlers."""
+
+    def __init__(self, policy: Policy, *, home: Path | None = None, audit: AuditLog | None = None,
+                 tokens: TokenStore | None = None, manager: ClusterManager | None = None,
+                 templates_dir: Path | None = None, tls: bool = True):
+        self.policy = policy
+        self.home = Path(home or config.home())
+        self.audit = audit or AuditLog(config.audit_path())
+        self.tokens = tokens or TokenStore(config.tokens_path())
+        self.manager = manager or ClusterManager()
+        self.templates_dir = Path(templates_dir or config.templates_path())
+        self.tls = tls
+        self.lock = threading.RLock()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._audit_writer = ThreadPoolExecutor(1, thread_name_prefix="lepton-audit")
+        self.records_path = self.home / "clusters.json"
+        self.records: dict[str, dict[str, Any]] = self._load_records()
+
+    async def record_async(self, *args: Any, **kwargs: Any) -> Any:
+        """Append an audit line off the event loop, in order (one writer thread)."""
+        import asyncio
+        import functools
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._audit_writer, functools.partial(self.audit.record, *args, **kwargs))
+
+    # -- permissions -------------------------------------------------------------------------
+
+    def allowed(self, who: Actor, permission: str, team: str | None = None, owner: str | None = None) -> bool:
+        return self.policy.allows(who.name, who.groups, permission, team, owner=owner)
+
+    def require(self, who: Actor, permission: str, team: str | None = None, *, owner: str | None = None,
+                resource: str = "") -> None:
+        """Raise PermissionDenied (and audit it) unless ``who`` holds ``permission`` in ``team``."""
+        if self.allowed(who, permission, team, owner):
+            return
+        reason = self.policy.explain(who.name, who.groups, permission, team, owner=owner)
+        self.audit.record(who.name, permission, resource or f"team:{team}", "deny", reason=reason)
+        raise PermissionDenied(reason)
+
+    def whoami(self, who: Actor) -> dict[str, Any]:
+        roles = self.policy.roles_of(who.name, who.groups)
+        quotas = {}
+        for team in roles:
+            q = self.policy.quota_for(team=team)
+            quotas[team] = {**dataclasses.asdict(q), "used": dataclasses.asdict(self.usage(team=team))}
+        uq = self.policy.quota_for(user=who.name)
+        return {
+            "name": who.name, "display_name": who.name, "teams": list(roles), "roles": roles,
+            "groups": list(who.groups),
+            "permissions": sorted(self.policy.permissions(who.name, who.groups)),
+            "quotas": quotas,
+            "user_quota": {**dataclasses.asdict(uq), "used": dataclasses.asdict(self.usage(user=who.name))},
+        }
+
+    # -- clusters ----------------------------------------------------------------------------
+
+    def usage(self, *, user: str | None = None, team: str | None = None) -> Usage:
+        gpus = workers = clusters = 0
+        for c in self.manager.list():
+            if (user is not None and c.owner != user) or (team is not None and c.team != team):
+                continue
+            clusters += 1
+            counts = c.site_counts()
+            workers += sum(counts.values())
+            gpus += sum(c.gpu_workers_of(s) for s in counts)
+        return Usage(gpus=gpus, workers=workers, clusters=clusters)
+
+    def profiles(self) -> list[Profile]:
+        return list(all_profiles().values())
+
+    def _plan_profile(self, profile: str, workers: dict[str, int] | None, gpus: int | None) -> Profile:
+        prof = get_profile(profile)
+        workers = workers or {}
+        for key in workers:
+            if key not in ("cloud", "edge"):
+                raise ConfigError(f"workers: keys are cloud and edge, got {key!r}")
+        return prof.with_overrides(cloud=workers.get("cloud"), edge=workers.get("edge"), gpus=gpus)
+
+    @staticmethod
+    def _demand(prof: Profile, gpus_found: int) -> Usage:
+        from .cluster.workers import gpu_count_for
+        from .cluster.gpus import GPU
+
+        fake = [GPU(i, "", "", 0) for i in range(gpus_found)]
+        g = w = 0
+        for s in prof.sites:
+            n_gpu = gpu_count_for(s, fake) if s.gpus else 0
+            g += n_gpu
+            w += max(s.workers, n_gpu)
+        return Usage(gpus=g, workers=w, clusters=1)
+
+    def create_cluster(self, who: Actor, *, team: str, profile: str, name: str | None = None,
+                       workers: dict[str, int] | None = None, gpus: int | None = None) -> ManagedCluster:
+        """Start a cluster for ``who`` in ``team``: permission, quota, TLS, audit."""
+        if team not in self.policy.teams:
+            raise ConfigError(f"unknown team {team!r} (teams: {', '.join(self.policy.teams)})")
+        self.require(who, "clusters:create", team, resource=f"clusters:new:{team}")
+        prof = self._plan_profile(profile, workers, gpus)
+        from .cluster import gpus as gpu_discovery
+
+        found = gpu_discovery.discover()
+        demand = self._demand(prof, len(found))
+        with self.lock:
+            try:
+                check_quota(self.policy, who.name, team, self.usage(user=who.name),
+                            self.usage(team=team), demand)
+            except PermissionDenied as e:
+                self.audit.record(who.name, "clusters:create", f"clusters:new:{team}", "deny", reason=str(e))
+                raise
+            if name is not None and self.manager.by_name(name) is not None:
+                from .errors import AlreadyExists
+
+                raise AlreadyExists(f"a cluster named {name!r} is already running; pick another name")
+            security, ca_dir = None, None
+            cluster_key = name or f"{who.name}-{prof.name}"
+            if self.tls:
+                import uuid
+
+                ca_dir = self.home / "keys" / "clusters" / uuid.uuid4().hex[:12]
+                ca = ClusterCA.create(cluster_key, ca_dir)
+                security = ca.security("scheduler", "worker", "client", common_name="lepton-server")
+            try:
+                managed, _ = self.manager.start(prof, name=name, reuse=False, owner=who.name, team=team,
+                                                security=security, gpus=found)
+            except BaseException:
+                if ca_dir is not None:
+                    shutil.rmtree(ca_dir, ignore_errors=True)
+                raise
+            managed.ca_dir = ca_dir
+            self.records[managed.id] = {**managed.info().to_dict(), "ca_dir": str(ca_dir or "")}
+            self._save_records()
+        self.audit.record(who.name, "clusters:create", f"clusters:{managed.id}", "allow",
+                          team=team, profile=prof.name, workers=demand.workers, gpus=demand.gpus)
+        return managed
+
+    def cluster(self, who: Actor, key: str, permission: str = "clusters:read") -> ManagedCluster:
+        """A running cluster ``who`` may act on with ``permission``; NotFound hides others' clusters."""
+        try:
+            c = self.manager.get(key)
+        except NotFound:
+            record = self.records.get(key)
+            if record is not None and self.allowed(who, "clusters:read", record["team"]):
+                raise ClusterError(f"cluster {record['name']} is stopped ({record.get('status')}); "
+                                   "start a new one") from None
+            raise NotFound(f"no cluster {key!r}") from None
+        if not self.allowed(who, "clusters:read", c.team):
+            raise NotFound(f"no cluster {key!r}")
+        owner = c.owner if permission in ("clusters:scale", "clusters:delete") else None
+        self.require(who, permission, c.team, owner=owner, resource=f"clusters:{c.id}")
+        return c
+
+    def visible_clusters(self, who: Actor) -> list[dict[str, Any]]:
+        """Running clusters and stopped records of the teams ``who`` may read."""
+        out = []
+        live = {c.id: c for c in self.manager.list()}
+        for cid, record in list(self.records.items()):
+            c = live.get(cid)
+            info = c.info().to_dict() if c is not None else record
+            if self.allowed(who, "clusters:read", info["team"]):
+                out.append(self.describe(info))
+        return out
+
+    def describe(self, info: dict[str, Any] | ClusterInfo) -> dict[str, Any]:
+        data = info.to_dict() if isinstance(info, ClusterInfo) else dict(info)
+        data.pop("ca_dir", None)
+        data["connect_code"] = (
+            "import lepton_lab\n"
+            f"cluster = lepton_lab.connect_cluster({data['id']!r})\n"
+            "client = cluster.client\nclient"
+        )
+        return data
+
+    def scale_cluster(self, who: Actor, key: str, site: str, n: int) -> ManagedCluster:
+        c = self.cluster(who, key, "clusters:scale")
+        sites = c.resolve_sites(site)
+        current = sum(len(c.workers_of(s.name)) for s in sites)
+        extra = max(n * len(sites) - current, 0)
+        with self.lock:
+            check_quota(self.policy, c.owner, c.team, self.usage(user=c.owner), self.usage(team=c.team),
+                        Usage(workers=extra))
+            c.scale(n, site)
+            self.records[c.id] = {**c.info().to_dict(), "ca_dir": self.records.get(c.id, {}).get("ca_dir", "")}
+            self._save_records()
+        self.audit.record(who.name, "clusters:scale", f"clusters:{c.id}", "allow", site=site, workers=n)
+        return c
+
+    def stop_cluster(self, who: Actor, key: str) -> None:
+        record = self.records.get(key)
+        try:
+            c = self.cluster(who, key, "clusters:delete")
+        except ClusterError:
+            # Already gone (server restart): deleting forgets the record.
+            if record is None:
+                raise
+            self.require(who, "clusters:delete", record["team"], owner=record["owner"],
+                         resource=f"clusters:{key}")
+            with self.lock:
+                self.records.pop(key, None)
+                self._save_records()
+            return
+        self.manager.stop(c.id)
+        with self.lock:
+            rec = self.records.pop(c.id, {})
+            self._save_records()
+        if rec.get("ca_dir"):
+            shutil.rmtree(rec["ca_dir"], ignore_errors=True)
+        self.audit.record(who.name, "clusters:delete", f"clusters:{c.id}", "allow")
+
+    def snapshot(self, who: Actor, key: str) -> dict[str, Any]:
+        c = self.cluster(who, key, "clusters:read")
+        client = self._client(c)
+        return allocation.snapshot(client, cluster=c.name, costs=c.costs()).to_dict()
+
+    def _client(self, c: ManagedCluster):
+        # One client per cluster, owned by the server, for snapshots.
+        client = getattr(c, "server_client", None)
+        if client is None or client.status != "running":
+            from distributed import Client
+
+            client = Client(c.address, security=c.security, timeout=10, set_as_default=False)
+            c.server_client = client
+        return client
+
+    def credentials(self, who: Actor, key: str) -> dict[str, Any]:
+        """A short-lived client certificate for ``who`` on this cluster (only with clusters:use)."""
+        c = self.cluster(who, key, "clusters:use")
+        ca_dir = self.records.get(c.id, {}).get("ca_dir")
+        if not ca_dir:
+            return {"tls": False, "scheduler_address": c.address}
+        cert = ClusterCA.load(ca_dir).issue(who.name, role="client")
+        self.audit.record(who.name, "clusters:use", f"clusters:{c.id}", "allow", issued="client-certificate")
+        return {"tls": True, "scheduler_address": c.address, **cert.to_dict()}
+
+    def join_token(self, key: str, site: str) -> tuple[str, str]:
+        """A one-time join token for a worker of ``site`` (CLI on the server's machine)."""
+        c = self.manager.get(key) if key in {x.id for x in self.manager.list()} else None
+        record = self.records.get(key) or next((r for r in self.records.values() if r["name"] == key), None)
+        if record is None or not record.get("ca_dir"):
+            raise NotFound(f"no TLS cluster {key!r}")
+        token = ClusterCA.load(record["ca_dir"]).join_token(site)
+        return token, (c.address if c else record["scheduler_address"])
+
+    # -- templates ---------------------------------------------------------------------------
+
+    def templates(self, who: Actor) -> list[dict[str, Any]]:
+        from .templates import list_templates
+
+        return [t for t in list_templates(self.templates_dir)
+                if self.allowed(who, "templates:read", t["team"])]
+
+    def template_path(self, who: Actor, team: str, name: str) -> Path:
+        from .templates import template_file
+
+        if team not in self.policy.teams:
+            raise NotFound(f"no template {team}/{name}")
+        if not self.allowed(who, "templates:read", team):
+            # Another team's templates are not even named.
+            self.audit.record(who.name, "templates:read", f"templates:{team}/{name}", "deny",
+                              reason=self.policy.explain(who.name, who.groups, "templates:read", team))
+            raise NotFound(f"no template {team}/{name}")
+        return template_file(self.templates_dir, team, name)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _load_records(self) -> dict[str, dict[str, Any]]:
+        if not self.records_path.exists():
+            return {}
+        try:
+            data = json.loads(self.records_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        # Processes do not survive the server: whatever ran before a restart is gone now.
+        for record in data.values():
+            if record.get("status") != "stopped":
+                record["status"] = "stopped"
+                record["stopped_reason"] = "server restarted"
+                record["scheduler_address"] = ""
+                record["dashboard_link"] = ""
+        return data
+
+    def _save_records(self) -> None:
+        write_atomic(self.records_path, json.dumps(self.records, indent=1).encode())
+
+    def close(self) -> None:
+        for c in self.manager.list():
+            client = getattr(c, "server_client", None)
+            if client is not None:
+                try:
+                    client.close(timeout=5)
+                except Exception:
+                    pass
+        self.manager.stop_all()
+        with self.lock:
+            for record in self.records.values():
+                record["status"] = "stopped"
+                record["stopped_reason"] = "server stopped"
+            self._save_records()

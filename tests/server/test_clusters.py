@@ -1,0 +1,141 @@
+"""Cluster routes through the real server, with every identity."""
+
+import asyncio
+
+import pytest
+
+WHO = ("admin", "alice", "bob", "vera", "none")
+
+# route                                   method  body                                   admin alice bob  vera none
+MATRIX = [
+    ("whoami",                              "GET",   None,                                   200, 200, 200, 200, 401),
+    ("profiles",                            "GET",   None,                                   200, 200, 200, 200, 401),
+    ("clusters",                            "GET",   None,                                   200, 200, 200, 200, 401),
+    ("clusters",                            "POST",  {"team": "medical", "profile": "nope"}, 400, 400, 403, 403, 401),
+    ("clusters/{id}",                       "GET",   None,                                   200, 200, 404, 200, 401),
+    ("clusters/{id}",                       "PATCH", {"site": "fog", "workers": 1},          400, 400, 404, 403, 401),
+    ("clusters/{id}/allocation",            "GET",   None,                                   200, 200, 404, 200, 401),
+    ("clusters/{id}/credentials",           "GET",   None,                                   200, 200, 404, 403, 401),
+    ("templates",                           "GET",   None,                                   200, 200, 200, 200, 401),
+    ("templates/copy",                      "POST",  {"team": "medical", "name": "federated-diagnosis"},
+                                                                                             201, 201, 404, 201, 401),
+    ("audit",                               "GET",   None,                                   200, 403, 403, 403, 401),
+    ("clusters/{id}",                       "DELETE", None,                                  None, 204, 404, 403, 401),
+]
+
+
+async def test_every_route_for_every_identity(as_user):
+    """One table: what each identity gets on each route (alice owns a medical cluster)."""
+    code, cluster = await as_user("alice", "lepton", "api", "clusters", method="POST",
+                                  body={"team": "medical", "profile": "local", "workers": {"cloud": 1, "edge": 1}})
+    assert code == 201, cluster
+    failures = []
+    for route, method, body, *expected in MATRIX:
+        path = route.format(id=cluster["id"])
+        for who, want in zip(WHO, expected):
+            if want is None:
+                continue
+            if method == "DELETE" and who == "alice":
+                continue  # the owner's delete runs last, below
+            code, reply = await as_user(who, "lepton", "api", *path.split("/"), method=method, body=body)
+            if code != want:
+                failures.append(f"{method} {route} as {who}: {code} (want {want}) {reply}")
+            if code >= 400:
+                assert isinstance(reply, dict) and reply["message"] and "\n" not in reply["message"]
+    assert not failures, "\n".join(failures)
+    code, _ = await as_user("alice", "lepton", "api", "clusters", cluster["id"], method="DELETE")
+    assert code == 204
+
+
+async def test_create_list_scale_stop(as_user):
+    code, c = await as_user("alice", "lepton", "api", "clusters", method="POST",
+                            body={"team": "medical", "profile": "local", "name": "ward",
+                                  "workers": {"cloud": 1, "edge": 1}})
+    assert code == 201
+    assert c["owner"] == "alice" and c["team"] == "medical" and c["tls"] is True
+    assert c["scheduler_address"].startswith("tls://127.0.0.1:")
+    assert "connect_cluster" in c["connect_code"]
+    assert {s["name"]: s["workers"] for s in c["sites"]} == {"cloud": 1, "edge": 1}
+    # the finance analyst does not learn of it; the viewer of both teams sees it
+    _, listing = await as_user("bob", "lepton", "api", "clusters")
+    assert listing == {"clusters": []}
+    _, listing = await as_user("vera", "lepton", "api", "clusters")
+    assert [x["name"] for x in listing["clusters"]] == ["ward"]
+    code, c2 = await as_user("alice", "lepton", "api", "clusters", c["id"], method="PATCH",
+                             body={"site": "edge", "workers": 2})
+    assert code == 200 and {s["name"]: s["workers"] for s in c2["sites"]}["edge"] == 2
+    code, snap = await as_user("alice", "lepton", "api", "clusters", c["id"], "allocation")
+    assert code == 200 and snap["totals"]["workers"] == 3
+    assert sorted(w["name"] for w in snap["workers"]) == ["cloud-0", "edge-0", "edge-1"]
+    # a second cluster with the same name is a conflict
+    code, err = await as_user("alice", "lepton", "api", "clusters", method="POST",
+                              body={"team": "medical", "name": "ward", "workers": {"cloud": 1, "edge": 0}})
+    assert code == 409 and "already running" in err["message"]
+    code, _ = await as_user("alice", "lepton", "api", "clusters", c["id"], method="DELETE")
+    assert code == 204
+    code, err = await as_user("alice", "lepton", "api", "clusters", c["id"])
+    assert code == 404
+
+
+async def test_quota_refusal_gives_the_numbers(as_user):
+    code, err = await as_user("bob", "lepton", "api", "clusters", method="POST",
+                              body={"team": "finance", "profile": "local"})
+    assert code == 403
+    assert err["message"].startswith("user bob may hold 3 workers; 0 are in use and this request asks for 4")
+    code, err = await as_user("bob", "lepton", "api", "clusters", method="POST",
+                              body={"team": "finance", "profile": "local", "gpus": 1})
+    assert code in (400, 403)  # no GPU here (400) or over the GPU quota (403): never started
+    _, listing = await as_user("bob", "lepton", "api", "clusters")
+    assert listing == {"clusters": []}
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ("{not json", 400, "not valid JSON"),
+    ("[1, 2]", 400, "JSON object"),
+    ({"team": "medical", "colour": "red"}, 400, "unknown field 'colour'"),
+    ({"team": "medical", "workers": {"cloud": -1}}, 400, "workers.cloud"),
+    ({"team": "medical", "workers": {"fog": 1}}, 400, "keys are cloud and edge"),
+    ({"team": "medical", "gpus": "two"}, 400, "wrong type"),
+    ({"team": "medical", "name": "../../etc"}, 400, "name:"),
+    ({"team": "physics"}, 400, "unknown team 'physics'"),
+    ({"profile": "local"}, 400, "missing field 'team'"),
+    ("x" * 70_000, 400, "over 64 KiB"),
+])
+async def test_bad_bodies_are_400_never_500(as_user, body, status, words):
+    code, err = await as_user("alice", "lepton", "api", "clusters", method="POST", body=body)
+    assert code == status, err
+    assert words in err["message"]
+
+
+@pytest.mark.parametrize("path", [
+    ["clusters", "..", "..", "etc"], ["clusters", "%2e%2e"], ["clusters", "nope"],
+    ["clusters", "nope", "allocation"], ["clusters", "a" * 200],
+])
+async def test_unknown_or_traversing_ids_are_404(as_user, path):
+    code, err = await as_user("admin", "lepton", "api", *path)
+    assert code == 404
+
+
+async def test_stream_pushes_snapshots(as_user, jp_ws_fetch, tokens):
+    code, c = await as_user("alice", "lepton", "api", "clusters", method="POST",
+                            body={"team": "medical", "workers": {"cloud": 1, "edge": 1}})
+    assert code == 201
+    try:
+        ws = await jp_ws_fetch("lepton", "api", "clusters", c["id"], "stream",
+                               headers={"Authorization": f"token {tokens['alice']}"},
+                               params={"interval": "0.2"})
+        import json
+
+        first = json.loads(await asyncio.wait_for(ws.read_message(), 20))
+        second = json.loads(await asyncio.wait_for(ws.read_message(), 20))
+        assert first["totals"]["workers"] == 2 and second["time"] > first["time"]
+        ws.close()
+        from tornado.httpclient import HTTPClientError
+        from tornado.websocket import WebSocketClosedError
+
+        with pytest.raises((HTTPClientError, WebSocketClosedError)):
+            ws = await jp_ws_fetch("lepton", "api", "clusters", c["id"], "stream",
+                                   headers={"Authorization": f"token {tokens['bob']}"})
+            await asyncio.wait_for(ws.read_message(), 5)
+    finally:
+        await as_user("alice", "lepton", "api", "clusters", c["id"], method="DELETE")
