@@ -17,12 +17,14 @@ $(BIN)/python:
 
 # torch's CPU wheel goes in first where there is no NVIDIA GPU: a plain `torch`
 # requirement would otherwise pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml $(BIN)/python
+$(STAMP): pyproject.toml extension/package.json extension/yarn.lock $(BIN)/python
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		echo "no nvidia-smi: installing the CPU build of torch"; \
 		$(PIP) install --quiet torch==2.13.0; \
 	fi
-	$(PIP) install --quiet -e ".[dev]"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PIP) install --quiet -e ".[dev]"
+	# Link the built frontend into the venv (an editable install does not copy it).
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter labextension develop --overwrite .
 	touch $@
 
 setup: $(STAMP)
@@ -42,9 +44,14 @@ lab: setup
 	LEPTON_HOME=$(LAB_HOME) $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
 		--ServerApp.root_dir=$(CURDIR) notebooks/quickstart.ipynb
 
+# Three runs: pytest-jupyter's plugin (server tests) and Playwright's sync API (browser
+# tests) each need a pytest process of their own.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 test: setup-test
-	$(BIN)/python -m pytest tests -q --ignore=tests/browser -p no:cacheprovider
-	@if [ -d tests/browser ]; then $(BIN)/python -m pytest tests/browser -q -p no:cacheprovider; fi
+	cd extension && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm test
+	$(PYTEST) tests --ignore=tests/server --ignore=tests/browser
+	$(PYTEST) tests/server
+	$(PYTEST) tests/browser
 
 bench: setup
 	$(BIN)/python bench/cluster.py

@@ -13,6 +13,7 @@ from .api import (  # noqa: F401
     RunResult,
     clusters,
     connect,
+    connect_cluster,
     current,
     down,
     on_site,
@@ -46,3 +47,22 @@ def _load_jupyter_server_extension(server_app) -> None:
     from .server.extension import load_server_extension
 
     load_server_extension(server_app)
+
+
+def _link_jupyter_server_extension(server_app) -> None:
+    """Select Lepton's identity provider and authorizer before the server creates its own.
+
+    jupyter_server reads only ``jpserver_extensions`` from the shipped config
+    file, so the two classes are chosen here, at link time. A deployment that
+    configured classes of its own (not jupyter_server's defaults) keeps them.
+    """
+    from jupyter_server.auth.authorizer import AllowAllAuthorizer, Authorizer
+    from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
+
+    from .security.authz import LeptonAuthorizer
+    from .security.identity import LeptonIdentityProvider
+
+    if server_app.authorizer_class in (Authorizer, AllowAllAuthorizer):
+        server_app.authorizer_class = LeptonAuthorizer
+    if server_app.identity_provider_class in (IdentityProvider, PasswordIdentityProvider):
+        server_app.identity_provider_class = LeptonIdentityProvider

@@ -72,6 +72,21 @@ def connect(address: str, *, name: str | None = None, timeout: float | None = No
     return session().add(ClusterHandle(info, client, transport=None, adopted=True))
 
 
+def connect_cluster(cluster_id: str) -> ClusterHandle:
+    """Connect to a cluster the Lepton service runs (by id or name), with this user's certificate.
+
+    This is what the sidebar's "Use in notebook" inserts.
+    """
+    s = session()
+    for h in s.handles.values():
+        if not h.closed and cluster_id in (h.id, h.name):
+            return s.add(h)
+    transport = s.transport
+    info = transport.info(cluster_id)
+    client = connect_client(info["scheduler_address"], security=transport.security(info["id"]))
+    return s.add(ClusterHandle(info, client, transport=transport, owned=False))
+
+
 def current(name: str | None = None) -> ClusterHandle:
     """The cluster called ``name``, or the one this kernel used last."""
     return session().get(name)
@@ -93,7 +108,7 @@ def scale(n: int, site: str = "edge", *, name: str | None = None) -> ClusterHand
 
 
 def down(name: str | None = None, *, all: bool = False) -> list[str]:
-    """Stop a cluster this kernel started (an adopted one is only disconnected). Returns the names."""
+    """Stop a cluster this kernel started (one it connected to is only disconnected). Returns the names."""
     s = session()
     handles = clusters() if all else [current(name)]
     for h in handles:
@@ -136,5 +151,5 @@ def run_on(
                     returns=returns, filename=filename, echo=echo, timeout=timeout)
 
 
-__all__ = ["up", "connect", "current", "clusters", "status", "scale", "down", "run_on", "on_site",
+__all__ = ["up", "connect", "connect_cluster", "current", "clusters", "status", "scale", "down", "run_on", "on_site",
            "RunResult", "ClusterHandle"]

@@ -114,13 +114,15 @@ class Services:
     def profiles(self) -> list[Profile]:
         return list(all_profiles().values())
 
-    def _plan_profile(self, profile: str, workers: dict[str, int] | None, gpus: int | None) -> Profile:
+    def _plan_profile(self, profile: str, workers: dict[str, int] | None, gpus: int | None,
+                      threads: int | None = None, memory: str | None = None) -> Profile:
         prof = get_profile(profile)
         workers = workers or {}
         for key in workers:
             if key not in ("cloud", "edge"):
                 raise ConfigError(f"workers: keys are cloud and edge, got {key!r}")
-        return prof.with_overrides(cloud=workers.get("cloud"), edge=workers.get("edge"), gpus=gpus)
+        return prof.with_overrides(cloud=workers.get("cloud"), edge=workers.get("edge"), gpus=gpus,
+                                   threads=threads, memory=memory)
 
     @staticmethod
     def _demand(prof: Profile, gpus_found: int) -> Usage:
@@ -136,12 +138,13 @@ class Services:
         return Usage(gpus=g, workers=w, clusters=1)
 
     def create_cluster(self, who: Actor, *, team: str, profile: str, name: str | None = None,
-                       workers: dict[str, int] | None = None, gpus: int | None = None) -> ManagedCluster:
+                       workers: dict[str, int] | None = None, gpus: int | None = None,
+                       threads: int | None = None, memory: str | None = None) -> ManagedCluster:
         """Start a cluster for ``who`` in ``team``: permission, quota, TLS, audit."""
         if team not in self.policy.teams:
             raise ConfigError(f"unknown team {team!r} (teams: {', '.join(self.policy.teams)})")
         self.require(who, "clusters:create", team, resource=f"clusters:new:{team}")
-        prof = self._plan_profile(profile, workers, gpus)
+        prof = self._plan_profile(profile, workers, gpus, threads, memory)
         from .cluster import gpus as gpu_discovery
 
         found = gpu_discovery.discover()

@@ -55,16 +55,24 @@ class EmbeddedTransport:
     def managed(self, cluster_id: str) -> ManagedCluster:
         return self.manager.get(cluster_id)
 
+    def info(self, cluster_id: str) -> dict:
+        return self.manager.get(cluster_id).info().to_dict()
+
+    def security(self, cluster_id: str):
+        return self.manager.get(cluster_id).security
+
 
 class ClusterHandle:
     """A cluster as this kernel sees it: ``.client`` is connected; ``.view()`` shows it live."""
 
     def __init__(self, info: dict[str, Any], client: Client, *, transport: Transport | None,
-                 adopted: bool = False):
+                 adopted: bool = False, owned: bool = True):
         self.info = info
         self.client = client
         self.transport = transport
         self.adopted = adopted
+        # A cluster this kernel asked for is stopped with it; one it only joined is left running.
+        self.owned = owned and not adopted
         self.closed = False
 
     @property
@@ -98,14 +106,14 @@ class ClusterHandle:
         return self
 
     def close(self) -> None:
-        """Disconnect; a cluster this kernel started is stopped too, an adopted one is left running."""
+        """Disconnect; a cluster this kernel started is stopped too, one it joined is left running."""
         if self.closed:
             return
         self.closed = True
         try:
             self.client.close(timeout=10)
         finally:
-            if not self.adopted and self.transport is not None:
+            if self.owned and self.transport is not None:
                 try:
                     self.transport.stop(self.id)
                 except NotFound:
@@ -132,11 +140,31 @@ class ClusterHandle:
             return f"<pre>{self!r}</pre>"
 
 
+def default_transport() -> Transport:
+    """REST to the Jupyter server this kernel belongs to, else the services in-process.
+
+    ``LEPTON_TRANSPORT=embedded`` or ``rest`` forces one.
+    """
+    import os
+
+    from .kernel.rest import RestTransport, find_server
+
+    choice = os.environ.get("LEPTON_TRANSPORT", "auto")
+    if choice not in ("auto", "embedded", "rest"):
+        raise ConfigError(f"LEPTON_TRANSPORT: auto, embedded or rest, got {choice!r}")
+    server = None if choice == "embedded" else find_server()
+    if server is None:
+        if choice == "rest":
+            raise ClusterError("LEPTON_TRANSPORT=rest but no Jupyter server found; set LEPTON_SERVER_URL")
+        return EmbeddedTransport()
+    return RestTransport(server)
+
+
 class Session:
     """This kernel's clusters, by name, and the one used when no name is given."""
 
     def __init__(self, transport: Transport | None = None):
-        self.transport = transport or EmbeddedTransport()
+        self.transport = transport or default_transport()
         self.handles: dict[str, ClusterHandle] = {}
         self.current: ClusterHandle | None = None
         self.lock = threading.RLock()

@@ -35,8 +35,8 @@ class ClustersHandler(ClusterBase):
     @web.authenticated
     @authorized
     async def post(self):
-        body = self.body({"team": str, "profile": str, "name": str, "workers": dict, "gpus": int},
-                         required=("team",))
+        body = self.body({"team": str, "profile": str, "name": str, "workers": dict, "gpus": int,
+                          "threads": int, "memory": str}, required=("team",))
         name = body.get("name")
         if name is not None and not _NAME.match(name):
             raise web.HTTPError(400, "name: letters, digits, '_', '.', '-' (at most 64)")
@@ -50,7 +50,8 @@ class ClustersHandler(ClusterBase):
         services = self.services
         managed = await self.run(services.create_cluster, self.actor, team=body["team"],
                                  profile=body.get("profile") or config.DEFAULT_PROFILE, name=name,
-                                 workers=workers, gpus=gpus)
+                                 workers=workers, gpus=gpus, threads=body.get("threads"),
+                                 memory=body.get("memory"))
         self.reply(services.describe(managed.info()), status=201)
 
 

@@ -1,0 +1,135 @@
+"""The kernel's REST transport: the Jupyter server's Lepton API, with the user's own identity.
+
+Inside a kernel started by a Jupyter server, ``%lepton up`` must go through the
+server (which owns clusters, checks the policy and issues certificates), as the
+user who owns the kernel. The server and the credential are found the way
+Jupyter tools find them:
+
+* JupyterHub: ``JUPYTERHUB_API_TOKEN`` and ``JUPYTERHUB_SERVICE_URL``;
+* a plain server: the runtime file of the server that started this kernel
+  (``JPY_PARENT_PID``), as listed by ``jupyter_server.serverapp.list_running_servers``;
+* or explicitly: ``LEPTON_SERVER_URL`` and ``LEPTON_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AlreadyExists, ClusterError, ConfigError, LeptonError, NotFound, PermissionDenied
+
+_BY_STATUS = {400: ConfigError, 403: PermissionDenied, 404: NotFound, 409: AlreadyExists}
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    token: str
+    how: str
+
+
+def find_server() -> ServerInfo | None:
+    """The Jupyter server this kernel belongs to, or None (plain IPython, scripts, tests)."""
+    if os.environ.get("LEPTON_SERVER_URL"):
+        return ServerInfo(os.environ["LEPTON_SERVER_URL"], os.environ.get("LEPTON_TOKEN", ""), "environment")
+    if os.environ.get("JUPYTERHUB_API_TOKEN") and os.environ.get("JUPYTERHUB_SERVICE_URL"):
+        return ServerInfo(os.environ["JUPYTERHUB_SERVICE_URL"], os.environ["JUPYTERHUB_API_TOKEN"], "jupyterhub")
+    parent = os.environ.get("JPY_PARENT_PID")
+    if not parent:
+        return None
+    try:
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:
+        return None
+    for server in list_running_servers():
+        if str(server.get("pid")) == parent:
+            return ServerInfo(server["url"], server.get("token", ""), "runtime file")
+    return None
+
+
+class RestTransport:
+    """Cluster operations as REST calls to ``<server>/lepton/api``."""
+
+    def __init__(self, server: ServerInfo, timeout: float = 120.0):
+        self.server = server
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        url = self.server.url.rstrip("/") + "/lepton/api/" + path.lstrip("/")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.server.token:
+            req.add_header("Authorization", f"token {self.server.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read()).get("message") or e.reason
+            except ValueError:
+                message = e.reason
+            raise _BY_STATUS.get(e.code, LeptonError)(f"{message} (HTTP {e.code})") from None
+        except urllib.error.URLError as e:
+            raise ClusterError(f"the Jupyter server at {self.server.url} did not answer ({e.reason})") from None
+
+    # -- Transport -----------------------------------------------------------------------------
+
+    def _team(self, team: str | None) -> str:
+        if team:
+            return team
+        me = self.call("GET", "whoami")
+        for t in me["teams"]:
+            if me["roles"].get(t) in ("admin", "lead", "analyst"):
+                return t
+        raise PermissionDenied(f"{me['name']} may create clusters in no team; ask an admin")
+
+    def create(self, profile, *, name, overrides):
+        overrides = dict(overrides)
+        team = self._team(overrides.pop("team", None) or os.environ.get("LEPTON_TEAM"))
+        workers = {k: overrides.pop(k) for k in ("cloud", "edge") if k in overrides}
+        body: dict[str, Any] = {"team": team, "profile": profile}
+        if name:
+            body["name"] = name
+        if workers:
+            body["workers"] = workers
+        if "gpus" in overrides:
+            gpus = overrides.pop("gpus")
+            if gpus != "auto":
+                body["gpus"] = gpus
+        for key in ("threads", "memory"):
+            if key in overrides:
+                body[key] = overrides.pop(key)
+        reused = False
+        try:
+            info = self.call("POST", "clusters", body)
+        except AlreadyExists:
+            info = next(c for c in self.call("GET", "clusters")["clusters"] if c["name"] == name)
+            reused = True
+        return info, self.security(info["id"]), reused
+
+    def security(self, cluster_id: str):
+        cred = self.call("GET", f"clusters/{cluster_id}/credentials")
+        if not cred.get("tls"):
+            return None
+        from ..security.certs import IssuedCert
+
+        return IssuedCert.from_dict({k: cred[k] for k in
+                                     ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")}).security()
+
+    def info(self, cluster_id: str) -> dict:
+        return self.call("GET", f"clusters/{cluster_id}")
+
+    def scale(self, cluster_id, n, site):
+        return self.call("PATCH", f"clusters/{cluster_id}", {"site": site, "workers": n})
+
+    def stop(self, cluster_id):
+        self.call("DELETE", f"clusters/{cluster_id}")
+
+    def list(self):
+        return self.call("GET", "clusters")["clusters"]
