@@ -151,5 +151,33 @@ def run_on(
                     returns=returns, filename=filename, echo=echo, timeout=timeout)
 
 
+def compress(model: Any, **kwargs: Any):
+    """Quantize / prune / distill a model with a measured before-and-after report.
+
+    See :func:`lepton_lab.ml.compress.compress`; ``model`` may be a ``train`` result.
+    """
+    from .ml.compress import compress as _compress
+
+    inner = getattr(model, "model", model)
+    return _compress(inner, **kwargs)
+
+
+def train(kind: str, **kwargs: Any):
+    """Train XGBoost (``xgboost.dask``) or PyTorch on the cluster; see :func:`lepton_lab.ml.train.train`."""
+    from .ml.train import train as _train
+
+    return _train(kind, **kwargs)
+
+
+def federate(model: Any, **kwargs: Any):
+    """Federated training across edge sites; see :func:`lepton_lab.ml.federated.federate`."""
+    from .ml.federated import federate as _federate
+
+    return _federate(model, **kwargs)
+
+
+from .models import load, models, predict, publish, serve, serve_stop  # noqa: E402
+
 __all__ = ["up", "connect", "connect_cluster", "current", "clusters", "status", "scale", "down", "run_on", "on_site",
-           "RunResult", "ClusterHandle"]
+           "RunResult", "ClusterHandle", "compress", "train", "federate", "publish", "load", "models", "serve",
+    "predict", "serve_stop"]

@@ -58,6 +58,44 @@ class EmbeddedTransport:
     def info(self, cluster_id: str) -> dict:
         return self.manager.get(cluster_id).info().to_dict()
 
+    # models: the local user signs; team keys live in this user's LEPTON_HOME
+    @property
+    def registry(self):
+        if getattr(self, "_registry", None) is None:
+            from .registry import Registry
+            from .security.vault import KeyRing
+
+            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"))
+        return self._registry
+
+    def publish(self, team: str, name: str, payload: bytes, meta: dict) -> dict:
+        import json
+
+        from .registry.serialize import from_payload
+        from .security.identity import local_user
+
+        fields = ("metrics", "input_schema", "lineage", "compression", "description", "tags", "alias")
+        ser = from_payload(payload, framework=meta["framework"], framework_version=meta["framework_version"],
+                           format=meta["format"], construction=meta.get("construction"))
+        manifest = self.registry.publish(ser, name=name, team=team, user=local_user(),
+                                         **{k: meta.get(k) for k in fields if meta.get(k) is not None})
+        return json.loads(manifest.to_json())
+
+    def load(self, team: str, ref: str):
+        import json
+
+        loaded = self.registry.load(ref, team=team)
+        return loaded.model, json.loads(loaded.manifest.to_json())
+
+    def models(self, team: str | None):
+        import dataclasses
+
+        from .security.policy import default_policy
+        from .security.identity import local_user
+
+        teams = [team] if team else list(default_policy(local_user()).teams)
+        return [{**dataclasses.asdict(m), "team": t} for t in teams for m in self.registry.models(t)]
+
     def security(self, cluster_id: str):
         return self.manager.get(cluster_id).security
 
@@ -166,6 +204,7 @@ class Session:
     def __init__(self, transport: Transport | None = None):
         self.transport = transport or default_transport()
         self.handles: dict[str, ClusterHandle] = {}
+        self.served: dict[str, Any] = {}
         self.current: ClusterHandle | None = None
         self.lock = threading.RLock()
 

@@ -234,7 +234,16 @@ def _from_cell(tb, filename: str):
     return start or tb
 
 
+#: Modules that add subcommands; each has ``register_magics(magics)``. Imported when loaded.
+SUBCOMMAND_MODULES = ("lepton_lab.kernel.model_magics", "lepton_lab.ml.train", "lepton_lab.ml.federated")
+
+
 def load(shell) -> LeptonMagics:
+    import importlib
+
     magics = LeptonMagics(shell)
+    for name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register_magics(magics)
     shell.register_magics(magics)
     return magics

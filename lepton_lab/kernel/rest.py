@@ -58,17 +58,22 @@ class RestTransport:
         self.server = server
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+             headers: dict[str, str] | None = None, want_response: bool = False) -> Any:
         url = self.server.url.rstrip("/") + "/lepton/api/" + path.lstrip("/")
-        data = json.dumps(body).encode() if body is not None else None
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
+        req.add_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
         if self.server.token:
             req.add_header("Authorization", f"token {self.server.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-                return json.loads(raw) if raw else None
+                content = resp.read()
+                if want_response:
+                    return content, dict(resp.headers)
+                return json.loads(content) if content else None
         except urllib.error.HTTPError as e:
             try:
                 message = json.loads(e.read()).get("message") or e.reason
@@ -133,3 +138,28 @@ class RestTransport:
 
     def list(self):
         return self.call("GET", "clusters")["clusters"]
+
+    # -- models --------------------------------------------------------------------------------
+
+    def publish(self, team: str, name: str, payload: bytes, meta: dict) -> dict:
+        import base64
+
+        header = base64.b64encode(json.dumps(meta).encode()).decode()
+        return self.call("POST", f"models/{team}/{name}/versions", raw=payload,
+                         headers={"X-Lepton-Manifest": header})
+
+    def load(self, team: str, ref: str):
+        import base64
+
+        from ..registry import Manifest
+        from ..registry.serialize import deserialize
+
+        name, _, which = ref.partition("@")
+        content, headers = self.call("GET", f"models/{team}/{name}/versions/{which or 'latest'}/artifact",
+                                     want_response=True)
+        text = base64.b64decode(headers.get("X-Lepton-Manifest", "")).decode()
+        manifest = Manifest.from_json(text)
+        return deserialize(bytearray(content), manifest), json.loads(text)
+
+    def models(self, team: str | None):
+        return self.call("GET", "models" + (f"?team={team}" if team else ""))["models"]

@@ -144,6 +144,8 @@ class Lineage:
     user: str = ""
     created: str = ""
     parent_version: int | None = None
+    #: Anything else worth knowing, never data: e.g. the sites and rounds of a federated run.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def coerce(cls, value: Any) -> Lineage:

@@ -344,3 +344,35 @@ def _requantize(module: Any, quantization: Quantization, torch: Any) -> Any:
 
 
 __all__ = ["Serialized", "deserialize", "records_init_kwargs", "resolve", "serialize"]
+
+
+def from_payload(payload: bytes, *, framework: str, framework_version: str, format: str,
+                 construction: dict[str, Any] | None = None) -> Serialized:
+    """A :class:`Serialized` for bytes already in a framework's format (sent by a kernel)."""
+    from .manifest import Construction, Quantization
+
+    if framework not in ("bytes", "xgboost", "torch"):
+        raise ConfigError(f"unknown framework {framework!r} (bytes, xgboost, torch)")
+    cons = None
+    if construction:
+        q = construction.get("quantization")
+        try:
+            cons = Construction(target=str(construction["target"]), kwargs=dict(construction.get("kwargs") or {}),
+                                quantization=Quantization(**q) if q else None)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"construction: {e}") from None
+    suffix = {"ubj": ".ubj", "state_dict": ".pt"}.get(format, ".bin")
+    return Serialized(framework, framework_version, format, suffix, lambda w: w.write(payload), cons)
+
+
+def to_payload(obj: Any, *, init_kwargs: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """``obj`` in its native format as bytes, plus what :func:`from_payload` needs to rebuild it."""
+    import dataclasses
+    import io
+
+    ser = serialize(obj, init_kwargs=init_kwargs)
+    buf = io.BytesIO()
+    ser.write(buf)
+    meta = {"framework": ser.framework, "framework_version": ser.framework_version, "format": ser.format,
+            "construction": dataclasses.asdict(ser.construction) if ser.construction else None}
+    return buf.getvalue(), meta

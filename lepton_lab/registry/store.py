@@ -272,6 +272,9 @@ class Registry:
     ) -> Manifest:
         """Store a new version of ``name`` for ``team``; returns its signed manifest.
 
+        ``model_or_path`` may also be a :class:`Serialized` made elsewhere (a kernel
+        that serialised its model and sent the bytes to the server).
+
         The model is written in its framework's own format, encrypted with a
         fresh data key wrapped by the team key, and signed by ``user``. The
         version number is the next free one; on any error nothing is left
@@ -292,7 +295,8 @@ class Registry:
         if not isinstance(description, str):
             raise ConfigError("description must be a string")
         self.keyring.signing_key(user)  # refuse a bad user name before any work
-        ser = _serialize.serialize(model_or_path, init_kwargs=init_kwargs)
+        ser = (model_or_path if isinstance(model_or_path, _serialize.Serialized)
+               else _serialize.serialize(model_or_path, init_kwargs=init_kwargs))
 
         _sweep_stale(team_dir / ".staging")
         staging = team_dir / ".staging" / secrets.token_hex(8)

@@ -1,0 +1,163 @@
+"""The model verbs of the public API: publish, load, models, serve, predict.
+
+They accept what training, compression and federated runs return (anything with
+``.model``, and ``.metrics`` / ``.report`` / ``.lineage`` where present) and go
+through the session's transport: in-process for the local user, or the Jupyter
+server's REST API, where team keys never leave the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import statistics
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import ConfigError, NotFound
+from .ml.serve import Served, predict_with
+from .session import session
+
+
+def _team(team: str | None) -> str:
+    team = team or os.environ.get("LEPTON_TEAM")
+    if not team:
+        raise ConfigError("which team? pass team=... (or --team, or set LEPTON_TEAM)")
+    return team
+
+
+def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
+    """The model inside a result object, and the metadata the result carries."""
+    meta: dict[str, Any] = {}
+    model = getattr(obj, "model", obj)
+    metrics = getattr(obj, "metrics", None)
+    if isinstance(metrics, dict):
+        meta["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+    report = getattr(obj, "report", None)
+    if report is not None and hasattr(report, "to_dict"):
+        meta["compression"] = report.to_dict()
+        after = getattr(report, "after", None)
+        if after is not None and getattr(report, "metric_name", None):
+            meta.setdefault("metrics", {})[report.metric_name] = getattr(after, "metric", None)
+    schema = getattr(obj, "input_schema", None)
+    if schema is not None:
+        meta["input_schema"] = dataclasses.asdict(schema) if dataclasses.is_dataclass(schema) else schema
+    lineage = getattr(obj, "lineage", None)
+    if isinstance(lineage, dict):
+        meta["lineage_extra"] = lineage
+    fingerprint = getattr(obj, "data_fingerprint", None)
+    if fingerprint:
+        meta["data_fingerprint"] = fingerprint
+    return model, meta
+
+
+def _cell_lineage() -> dict[str, Any]:
+    """The notebook and the hash of the cell running now, when there is one."""
+    out: dict[str, Any] = {"notebook": os.environ.get("JPY_SESSION_NAME")}
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            cell = shell.user_ns.get("_ih", [""])[-1] if shell.user_ns.get("_ih") else ""
+            out["cell_hash"] = hashlib.sha256(cell.encode()).hexdigest()[:16] if cell else None
+    except Exception:
+        pass
+    try:
+        out["cluster"] = session().get().id
+    except Exception:
+        out["cluster"] = None
+    return out
+
+
+def publish(model: Any, name: str, *, team: str | None = None, alias: str | None = None,
+            metrics: dict[str, Any] | None = None, description: str = "", tags: tuple[str, ...] = (),
+            input_schema: Any = None, parent_version: int | None = None,
+            init_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Publish a new version of ``name`` to ``team``'s registry; returns its signed manifest.
+
+    ``model`` may be a model or what ``train``/``compress``/``federate`` returned;
+    metrics, compression report, input schema and lineage are taken from it.
+    """
+    from .registry.serialize import to_payload
+
+    obj, meta = _unwrap(model)
+    payload, fmt = to_payload(obj, init_kwargs=init_kwargs)
+    lineage = {**_cell_lineage(), "data_fingerprint": meta.get("data_fingerprint"),
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "parent_version": parent_version, "extra": meta.get("lineage_extra") or {}}
+    body = {**fmt, "metrics": {**meta.get("metrics", {}), **(metrics or {})},
+            "input_schema": input_schema if input_schema is not None else meta.get("input_schema"),
+            "lineage": lineage, "compression": meta.get("compression"), "description": description,
+            "tags": list(tags), "alias": alias}
+    if hasattr(body["input_schema"], "shape") and not isinstance(body["input_schema"], dict):
+        from .registry import InputSchema
+
+        body["input_schema"] = dataclasses.asdict(InputSchema.from_example(body["input_schema"]))
+    return session().transport.publish(_team(team), name, payload, body)
+
+
+def load(ref: str, *, team: str | None = None) -> Any:
+    """The model ``ref`` (``"fraud"``, ``"fraud@3"``, ``"fraud@production"``), verified; ``.manifest`` set."""
+    model, manifest = session().transport.load(_team(team), ref)
+    try:
+        model.lepton_manifest = manifest
+    except (AttributeError, TypeError):
+        pass
+    return model
+
+
+def models(team: str | None = None) -> list[dict[str, Any]]:
+    """The models this user may read (of ``team``, or of all their teams)."""
+    return session().transport.models(team)
+
+
+def serve(ref: str, *, site: str = "edge", team: str | None = None, name: str | None = None) -> Served:
+    """Load a published model onto every worker of ``site``, ready for :func:`predict`."""
+    from .api import current
+
+    handle = current(name)
+    model, manifest = session().transport.load(_team(team), ref)
+    workers = [addr for addr, w in handle.client.scheduler_info(n_workers=-1)["workers"].items()
+               if w.get("resources", {}).get(site, 0) > 0]
+    if not workers:
+        raise ConfigError(f"no worker on site {site!r} to serve {ref}")
+    future = handle.client.scatter(model, workers=workers, broadcast=True, hash=False)
+    served = Served(ref, site, workers, future, manifest)
+    session().served[ref.split("@")[0]] = served
+    return served
+
+
+def predict(name: str, inputs: Any) -> dict[str, Any]:
+    """Predictions from a served model, computed on a worker of its site; latency recorded."""
+    from .api import current
+    from .cluster.workers import on_site
+
+    served = session().served.get(name.split("@")[0])
+    if served is None:
+        raise NotFound(f"{name} is not being served; start it with serve({name!r}, site=...)")
+    client = current().client
+    start = time.perf_counter()
+    out = client.submit(predict_with, served.future, inputs, served.manifest,
+                        resources=on_site(served.site), pure=False).result()
+    out["round_trip_ms"] = round((time.perf_counter() - start) * 1000, 3)
+    served.latencies_ms.append(out["round_trip_ms"])
+    out["median_round_trip_ms"] = round(statistics.median(served.latencies_ms), 3)
+    return out
+
+
+def serve_stop(name: str | None = None) -> list[str]:
+    """Stop serving ``name`` (all when None); the workers drop the model."""
+    table = session().served
+    names = [name.split("@")[0]] if name else list(table)
+    for n in names:
+        served = table.pop(n, None)
+        if served is None:
+            raise NotFound(f"{n} is not being served")
+        try:
+            served.future.release()
+        except Exception:
+            pass
+    return names
