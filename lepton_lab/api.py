@@ -13,7 +13,7 @@ from .session import ClusterHandle, connect_client, session
 
 
 def up(
-    profile: str | None = None,
+    profile: str | dict | None = None,
     *,
     name: str | None = None,
     cloud: int | None = None,
@@ -23,6 +23,9 @@ def up(
     memory: int | str | None = None,
 ) -> ClusterHandle:
     """Start a cluster from a profile (default ``local``: 2 cloud + 2 edge workers) and connect.
+
+    ``profile`` is a profile's name, or one given inline:
+    ``{"name": "hospitals", "sites": [{"name": "edge-hospital-a", "workers": 1}, ...]}``.
 
     ``cloud``/``edge`` set the worker count of every site of that kind, ``gpus``
     the GPU workers of cloud sites (``"auto"``: all GPUs found), ``threads`` and

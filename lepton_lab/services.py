@@ -20,7 +20,7 @@ from typing import Any
 from . import config
 from .cluster import allocation
 from .cluster.launcher import ClusterInfo, ClusterManager, ManagedCluster
-from .cluster.profiles import Profile, all_profiles, get_profile
+from .cluster.profiles import Profile, all_profiles, resolve_profile
 from .errors import ClusterError, ConfigError, NotFound, PermissionDenied
 from .security.audit import AuditLog
 from .security.certs import ClusterCA
@@ -116,7 +116,7 @@ class Services:
 
     def _plan_profile(self, profile: str, workers: dict[str, int] | None, gpus: int | None,
                       threads: int | None = None, memory: str | None = None) -> Profile:
-        prof = get_profile(profile)
+        prof = resolve_profile(profile)
         workers = workers or {}
         for key in workers:
             if key not in ("cloud", "edge"):

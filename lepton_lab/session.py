@@ -17,7 +17,7 @@ from distributed import Client, Security
 from . import config
 from .cluster import allocation
 from .cluster.launcher import ClusterManager, ManagedCluster
-from .cluster.profiles import get_profile
+from .cluster.profiles import resolve_profile
 from .errors import ClusterError, ConfigError, NotFound
 
 
@@ -37,7 +37,7 @@ class EmbeddedTransport:
         self.manager = manager or ClusterManager()
 
     def create(self, profile, *, name, overrides):
-        prof = get_profile(profile).with_overrides(**overrides)
+        prof = resolve_profile(profile).with_overrides(**overrides)
         managed, started = self.manager.start(prof, name=name, reuse=True)
         return managed.info().to_dict(), managed.security, not started
 

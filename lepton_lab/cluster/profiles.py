@@ -289,3 +289,14 @@ def get_profile(name: str, path: Path | None = None) -> Profile:
     if name not in profiles:
         raise ConfigError(f"unknown profile {name!r} (known: {', '.join(sorted(profiles))})")
     return profiles[name]
+
+
+def resolve_profile(profile: "str | Mapping[str, Any] | Profile") -> Profile:
+    """A profile by name, or one given inline as ``{"name": ..., "sites": [...]}`` (validated)."""
+    if isinstance(profile, Profile):
+        return profile
+    if isinstance(profile, Mapping):
+        body = dict(profile)
+        name = body.pop("name", "inline")
+        return profile_from_dict(name, body, f"profile {name}")
+    return get_profile(profile)

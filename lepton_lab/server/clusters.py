@@ -35,7 +35,7 @@ class ClustersHandler(ClusterBase):
     @web.authenticated
     @authorized
     async def post(self):
-        body = self.body({"team": str, "profile": str, "name": str, "workers": dict, "gpus": int,
+        body = self.body({"team": str, "profile": (str, dict), "name": str, "workers": dict, "gpus": int,
                           "threads": int, "memory": str}, required=("team",))
         name = body.get("name")
         if name is not None and not _NAME.match(name):
