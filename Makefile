@@ -18,6 +18,12 @@ $(BIN)/python:
 # torch's CPU wheel goes in first where there is no NVIDIA GPU: a plain `torch`
 # requirement would otherwise pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml extension/package.json extension/yarn.lock $(BIN)/python
+	@# The frontend is built from source: it needs Node.js (jlpm comes with JupyterLab).
+	@if ! command -v node >/dev/null 2>&1; then \
+		echo "installing nodejs from apt"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		echo "no nvidia-smi: installing the CPU build of torch"; \
 		$(PIP) install --quiet torch==2.13.0; \
@@ -29,19 +35,25 @@ $(STAMP): pyproject.toml extension/package.json extension/yarn.lock $(BIN)/pytho
 
 setup: $(STAMP)
 
-# Chromium for the browser tests comes from Debian (never from playwright's downloader).
+# Chromium for the browser tests comes from Debian (never from playwright's downloader);
+# iproute2 gives the network namespaces that stand in for edge hosts.
 browser-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-		echo "installing chromium from apt"; \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing from apt:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 setup-test: setup browser-deps
 
+# The lab starts with the server extension and an embedded `local` cluster (2 cloud +
+# 2 edge workers) owned by you, the admin of every team in the default policy.
 lab: setup
 	mkdir -p $(LAB_HOME)
-	LEPTON_HOME=$(LAB_HOME) $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+	LEPTON_HOME=$(LAB_HOME) LEPTON_AUTOSTART=local $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
 		--ServerApp.root_dir=$(CURDIR) notebooks/quickstart.ipynb
 
 # Three runs: pytest-jupyter's plugin (server tests) and Playwright's sync API (browser

@@ -34,7 +34,7 @@ def command(name: str, help: str):
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", required=True, help="scheduler address, e.g. tls://10.0.0.5:8786")
+    p.add_argument("--scheduler", help="scheduler address, e.g. tls://10.0.0.5:8786 (from the server with --join-token)")
     p.add_argument("--site", required=True, help="site name, e.g. edge-hospital-a or cloud")
     p.add_argument("--kind", choices=("cloud", "edge"), help="site kind (default: from the site name)")
     p.add_argument("--nworkers", type=int, default=1, help="CPU workers to start (default 1)")
@@ -47,14 +47,47 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="this worker's certificate (TLS)")
     p.add_argument("--tls-key", help="this worker's private key (TLS)")
     p.add_argument("--join-token", help="a one-time token from `lepton-lab join-token` (TLS)")
+    p.add_argument("--server", help="the Jupyter server's URL, to redeem --join-token")
     p.add_argument("--death-timeout", type=float, default=60, help="seconds without a scheduler before exiting")
+
+
+def _redeem(a: argparse.Namespace):
+    """Trade the join token for a worker certificate at the server; returns (Security, scheduler)."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from .security.certs import IssuedCert
+
+    if not a.server:
+        raise LeptonError("--join-token needs --server, the Jupyter server's URL")
+    hosts = sorted({"127.0.0.1", "localhost", socket.gethostname(), *( [a.host] if a.host else [])})
+    body = json.dumps({"token": a.join_token, "site": a.site, "hosts": hosts}).encode()
+    req = urllib.request.Request(a.server.rstrip("/") + "/lepton/api/join", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("message", e.reason)
+        except ValueError:
+            message = e.reason
+        raise LeptonError(f"the server refused the join token: {message}") from None
+    except urllib.error.URLError as e:
+        raise LeptonError(f"could not reach {a.server}: {e.reason}") from None
+    cert = IssuedCert.from_dict({k: data[k] for k in ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")})
+    return cert.security(), data["scheduler_address"]
 
 
 def _worker_security(a: argparse.Namespace):
     if a.join_token:
-        from .security.join import security_from_token
-
-        return security_from_token(a.join_token, a.site)
+        security, scheduler = _redeem(a)
+        if a.scheduler and a.scheduler != scheduler:
+            print(f"note: the server says the scheduler is {scheduler}; using {a.scheduler}", file=sys.stderr)
+        a.scheduler = a.scheduler or scheduler
+        return security
     if a.tls_ca_file or a.tls_cert or a.tls_key:
         if not (a.tls_ca_file and a.tls_cert and a.tls_key):
             raise LeptonError("--tls-ca-file, --tls-cert and --tls-key go together")
@@ -78,6 +111,8 @@ def run_worker(a: argparse.Namespace) -> int:
          "memory": _memory(a.memory_limit, "--memory-limit"), "gpus": gpus_arg},
         "site",
     )
+    if not a.scheduler and not a.join_token:
+        raise LeptonError("--scheduler is required (or --join-token with --server)")
     found = gpu_discovery.discover() if site.gpus else []
     start = a.index if a.index is not None else os.getpid() * 10
     plans = plan_site(site, found, start=start)
@@ -189,13 +224,12 @@ def run_audit_verify(a: argparse.Namespace) -> int:
 
 
 def run_join_token(a: argparse.Namespace) -> int:
-    from .security.policy import load_policy
-    from .services import Services
+    from .services import issue_join_token
 
-    token, address = Services(load_policy()).join_token(a.cluster, a.site)
+    token, address = issue_join_token(a.cluster, a.site)
     print(token)
-    print(f"on the joining machine: lepton-lab worker --scheduler {address} --site {a.site} "
-          f"--join-token {token} --server URL", file=sys.stderr)
+    print(f"on the joining machine (scheduler {address}): lepton-lab worker --site {a.site} "
+          f"--join-token TOKEN --server <Jupyter server URL>", file=sys.stderr)
     return 0
 
 

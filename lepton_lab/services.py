@@ -280,104 +280,17 @@ class Services:
         self.audit.record(who.name, "clusters:use", f"clusters:{c.id}", "allow", issued="client-certificate")
         return {"tls": True, "scheduler_address": c.address, **cert.to_dict()}
 
-    def join_token(self, key: str, site: str) -> tuple[str, str]:
-        """A one-time join token for a worker of ``site`` (CLI on the server's machine)."""
-        c = self.manager.get(key) if key in {x.id for x in self.manager.list()} else None
-        record = self.records.get(key) or next((r for r in self.records.values() if r["name"] == key), None)
-        if record is None or not record.get("ca_dir"):
-            raise NotFound(f"no TLS cluster {key!r}")
-        token = ClusterCA.load(record["ca_dir"]).join_token(site)
-        return token, (c.address if c else record["scheduler_address"])
-
-    # -- models ------------------------------------------------------------------------------
-
-    @property
-    def registry(self):
-        if getattr(self, "_registry", None) is None:
-            from .registry import Registry
-            from .security.vault import KeyRing
-
-            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"))
-        return self._registry
-
-    def _model_team(self, who: Actor, team: str, permission: str, ref: str) -> None:
-        """Models of a team the user may not read do not exist for them (404, never 403)."""
-        if team not in self.policy.teams or not self.allowed(who, "models:read", team):
-            self.audit.record(who.name, permission, f"models:{team}/{ref}", "deny",
-                              reason=f"{who.name} may not read models of {team}")
-            raise NotFound(f"no model {ref!r}")
-        self.require(who, permission, team, resource=f"models:{team}/{ref}")
-
-    def models(self, who: Actor, team: str | None = None) -> list[dict[str, Any]]:
-        teams = [team] if team else self.policy.teams_of(who.name, who.groups)
-        out = []
-        for t in teams:
-            if t in self.policy.teams and self.allowed(who, "models:read", t):
-                out += [{**dataclasses.asdict(m), "team": t} for m in self.registry.models(t)]
-        return out
-
-    def model_versions(self, who: Actor, team: str, name: str) -> dict[str, Any]:
-        self._model_team(who, team, "models:read", name)
-        return {"name": name, "team": team,
-                "versions": [dataclasses.asdict(v) for v in self.registry.versions(name, team)],
-                "aliases": self.registry.aliases(name, team)}
-
-    def model_manifest(self, who: Actor, team: str, ref: str):
-        from .registry import parse_ref
-
-        name, version, alias = parse_ref(ref)
-        self._model_team(who, team, "models:read", name)
-        return self.registry.manifest(name, team, version, alias=alias)
-
-    def model_artifact(self, who: Actor, team: str, ref: str):
-        """(manifest, path of the verified, decrypted artifact) — the caller deletes the file."""
-        manifest = self.model_manifest(who, team, ref)
-        path = self.registry.download(manifest.name, team, manifest.version)
-        self.audit.record(who.name, "models:read", f"models:{team}/{manifest.name}@{manifest.version}", "allow")
-        return manifest, path
-
-    def publish_model(self, who: Actor, team: str, name: str, payload: bytes, meta: dict[str, Any]):
-        from .registry.serialize import from_payload
-
-        self._model_team(who, team, "models:publish", name)
-        allowed = {"framework", "framework_version", "format", "construction", "metrics", "input_schema",
-                   "lineage", "compression", "description", "tags", "alias"}
-        unknown = sorted(set(meta) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown manifest field {unknown[0]!r}")
-        ser = from_payload(payload, framework=str(meta.get("framework", "")),
-                           framework_version=str(meta.get("framework_version", "")),
-                           format=str(meta.get("format", "")), construction=meta.get("construction"))
-        manifest = self.registry.publish(
-            ser, name=name, team=team, user=who.name, metrics=meta.get("metrics"),
-            input_schema=meta.get("input_schema"), lineage=meta.get("lineage"),
-            compression=meta.get("compression"), description=meta.get("description") or "",
-            tags=meta.get("tags") or (), alias=meta.get("alias"))
-        self.audit.record(who.name, "models:publish", f"models:{team}/{name}@{manifest.version}", "allow")
-        return manifest
-
-    def set_alias(self, who: Actor, team: str, name: str, alias: str, version: int) -> None:
-        self._model_team(who, team, "models:publish", name)
-        self.registry.set_alias(name, team, alias, version)
-        self.audit.record(who.name, "models:publish", f"models:{team}/{name}", "allow", alias=alias, version=version)
-
-    def delete_model_version(self, who: Actor, team: str, name: str, version: int) -> None:
-        self._model_team(who, team, "models:delete", name)
-        self.registry.delete_version(name, team, version)
-        self.audit.record(who.name, "models:delete", f"models:{team}/{name}@{version}", "allow")
-
-    def predict(self, who: Actor, team: str, ref: str, inputs: Any) -> dict[str, Any]:
-        from .ml.serve import predict_with
-
-        manifest = self.model_manifest(who, team, ref)
-        key = (team, manifest.name, manifest.version)
-        cache = self.__dict__.setdefault("_served", {})
-        model = cache.get(key)
-        if model is None:
-            model = self.registry.load(manifest.name, team=team, version=manifest.version).model
-            cache.clear()  # one model kept warm; the registry is the source of truth
-            cache[key] = model
-        return predict_with(model, inputs, manifest)
+    def redeem_join(self, composite: str, hosts: tuple[str, ...]) -> dict[str, Any]:
+        """Spend a join token (``<cluster id>.<token>``) on a worker certificate for its site."""
+        cluster_id, _, token = str(composite).partition(".")
+        c = next((x for x in self.manager.list() if x.id == cluster_id), None)
+        record = self.records.get(cluster_id)
+        if c is None or not record or not record.get("ca_dir"):
+            raise PermissionDenied("this join token belongs to no running cluster; ask an admin for a new one")
+        cert = ClusterCA.load(record["ca_dir"]).redeem(token, hosts=hosts)
+        site = cert.common_name.rsplit("-worker-", 1)[0]
+        self.audit.record(f"worker@{site}", "clusters:join", f"clusters:{c.id}", "allow", site=site)
+        return {"scheduler_address": c.address, "site": site, **cert.to_dict()}
 
     # -- templates ---------------------------------------------------------------------------
 
@@ -434,3 +347,20 @@ class Services:
                 record["status"] = "stopped"
                 record["stopped_reason"] = "server stopped"
             self._save_records()
+
+
+def issue_join_token(key: str, site: str, home: Path | None = None) -> tuple[str, str]:
+    """A one-time join token for a worker of ``site`` on cluster ``key`` (id or name), and its scheduler.
+
+    Run on the server's machine (it reads the cluster records and CA the server keeps).
+    """
+    home = Path(home or config.home())
+    path = home / "clusters.json"
+    records = json.loads(path.read_text()) if path.exists() else {}
+    record = records.get(key) or next((r for r in records.values() if r.get("name") == key), None)
+    if record is None or record.get("status") != "running":
+        raise NotFound(f"no running cluster {key!r} (see GET /lepton/api/clusters)")
+    if not record.get("ca_dir"):
+        raise ConfigError(f"cluster {key!r} does not use TLS; workers join it with --scheduler alone")
+    token = ClusterCA.load(record["ca_dir"]).join_token(site)
+    return f"{record['id']}.{token}", record["scheduler_address"]

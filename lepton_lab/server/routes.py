@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jupyter_server.utils import url_path_join
 
-from . import audit, clusters, models, templates, whoami
+from . import audit, clusters, join, models, templates, whoami
 
 
 def setup_route_handlers(web_app) -> None:
@@ -21,6 +21,7 @@ def setup_route_handlers(web_app) -> None:
         ("templates", templates.TemplatesHandler),
         ("templates/copy", templates.TemplateCopyHandler),
         ("audit", audit.AuditHandler),
+        ("join", join.JoinHandler),
         *models.routes(),
     ]
     web_app.add_handlers(".*$", [(url_path_join(base, path) + "/?", handler) for path, handler in routes])
