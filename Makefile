@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.lepton-installed
 # Where `make lab` keeps its policy, profiles, audit log and registry.
 LAB_HOME ?= $(CURDIR)/.lepton
 LAB_PORT ?= 8888
+# Jupyter refuses to run as root unless told; containers and CI machines often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: lab test setup setup-test browser-deps bench clean
 
@@ -54,7 +56,7 @@ setup-test: setup browser-deps
 lab: setup
 	mkdir -p $(LAB_HOME)
 	LEPTON_HOME=$(LAB_HOME) LEPTON_AUTOSTART=local $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
-		--ServerApp.root_dir=$(CURDIR) notebooks/quickstart.ipynb
+		--ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) notebooks/quickstart.ipynb
 
 # Three runs: pytest-jupyter's plugin (server tests) and Playwright's sync API (browser
 # tests) each need a pytest process of their own.
