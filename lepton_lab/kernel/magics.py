@@ -105,6 +105,13 @@ class LeptonMagics(Magics):
         }
         self.cell_commands: dict[str, Callable[[argparse.Namespace, str], Any]] = {"run": self._run}
         self.views: list[Any] = []
+        self.pending: list[str] = []
+
+    def _register_pending(self) -> None:
+        import importlib
+
+        while self.pending:
+            importlib.import_module(self.pending.pop(0)).register_magics(self)
 
     def register(self, name: str, parser: _Parser, *, line: Callable | None = None,
                  cell: Callable | None = None) -> None:
@@ -125,6 +132,8 @@ class LeptonMagics(Magics):
         if not words:
             words = ["help"]
         command, rest = words[0], words[1:]
+        if self.pending and (command == "help" or command not in self.line_commands | self.cell_commands):
+            self._register_pending()
         table = self.cell_commands if cell is not None else self.line_commands
         if command not in table:
             kind = "cell" if cell is not None else "line"
@@ -234,8 +243,11 @@ def _from_cell(tb, filename: str):
     return start or tb
 
 
-#: Modules that add subcommands; each has ``register_magics(magics)``. Imported when loaded.
-SUBCOMMAND_MODULES = ("lepton_lab.kernel.model_magics", "lepton_lab.ml.train", "lepton_lab.ml.federated")
+#: Modules that add subcommands; each has ``register_magics(magics)``.
+SUBCOMMAND_MODULES = ("lepton_lab.kernel.model_magics",)
+#: The same, for modules that import torch or XGBoost: registered on first need, so that
+#: ``%load_ext lepton_lab`` stays quick.
+HEAVY_SUBCOMMAND_MODULES = ("lepton_lab.ml.train", "lepton_lab.ml.federated")
 
 
 def load(shell) -> LeptonMagics:
@@ -243,7 +255,7 @@ def load(shell) -> LeptonMagics:
 
     magics = LeptonMagics(shell)
     for name in SUBCOMMAND_MODULES:
-        module = importlib.import_module(name)
-        module.register_magics(magics)
+        importlib.import_module(name).register_magics(magics)
+    magics.pending = list(HEAVY_SUBCOMMAND_MODULES)
     shell.register_magics(magics)
     return magics

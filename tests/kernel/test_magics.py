@@ -83,7 +83,7 @@ def test_run_cell_error_points_at_cell_lines(shell, up, capsys):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("%lepton frob", "unknown line subcommand 'frob' (valid: clusters, connect, down, help, scale, status, up"),
+    ("%lepton frob", "unknown line subcommand 'frob' (valid: clusters, compress, connect, down, federate, help, load"),
     ("%lepton up --bogus 3", "unrecognized arguments: --bogus 3 (valid options: --cloud, --edge"),
     ("%lepton scale many", "argument n: not a whole number: 'many'"),
     ("%lepton scale 2 --site fog", "no site 'fog'"),
