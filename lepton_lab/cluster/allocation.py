@@ -12,7 +12,7 @@ A **job** is a named group of tasks: the ``job`` annotation when there is one
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .workers import site_of
@@ -91,7 +91,7 @@ class Snapshot:
     totals: Totals
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Snapshot":
@@ -109,6 +109,17 @@ class Snapshot:
 
     def job(self, name: str) -> JobAllocation | None:
         return next((j for j in self.jobs if j.name == name), None)
+
+
+def _plain(obj: Any) -> Any:
+    """``dataclasses.asdict`` without its deep copies: a snapshot is rebuilt every second."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {name: _plain(getattr(obj, name)) for name in obj.__dataclass_fields__}
+    if isinstance(obj, list):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 def _job_of(ts: Any) -> str:
