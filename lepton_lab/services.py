@@ -55,19 +55,22 @@ class Services:
         self.templates_dir = Path(templates_dir or config.templates_path())
         self.tls = tls
         self.lock = threading.RLock()
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._audit_writer = ThreadPoolExecutor(1, thread_name_prefix="lepton-audit")
+        self._audit_batcher = _AuditBatcher(self.audit)
         self.records_path = self.home / "clusters.json"
         self.records: dict[str, dict[str, Any]] = self._load_records()
 
-    async def record_async(self, *args: Any, **kwargs: Any) -> Any:
-        """Append an audit line off the event loop, in order (one writer thread)."""
-        import asyncio
-        import functools
+    async def record_async(self, user: str, action: str, resource: str, outcome: str, *,
+                           reason: str = "", request_id: str | None = None, **detail: Any) -> Any:
+        """Append an audit line off the event loop; concurrent decisions share one fsync.
 
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._audit_writer, functools.partial(self.audit.record, *args, **kwargs))
+        The request waits until its line is on disk (group commit): nothing is
+        answered before it is recorded.
+        """
+        import asyncio
+
+        item = dict(user=user, action=action, resource=resource, outcome=outcome, reason=reason,
+                    request_id=request_id, detail=detail)
+        return await asyncio.wrap_future(self._audit_batcher.submit(item))
 
     # -- permissions -------------------------------------------------------------------------
 
@@ -292,6 +295,96 @@ class Services:
         self.audit.record(f"worker@{site}", "clusters:join", f"clusters:{c.id}", "allow", site=site)
         return {"scheduler_address": c.address, "site": site, **cert.to_dict()}
 
+    # -- models ------------------------------------------------------------------------------
+
+    @property
+    def registry(self):
+        if getattr(self, "_registry", None) is None:
+            from .registry import Registry
+            from .security.vault import KeyRing
+
+            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"))
+        return self._registry
+
+    def _model_team(self, who: Actor, team: str, permission: str, ref: str) -> None:
+        """Models of a team the user may not read do not exist for them (404, never 403)."""
+        if team not in self.policy.teams or not self.allowed(who, "models:read", team):
+            self.audit.record(who.name, permission, f"models:{team}/{ref}", "deny",
+                              reason=f"{who.name} may not read models of {team}")
+            raise NotFound(f"no model {ref!r}")
+        self.require(who, permission, team, resource=f"models:{team}/{ref}")
+
+    def models(self, who: Actor, team: str | None = None) -> list[dict[str, Any]]:
+        teams = [team] if team else self.policy.teams_of(who.name, who.groups)
+        out = []
+        for t in teams:
+            if t in self.policy.teams and self.allowed(who, "models:read", t):
+                out += [{**dataclasses.asdict(m), "team": t} for m in self.registry.models(t)]
+        return out
+
+    def model_versions(self, who: Actor, team: str, name: str) -> dict[str, Any]:
+        self._model_team(who, team, "models:read", name)
+        return {"name": name, "team": team,
+                "versions": [dataclasses.asdict(v) for v in self.registry.versions(name, team)],
+                "aliases": self.registry.aliases(name, team)}
+
+    def model_manifest(self, who: Actor, team: str, ref: str):
+        from .registry import parse_ref
+
+        name, version, alias = parse_ref(ref)
+        self._model_team(who, team, "models:read", name)
+        return self.registry.manifest(name, team, version, alias=alias)
+
+    def model_artifact(self, who: Actor, team: str, ref: str):
+        """(manifest, path of the verified, decrypted artifact) — the caller deletes the file."""
+        manifest = self.model_manifest(who, team, ref)
+        path = self.registry.download(manifest.name, team, manifest.version)
+        self.audit.record(who.name, "models:read", f"models:{team}/{manifest.name}@{manifest.version}", "allow")
+        return manifest, path
+
+    def publish_model(self, who: Actor, team: str, name: str, payload: bytes, meta: dict[str, Any]):
+        from .registry.serialize import from_payload
+
+        self._model_team(who, team, "models:publish", name)
+        allowed = {"framework", "framework_version", "format", "construction", "metrics", "input_schema",
+                   "lineage", "compression", "description", "tags", "alias"}
+        unknown = sorted(set(meta) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown manifest field {unknown[0]!r}")
+        ser = from_payload(payload, framework=str(meta.get("framework", "")),
+                           framework_version=str(meta.get("framework_version", "")),
+                           format=str(meta.get("format", "")), construction=meta.get("construction"))
+        manifest = self.registry.publish(
+            ser, name=name, team=team, user=who.name, metrics=meta.get("metrics"),
+            input_schema=meta.get("input_schema"), lineage=meta.get("lineage"),
+            compression=meta.get("compression"), description=meta.get("description") or "",
+            tags=meta.get("tags") or (), alias=meta.get("alias"))
+        self.audit.record(who.name, "models:publish", f"models:{team}/{name}@{manifest.version}", "allow")
+        return manifest
+
+    def set_alias(self, who: Actor, team: str, name: str, alias: str, version: int) -> None:
+        self._model_team(who, team, "models:publish", name)
+        self.registry.set_alias(name, team, alias, version)
+        self.audit.record(who.name, "models:publish", f"models:{team}/{name}", "allow", alias=alias, version=version)
+
+    def delete_model_version(self, who: Actor, team: str, name: str, version: int) -> None:
+        self._model_team(who, team, "models:delete", name)
+        self.registry.delete_version(name, team, version)
+        self.audit.record(who.name, "models:delete", f"models:{team}/{name}@{version}", "allow")
+
+    def predict(self, who: Actor, team: str, ref: str, inputs: Any) -> dict[str, Any]:
+        from .ml.serve import predict_with
+
+        manifest = self.model_manifest(who, team, ref)
+        key = (team, manifest.name, manifest.version)
+        cache = self.__dict__.setdefault("_served", {})
+        model = cache.get(key)
+        if model is None:
+            model = self.registry.load(manifest.name, team=team, version=manifest.version).model
+            cache.clear()  # one model kept warm; the registry is the source of truth
+            cache[key] = model
+        return predict_with(model, inputs, manifest)
+
     # -- templates ---------------------------------------------------------------------------
 
     def templates(self, who: Actor) -> list[dict[str, Any]]:
@@ -364,3 +457,41 @@ def issue_join_token(key: str, site: str, home: Path | None = None) -> tuple[str
         raise ConfigError(f"cluster {key!r} does not use TLS; workers join it with --scheduler alone")
     token = ClusterCA.load(record["ca_dir"]).join_token(site)
     return f"{record['id']}.{token}", record["scheduler_address"]
+
+
+class _AuditBatcher:
+    """One writer thread that commits whatever decisions are waiting as one batch."""
+
+    def __init__(self, audit: AuditLog):
+        import queue
+
+        self.audit = audit
+        self.queue: "queue.Queue[tuple[dict, Any]]" = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="lepton-audit", daemon=True)
+        self.thread.start()
+
+    def submit(self, item: dict[str, Any]):
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        self.queue.put((item, future))
+        return future
+
+    def _run(self) -> None:
+        import queue
+
+        while True:
+            batch = [self.queue.get()]
+            while len(batch) < 512:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                entries = self.audit.record_many([item for item, _ in batch])
+            except Exception as e:  # every waiter learns the line was not written
+                for _, future in batch:
+                    future.set_exception(e)
+                continue
+            for (_, future), entry in zip(batch, entries):
+                future.set_result(entry)
