@@ -70,7 +70,10 @@ class LeptonIdentityProvider(PasswordIdentityProvider):
         token = self.get_token(handler) or ""
         services = self._services(handler)
         if services is not None and token.startswith("lpt_"):
-            name = services.tokens.verify(token)
+            import asyncio
+
+            # Scrypt takes tens of milliseconds on a cache miss: keep it off the event loop.
+            name = await asyncio.to_thread(services.tokens.verify, token)
             if name is None:
                 return None
             return make_user(services.policy, name, via="personal-token")
