@@ -43,7 +43,7 @@ def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
             meta.setdefault("metrics", {})[report.metric_name] = getattr(after, "metric", None)
     schema = getattr(obj, "input_schema", None)
     if schema is not None:
-        meta["input_schema"] = dataclasses.asdict(schema) if dataclasses.is_dataclass(schema) else schema
+        meta["input_schema"] = _registry_schema(schema)
     lineage = getattr(obj, "lineage", None)
     if isinstance(lineage, dict):
         meta["lineage_extra"] = lineage
@@ -51,6 +51,19 @@ def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
     if fingerprint:
         meta["data_fingerprint"] = fingerprint
     return model, meta
+
+
+def _registry_schema(schema: Any) -> Any:
+    """The registry's ``{names, dtypes, shape}`` from what training records (``features``, dtypes by name)."""
+    if dataclasses.is_dataclass(schema):
+        return dataclasses.asdict(schema)
+    if isinstance(schema, dict) and "features" in schema:
+        names = [str(n) for n in schema["features"]]
+        dtypes = schema.get("dtypes") or {}
+        dtype_list = [str(dtypes.get(n, "unknown")) for n in names] if isinstance(dtypes, dict) else list(dtypes)
+        shape = list(schema.get("shape") or [None, len(names)])
+        return {"names": names, "dtypes": dtype_list, "shape": [None, *shape[1:]]}
+    return schema
 
 
 def _cell_lineage() -> dict[str, Any]:

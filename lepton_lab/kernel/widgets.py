@@ -113,6 +113,7 @@ class AllocationView:
 
     def __init__(self, handle: Any, interval: float = config.REFRESH_INTERVAL, start: bool = True):
         import ipywidgets as widgets
+        import pandas  # noqa: F401  (plotly imports it lazily; finish that before the refresh thread runs)
         import plotly.graph_objects as go
 
         self.handle = handle
@@ -188,6 +189,11 @@ def _loop(ref: "weakref.ref[AllocationView]", stop: threading.Event, interval: f
         handle = view.handle
         if getattr(handle, "closed", False) or not view.widget.comm:
             return
-        if view.refresh() is None and (getattr(handle, "closed", False) or handle.client.status != "running"):
+        try:
+            snap = view.refresh()
+        except Exception as e:  # a drawing error must not kill the loop silently: show it, keep going
+            view.error = f"{type(e).__name__}: {e}"
+            snap = None
+        if snap is None and (getattr(handle, "closed", False) or handle.client.status != "running"):
             return
         del view

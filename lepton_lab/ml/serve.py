@@ -46,7 +46,8 @@ def predict_with(model: Any, inputs: Any, manifest: Any = None) -> dict[str, Any
     if xgb is not None and isinstance(model, xgb.Booster):
         if X.shape[1] != model.num_features():
             raise ConfigError(f"inputs have {X.shape[1]} features; the model takes {model.num_features()}")
-        raw = model.predict(xgb.DMatrix(X))
+        # A booster trained on a DataFrame knows its feature names; rows arrive as plain arrays.
+        raw = model.predict(xgb.DMatrix(X, feature_names=model.feature_names))
         if raw.ndim == 2:
             out = {"predictions": raw.argmax(1).tolist(), "probabilities": raw.tolist()}
         else:
