@@ -261,7 +261,8 @@ class Services:
     def snapshot(self, who: Actor, key: str) -> dict[str, Any]:
         c = self.cluster(who, key, "clusters:read")
         client = self._client(c)
-        return allocation.snapshot(client, cluster=c.name, costs=c.costs()).to_dict()
+        # The id, not the name: the sidebar matches stream messages to the selected cluster by id.
+        return allocation.snapshot(client, cluster=c.id, costs=c.costs()).to_dict()
 
     def _client(self, c: ManagedCluster):
         # One client per cluster, owned by the server, for snapshots.

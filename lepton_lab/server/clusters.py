@@ -133,6 +133,7 @@ class StreamHandler(JupyterHandler, websocket.WebSocketHandler):
         interval = float(self.get_argument("interval", str(config.REFRESH_INTERVAL)))
         interval = min(max(interval, 0.2), 30.0)
         while True:
+            started = loop.time()
             try:
                 snap = await loop.run_in_executor(None, services.snapshot, actor, self.cluster_id)
             except LeptonError as e:
@@ -142,7 +143,8 @@ class StreamHandler(JupyterHandler, websocket.WebSocketHandler):
                 await self.write_message(json.dumps(snap))
             except websocket.WebSocketClosedError:
                 return
-            await asyncio.sleep(interval)
+            # One snapshot per interval, however long taking it took.
+            await asyncio.sleep(max(interval - (loop.time() - started), 0.05))
 
     def on_message(self, message):  # the stream is one-way
         pass

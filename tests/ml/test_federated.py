@@ -499,12 +499,9 @@ def test_magic_federate_binds_result(cluster, loader, data):
     from IPython.core.error import UsageError
     from IPython.core.interactiveshell import InteractiveShell
 
-    from lepton_lab.kernel.magics import LeptonMagics
-
     shell = InteractiveShell.instance()
-    magics = LeptonMagics(shell)
-    shell.register_magics(magics)
-    fed.register_magics(magics)
+    # The extension as %load_ext registers it: `federate` is added on first use.
+    lepton_lab.load_ipython_extension(shell)
     shell.user_ns.update(net=logreg(), load_site=loader, holdout=(data["Xte"], data["yte"]))
     lepton_lab.current(CLUSTER)  # the magic runs on the current cluster
     shell.run_line_magic("lepton", f"federate --model net --loader load_site --sites {','.join(SITES)} "

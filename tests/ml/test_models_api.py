@@ -81,7 +81,7 @@ def test_serve_on_edge_and_predict(booster, edge_cluster):
 def test_model_magics(booster, edge_cluster, capsys):
     model, X = booster
     sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "lepton_lab")
+    lepton_lab.load_ipython_extension(sh)  # a fresh registration, whatever earlier tests loaded
     sh.user_ns.update(fraud=model, X=X[:7])
     assert sh.run_cell("%lepton publish fraud --team finance --alias production").success
     out = capsys.readouterr().out
@@ -109,7 +109,7 @@ def test_compress_magic_refuses_beyond_tolerance_then_forces(capsys):
         torch.nn.functional.cross_entropy(net(xt), yt).backward()
         opt.step()
     sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "lepton_lab")
+    lepton_lab.load_ipython_extension(sh)
     sh.user_ns.update(net=net, digits=(X[:1400], y[:1400], X[1400:], y[1400:]))
     r = sh.run_cell("%lepton compress net --data digits --quantize int8")
     assert r.success, r.error_in_exec
