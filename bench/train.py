@@ -55,9 +55,13 @@ def run_single(X, y, train_idx, test_idx, rounds: int) -> dict[str, Any]:
     start = time.perf_counter()
     nthread = len(os.sched_getaffinity(0))
     dtrain = xgb.QuantileDMatrix(X[train_idx], y[train_idx], nthread=nthread)
+    t_data = time.perf_counter()
     booster = xgb.train({**PARAMS, "nthread": nthread}, dtrain, num_boost_round=rounds)
+    t_train = time.perf_counter()
     auc = roc_auc_score(y[test_idx], booster.inplace_predict(X[test_idx]))
-    return {"seconds": time.perf_counter() - start, "auc": float(auc), "nthread": nthread}
+    end = time.perf_counter()
+    return {"seconds": end - start, "auc": float(auc), "nthread": nthread,
+            "phases": {"data+dmatrix": t_data - start, "train": t_train - t_data, "evaluate": end - t_train}}
 
 
 def run_dask(client, X, y, train_idx, test_idx, rounds: int) -> dict[str, Any]:
@@ -97,8 +101,10 @@ def run_lepton(client, X, y, test_size: int, rounds: int) -> dict[str, Any]:
     result = train("xgboost", data=(X, y), name="bench", rounds=rounds, params={"max_depth": 6},
                    test_size=test_size, progress=False, client=client)
     seconds = time.perf_counter() - start
+    phases = dict(result.ranks[0].get("seconds", {})) if result.ranks else {}
+    phases["kernel side"] = seconds - sum(phases.values())  # placing data, waiting, collecting
     return {"seconds": seconds, "auc": result.metrics["auc"], "strategy": result.strategy,
-            "events": result.progress_events, "workers": result.workers}
+            "events": result.progress_events, "workers": result.workers, "phases": phases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     n_train, n_test = (100_000, 20_000) if args.quick else (500_000, 100_000)
+    load_start = os.getloadavg()
 
     import lepton_lab
 
@@ -158,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         each = ", ".join(f"{r['seconds']:.2f}" for r in runs[k])
         print(f"{k:<8} {med[k]:>8.2f} {each:<26} {auc[k]:>7.4f}")
     print(f"lepton strategy: {runs['lepton'][-1]['strategy']}")
+    for k in ("single", "lepton"):
+        phases = {p: statistics.median(r["phases"][p] for r in runs[k]) for p in runs[k][0]["phases"]}
+        print(f"{k} phases (median s): " + ", ".join(f"{p} {v:.2f}" for p, v in phases.items()))
     all_met = True
     for name, (value, target, met) in targets.items():
         all_met &= met
@@ -165,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "loadavg": os.getloadavg(), "env_restored_by_hand": changed},
+                    "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
+                    "env_restored_by_hand": changed},
         "size": {"train": n_train, "test": n_test, "features": int(X.shape[1]), "rounds": args.rounds,
                  "quick": args.quick, "repeat": args.repeat},
         "median_seconds": med, "auc": auc, "runs": runs,

@@ -133,8 +133,10 @@ def test_dask_inputs_stay_distributed(cluster, binary):
     X, y = binary
     df = pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])]).assign(label=y)
     ddf = dd.from_pandas(df, npartitions=4)
+    # stall_timeout: under heavy machine load a run here once sat for minutes without progress
+    # (not reproduced since); the guard turns that into a restart instead of a hung test.
     r1 = train("xgboost", data=ddf, target="label", name="dask-df", rounds=15, strategy="distributed",
-               progress=False)
+               progress=False, stall_timeout=90)
     assert r1.metrics["auc"] >= 0.9 and r1.input_schema["shape"] == [4000, 20]
     dX, dy = da.from_array(X, chunks=(1000, 20)), da.from_array(y, chunks=1000)
     r2 = train("xgboost", data=(dX, dy), name="dask-arr", rounds=15, strategy="single", progress=False)
@@ -162,11 +164,12 @@ def test_job_shows_in_allocation_and_progress_streams(cluster):
     assert seen is not None, "job train-watched never appeared in an allocation snapshot"
     assert seen.sites == ["cloud"] and set(seen.workers) <= {"cloud-0", "cloud-1"}
     result = box["result"]
-    rounds = [e["round"] for e in events]
-    assert rounds == list(range(1, 61)) and result.progress_events == 60
+    rounds = [row["round"] for e in events for row in e["rows"]]
+    assert rounds == list(range(1, 61))  # every round's metric arrives, batched a few per second
+    assert 2 <= result.progress_events == len(events) <= 60 and events[-1]["round"] == 60
     assert set(events[-1]["metrics"]) == {"auc", "error"} and events[-1]["worker"].startswith("tcp://")
     client = cluster.client
-    assert len([e for _, e in client.get_events("lepton-train:watched") if e.get("run")]) >= 60
+    assert len([e for _, e in client.get_events("lepton-train:watched") if e.get("run")]) >= len(events)
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -259,6 +262,29 @@ def test_out_of_restarts_is_a_clear_error_not_a_hang(cluster):
     message = str(err.value)
     assert "\n" not in message and "max_restarts=0" in message and "fragile" in message
     wait_for_workers(cluster)
+
+
+def test_stuck_training_is_stopped_with_a_clear_error(cluster, digits):
+    from torch import nn
+
+    class Stuck(nn.Module):  # stands for a collective that never returns
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            time.sleep(4)
+            return self.fc(x)
+
+    X, y = digits
+    start = time.monotonic()
+    with pytest.raises(TrainingError) as err:
+        train("torch", model=Stuck(), data=(X[:200], y[:200]), name="stuck", epochs=1, batch_size=200,
+              stall_timeout=1.5, max_restarts=0, progress=False)
+    message = str(err.value)
+    assert "no progress for" in message and "processing" in message and "\n" not in message, message
+    assert time.monotonic() - start < 30
+    wait_for_workers(cluster)  # the stuck task let go of its worker (or it was restarted)
 
 
 # --------------------------------------------------------------------------- bad input
