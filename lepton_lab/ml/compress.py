@@ -519,6 +519,10 @@ def build_model(spec: dict[str, Any]) -> nn.Sequential:
     return model.eval()
 
 
+#: The registry calls only functions so marked to rebuild a published model.
+build_model.lepton_model_builder = True
+
+
 def _build_layer(entry: dict[str, Any]) -> nn.Module:
     kind = entry["type"]
     if kind not in _SPEC_ARGS:

@@ -4,7 +4,9 @@
 - XGBoost scikit-learn wrappers (``XGBClassifier`` ...): the booster as UBJSON
   plus the wrapper class and its non-default parameters.
 - PyTorch ``nn.Module``: the ``state_dict`` via ``torch.save`` plus a
-  construction spec (``module:qualname`` and constructor kwargs). Whole
+  construction spec (``module:qualname`` and constructor kwargs). A model made
+  by :func:`lepton_lab.compress` from a plain chain of layers is rebuilt by
+  ``lepton_lab.ml.compress:build_model`` from its layer spec instead. Whole
   modules are never pickled: loading uses ``torch.load(weights_only=True)``.
   Dynamically quantized Linear layers are recorded and re-applied with
   ``quantize_dynamic`` on the rebuilt float module before loading weights.
@@ -174,6 +176,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _torch_module(module: Any, init_kwargs: dict[str, Any] | None, torch: Any) -> Serialized:
+    spec = getattr(module, "lepton_spec", None)
+    if spec is not None and init_kwargs is None:
+        return _torch_from_spec(module, spec, torch)
     cls = type(module)
     target = _target(cls)
     if "<locals>" in cls.__qualname__:
@@ -198,6 +203,46 @@ def _torch_module(module: Any, init_kwargs: dict[str, Any] | None, torch: Any) -
         torch.save(module.state_dict(), w)
 
     return Serialized("torch", torch.__version__, "state_dict", ".pt", write, construction)
+
+
+def _torch_from_spec(module: Any, spec: dict[str, Any], torch: Any) -> Serialized:
+    """A compressed chain (``lepton_spec`` from :func:`lepton_lab.compress`): rebuilt by
+    ``build_model(spec)``, which applies the same pruning widths and int8 quantization.
+
+    The weights are round-tripped through a fresh build now, so a model that would
+    not load is refused at publish time rather than at load time.
+    """
+    from lepton_lab.ml.compress import build_model
+
+    kwargs = to_plain_json({"spec": spec}, "compressed model spec")
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    payload = buffer.getvalue()
+    try:
+        fresh = build_model(kwargs["spec"])
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        fresh.load_state_dict(state, strict=True)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"the compressed model does not rebuild from its spec: {first}") from None
+    if _shapes(fresh) != _shapes(module):
+        raise ConfigError("the compressed model's layers differ from its spec; compress it again")
+    construction = Construction(target=_target_of(build_model), kwargs=kwargs)
+    return Serialized(
+        "torch", torch.__version__, "state_dict", ".pt", lambda w: w.write(payload), construction
+    )
+
+
+def _target_of(fn: Callable) -> str:
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def _shapes(m: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
+    return {
+        key: tuple(value.shape) if hasattr(value, "shape") else ()
+        for key, value in m.state_dict().items()
+        if not key.startswith(skip)
+    }
 
 
 def _dynamic_quantization(module: Any, torch: Any) -> Quantization | None:
@@ -255,14 +300,7 @@ def _check_rebuild(
                 f"rebuilt {cls.__name__} has no Linear {name!r} matching the quantized one; {hint}"
             )
 
-    def shapes(m: Any) -> dict[str, tuple]:
-        return {
-            key: tuple(value.shape) if hasattr(value, "shape") else ()
-            for key, value in m.state_dict().items()
-            if not key.startswith(skip)
-        }
-
-    if shapes(fresh) != shapes(module):
+    if _shapes(fresh, skip) != _shapes(module, skip):
         raise ConfigError(
             f"{cls.__name__}(**{kwargs}) builds a different structure than the model "
             f"being published; {hint}"
@@ -312,11 +350,15 @@ def _load_torch(payload: bytes | bytearray, manifest: Manifest) -> Any:
     spec = manifest.construction
     if spec is None:
         raise ConfigError(f"{manifest.ref} has no construction spec; it cannot be rebuilt")
-    cls = resolve(spec.target)
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise ConfigError(f"{spec.target} is not a torch.nn.Module")
+    build = resolve(spec.target)
+    is_class = isinstance(build, type) and issubclass(build, torch.nn.Module)
+    # Besides module classes, only functions marked as model builders are called.
+    if not (is_class or getattr(build, "lepton_model_builder", False) is True):
+        raise ConfigError(f"{spec.target} is not a torch.nn.Module or a Lepton model builder")
     state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    module = cls(**spec.kwargs)
+    module = build(**spec.kwargs)
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError(f"{spec.target} did not build a torch.nn.Module")
     if spec.quantization is not None:
         module = _requantize(module, spec.quantization, torch)
     try:

@@ -119,3 +119,10 @@ def test_compress_magic_refuses_beyond_tolerance_then_forces(capsys):
     assert r.error_in_exec is not None and "tolerance" in str(r.error_in_exec)
     r = sh.run_cell("%lepton compress net --data digits --prune 0.95 --tolerance 0.1 --force --as tiny")
     assert r.success and sh.user_ns["tiny"].report.forced
+    # A compressed model is published with its report and loads back as the same network.
+    assert sh.run_cell("%lepton publish net_small --team medical").success
+    assert "published medical/net-small version" in capsys.readouterr().out
+    back = lepton_lab.load("net-small", team="medical")
+    assert back.lepton_manifest["compression"]["steps"] == ["int8"]
+    with torch.no_grad():
+        assert torch.equal(back(xt[:50]), sh.user_ns["net_small"].model(xt[:50]))

@@ -195,6 +195,44 @@ def test_quantized_torch_round_trip(registry, quantized, data):
         assert torch.equal(model(xt), quantized(xt))
 
 
+@pytest.mark.parametrize("steps", [{"prune": 0.5}, {"prune": 0.5, "quantize": "int8"}])
+def test_compressed_chain_round_trip(registry, mlp, data, steps):
+    from lepton_lab.ml.compress import compress
+
+    x, y = data
+    xs = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    small, _ = compress(mlp, data=(xs, y), force=True, epochs=0, progress=False, **steps)
+    manifest = registry.publish(small, name="mlp-small", team="finance", user="bob")
+    assert manifest.construction.target == "lepton_lab.ml.compress:build_model"
+    assert manifest.construction.kwargs["spec"]["layers"][0]["out_features"] == 8
+    model = registry.load("mlp-small", team="finance").model
+    if "quantize" in steps:
+        assert isinstance(model[0], torch.ao.nn.quantized.dynamic.Linear)
+    xt = torch.from_numpy(xs)
+    with torch.no_grad():
+        assert torch.equal(model(xt), small(xt))
+
+
+def test_a_compressed_chain_whose_weights_do_not_fit_its_spec_is_refused(registry, mlp):
+    from lepton_lab.ml.compress import compress
+
+    small, _ = compress(mlp, prune=0.5, progress=False)
+    small.lepton_spec = {**small.lepton_spec, "layers": [
+        {**small.lepton_spec["layers"][0], "out_features": 9}, *small.lepton_spec["layers"][1:]]}
+    with pytest.raises(ConfigError, match="does not rebuild from its spec"):
+        registry.publish(small, name="bad", team="finance", user="bob")
+    assert snapshot(registry, "bad") == (None, [], [])
+
+
+def test_only_module_classes_and_marked_builders_rebuild_a_model(registry, mlp):
+    manifest = registry.publish(mlp, name="mlp", team="finance", user="bob")
+    payload = registry.download("mlp", team="finance").read_bytes()
+    for target in ("os:getcwd", "builtins:print"):
+        manifest.construction.target = target
+        with pytest.raises(ConfigError, match="not a torch.nn.Module or a Lepton model builder"):
+            serialize_module.deserialize(payload, manifest)
+
+
 def test_recorded_init_kwargs_decorator(registry):
     model = Recorded(8, depth=3, note="x")
     assert model.init_kwargs == {"width": 8, "depth": 3, "note": "x"}
