@@ -28,11 +28,8 @@ import asyncio
 import json
 import math
 import os
-import secrets
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,69 +77,27 @@ def pct(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- 1. REST latency under load ----------------------------------------------------------
 
 
 class Server:
-    """A ``jupyter server`` subprocess with the Lepton extension, a test policy and tokens."""
+    """A ``jupyter server`` (:func:`lepton_lab.testing.start_jupyter`) with the Lepton
+    extension, a test policy, the server token (the local user) and two personal tokens."""
 
     def __init__(self, tmp: Path):
         from lepton_lab.security.identity import local_user
         from lepton_lab.security.tokens import TokenStore
+        from lepton_lab.testing import start_jupyter
 
-        self.home, self.root_dir, config = tmp / "home", tmp / "root", tmp / "config"
-        for d in (self.home, self.root_dir, config / "jupyter_server_config.d", tmp / "runtime"):
-            d.mkdir(parents=True, exist_ok=True)
         self.local = local_user()
-        self.policy = tmp / "policy.yaml"
-        self.policy.write_text(policy_text(self.local))
-        server_config = ROOT / "jupyter-config" / "server-config" / "lepton_lab.json"
-        (config / "jupyter_server_config.d" / "lepton_lab.json").write_text(server_config.read_text())
-        self.token = secrets.token_hex(24)
+        self.server = start_jupyter(tmp, policy_text(self.local), app="jupyter_server")
+        self.home, self.root_dir, self.policy = self.server.home, self.server.root_dir, self.server.policy
+        self.url, self.token, self.log, self.process = (
+            self.server.url, self.server.token, self.server.log, self.server.process)
+        self.port = int(self.url.rsplit(":", 1)[1])
         store = TokenStore(self.home / "tokens.json")
-        # Personal tokens for two users, plus the server token (the local user).
         self.tokens = {self.local: self.token, USERS["medical"]: store.add(USERS["medical"]),
                        USERS["finance"]: store.add(USERS["finance"])}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
-        env.update(
-            LEPTON_HOME=str(self.home),
-            LEPTON_POLICY=str(self.policy),
-            LEPTON_AUTOSTART="",
-            JUPYTER_CONFIG_PATH=str(config),
-            JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-            PYTHONUNBUFFERED="1",
-        )
-        cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-               f"--port={self.port}", "--port-retries=0", f"--IdentityProvider.token={self.token}",
-               f"--ServerApp.root_dir={self.root_dir}"]
-        self.log = tmp / "jupyter-server.log"
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(cmd, cwd=self.root_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"jupyter server exited with {self.process.returncode}:\n"
-                                   f"{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"jupyter server did not answer /api/status in {timeout:.0f}s; see {self.log}")
 
     def get(self, path: str, token: str) -> tuple[int, bytes]:
         request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"token {token}"})
@@ -163,13 +118,7 @@ class Server:
         return t.user + t.system
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self.server.stop()
 
 
 class KeepAliveClient:
@@ -510,7 +459,7 @@ def print_table(results: dict) -> None:
         rows.append((f"GET /lepton/api/{e} p50 / p99 (ms)", f"{r['p50_ms']} / {r['p99_ms']}",
                      f"{r['requests_per_s']} req/s, {r['requests']} req, statuses {r['statuses']}; "
                      f"p99 <= {P99_TARGET_MS:g} ms {_yes(r['meets_target'])}"))
-        rows.append((f"  server CPU per request", f"{r['server_cpu_ms_per_request']} ms",
+        rows.append(("  server CPU per request", f"{r['server_cpu_ms_per_request']} ms",
                      f"{r['audit_lines_per_request']} audit lines per request; 100-deep queue floor "
                      f"p99 ~ {r['serial_floor_p99_ms']} ms; load avg {r['load_avg_1min']}"))
     r = rest["reference_api_status"]

@@ -58,31 +58,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lepton_lab.testing import CHROMIUM, CHROMIUM_ARGS
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("LEPTON_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PANEL_ID = "lepton-lab-panel"
 VIEWPORT = {"width": 1400, "height": 900}
 LOAD_TARGET_S = 2.0
@@ -90,17 +77,13 @@ CPU_TARGET_PCT = 5.0
 HIDDEN_TARGET_PCT = 0.5  # "~0": main-thread CPU time (ThreadTime), and no Lepton traffic at all
 ADMIN = "ada"
 TEAM = "bench"
-#: The built-in profile of measurement 1 and its request: 2 cloud + 2 edge workers. No "name":
-#: the panel matches a snapshot's ``cluster`` (the server sends the cluster's *name*) against
-#: the selected cluster's *id*, so a named cluster never leaves "Waiting for the first
-#: snapshot" (extension/src/model.ts, ``get snapshot()``); unnamed clusters have name == id.
+#: The built-in profile of measurement 1 and its request: 2 cloud + 2 edge workers.
 LOAD_CLUSTER = {"team": TEAM, "profile": "local", "workers": {"cloud": 2, "edge": 2}}
 #: Worker memory limit of the wide cluster (a limit, not a reservation).
 WIDE_MEMORY = "256MiB"
 WIDE_CLOUD = 4
 #: Workers added per PATCH (each PATCH must finish within the launcher's 60 s).
 SCALE_STEP = 6
-SETTINGS_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
 
 POLICY = f"""\
 version: 1
@@ -178,12 +161,6 @@ INIT_SCRIPT = r"""
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -196,75 +173,22 @@ def r(x: float | None, nd: int = 1) -> float | None:
 
 
 class Lab:
-    """A ``jupyter lab`` subprocess with the Lepton extension, the bench policy and an admin token."""
+    """A ``jupyter lab`` (:func:`lepton_lab.testing.start_jupyter`) with the bench policy,
+    an admin's personal token, and the clusters this bench created."""
 
     def __init__(self, tmp: Path):
         from lepton_lab.security.tokens import TokenStore
+        from lepton_lab.testing import start_jupyter
 
-        self.tmp = tmp
-        home, root_dir, workspaces, settings, config, runtime = (
-            tmp / "home", tmp / "root", tmp / "workspaces", tmp / "settings", tmp / "config", tmp / "runtime")
-        for d in (home, root_dir, workspaces, settings, config / "jupyter_server_config.d", runtime):
-            d.mkdir(parents=True, exist_ok=True)
-        policy = tmp / "policy.yaml"
-        policy.write_text(POLICY)
-        (settings / "overrides.json").write_text(json.dumps(SETTINGS_OVERRIDES))
-        server_config = ROOT / "jupyter-config" / "server-config" / "lepton_lab.json"
-        (config / "jupyter_server_config.d" / "lepton_lab.json").write_text(server_config.read_text())
-        self.server_token = secrets.token_hex(24)
-        self.token = TokenStore(home / "tokens.json").add(ADMIN)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ)
-        env.update(
-            LEPTON_HOME=str(home),
-            LEPTON_POLICY=str(policy),
-            LEPTON_AUTOSTART="",
-            JUPYTER_CONFIG_PATH=str(config),
-            JUPYTER_RUNTIME_DIR=str(runtime),
-            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-            PYTHONUNBUFFERED="1",
-        )
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-               f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={self.server_token}",
-               f"--ServerApp.root_dir={root_dir}", f"--LabApp.workspaces_dir={workspaces}",
-               f"--LabApp.app_settings_dir={settings}"]
-        self.log = tmp / "jupyter-lab.log"
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(cmd, cwd=root_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.server = start_jupyter(tmp, POLICY)
+        self.url, self.server_token, self.log = self.server.url, self.server.token, self.server.log
+        self.process = self.server.process
+        self.token = TokenStore(self.server.home / "tokens.json").add(ADMIN)
         self.clusters: set[str] = set()
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited: {self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/api/status?token={self.server_token}", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"jupyter lab did not answer in {timeout:.0f} s: {self.log.read_text()[-3000:]}")
 
     def api(self, *parts: str, method: str = "GET", body: dict | None = None, timeout: float = 300):
-        request = urllib.request.Request(
-            f"{self.url}/lepton/api/{'/'.join(parts)}",
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                text, status = resp.read().decode(), resp.status
-        except urllib.error.HTTPError as e:
-            text, status = e.read().decode(), e.code
-        try:
-            return status, json.loads(text) if text else None
-        except ValueError:
-            return status, text
+        return self.server.api("lepton/api", *parts, token=self.token, method=method, body=body,
+                               timeout=timeout)
 
     def create(self, body: dict) -> dict:
         status, data = self.api("clusters", method="POST", body=body)
@@ -284,36 +208,15 @@ class Lab:
         return len(data["workers"]) if status == 200 else -1
 
     def processes(self) -> list:
-        import psutil
-
-        try:
-            p = psutil.Process(self.process.pid)
-            return [p, *p.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return self.server.processes()
 
     def close(self) -> None:
-        import psutil
-
         for cid in list(self.clusters):
             try:
                 self.stop(cid)
             except Exception as e:  # keep going: the lab's shutdown stops the rest
                 print(f"  warning: stopping {cid}: {e}", file=sys.stderr)
-        children = self.processes()[1:]
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        # Anything the lab started and left behind (by pid, only its own children).
-        gone, alive = psutil.wait_procs(children, timeout=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        self.server.stop()
 
 
 # -- the browser -----------------------------------------------------------------------------

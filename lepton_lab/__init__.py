@@ -38,9 +38,9 @@ __version__ = "0.1.0"
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext lepton_lab``: register the ``%lepton`` magics."""
-    from .kernel.magics import load
+    from .kernel.magics import load as register_magics
 
-    load(ipython)
+    register_magics(ipython)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

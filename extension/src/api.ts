@@ -371,8 +371,11 @@ export class LeptonAPI {
     return data.path;
   }
 
-  /** The WebSocket URL of a cluster's allocation stream, token appended. */
-  streamUrl(id: string, token: string): string {
+  /**
+   * The WebSocket URL of a cluster's allocation stream: one snapshot every
+   * `intervalMs` (the server keeps it between 0.2 s and 30 s), token appended.
+   */
+  streamUrl(id: string, token: string, intervalMs: number): string {
     const url = URLExt.join(
       this.settings.wsUrl,
       'lepton',
@@ -381,6 +384,12 @@ export class LeptonAPI {
       encodeURIComponent(id),
       'stream'
     );
-    return token ? `${url}?token=${encodeURIComponent(token)}` : url;
+    const query: Record<string, string> = {
+      interval: String(Math.round(intervalMs) / 1000)
+    };
+    if (token) {
+      query.token = token;
+    }
+    return url + URLExt.objectToQueryString(query);
   }
 }

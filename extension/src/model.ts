@@ -212,17 +212,18 @@ export class LeptonModel implements IDisposable {
 
   private async _load(): Promise<void> {
     try {
-      const [whoami, clusters] = await Promise.all([
+      // Profiles and templates change rarely: fetched with the first load (all four
+      // requests at once, one round trip) and after an outage.
+      const statics = this._staticLoaded
+        ? null
+        : Promise.all([this.api.profiles(), this.api.templates()]);
+      const [whoami, clusters, fresh] = await Promise.all([
         this.api.whoami(),
-        this.api.clusters()
+        this.api.clusters(),
+        statics
       ]);
-      if (!this._staticLoaded) {
-        const [profiles, templates] = await Promise.all([
-          this.api.profiles(),
-          this.api.templates()
-        ]);
-        this._profiles = profiles;
-        this._templates = templates;
+      if (fresh) {
+        [this._profiles, this._templates] = fresh;
         this._staticLoaded = true;
       }
       this._whoami = whoami;

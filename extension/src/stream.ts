@@ -80,7 +80,7 @@ export class AllocationStream implements IDisposable {
     let socket: WebSocket;
     try {
       socket = new this._api.settings.WebSocket(
-        this._api.streamUrl(this.clusterId, this._token)
+        this._api.streamUrl(this.clusterId, this._token, this._interval)
       );
     } catch {
       this._fallback();

@@ -588,7 +588,6 @@ def _part_digest(X: Any, y: Any) -> str:
 
 def _as_table(kind: str, data: Any, target: Any) -> _Table:
     """Split ``data``/``target`` into features and labels; a ConfigError says what is wrong."""
-    import pandas as pd
 
     if kind == "torch" and _is_torch_dataset(data):
         X, y = _dataset_arrays(data)

@@ -23,6 +23,7 @@ import io
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,8 +221,7 @@ def _torch_from_spec(module: Any, spec: dict[str, Any], torch: Any) -> Serialize
     payload = buffer.getvalue()
     try:
         fresh = build_model(kwargs["spec"])
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        fresh.load_state_dict(state, strict=True)
+        fresh.load_state_dict(_torch_load(payload, torch), strict=True)
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"the compressed model does not rebuild from its spec: {first}") from None
@@ -231,6 +231,14 @@ def _torch_from_spec(module: Any, spec: dict[str, Any], torch: Any) -> Serialize
     return Serialized(
         "torch", torch.__version__, "state_dict", ".pt", lambda w: w.write(payload), construction
     )
+
+
+def _torch_load(payload: bytes | bytearray, torch: Any) -> dict:
+    """A state_dict from bytes, tensors only (``weights_only``): never arbitrary pickles."""
+    with warnings.catch_warnings():
+        # torch's own loader of quantized packed params uses TypedStorage internally.
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def _target_of(fn: Callable) -> str:
@@ -355,7 +363,7 @@ def _load_torch(payload: bytes | bytearray, manifest: Manifest) -> Any:
     # Besides module classes, only functions marked as model builders are called.
     if not (is_class or getattr(build, "lepton_model_builder", False) is True):
         raise ConfigError(f"{spec.target} is not a torch.nn.Module or a Lepton model builder")
-    state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    state = _torch_load(payload, torch)
     module = build(**spec.kwargs)
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"{spec.target} did not build a torch.nn.Module")

@@ -8,7 +8,6 @@ to publish and receives verified plaintext to load.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 

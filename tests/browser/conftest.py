@@ -5,43 +5,25 @@ event loop do not mix)::
 
     .venv/bin/python -m pytest tests/browser -q -p no:cacheprovider
 
-The lab runs on 127.0.0.1 and a free port, with a private root dir, workspaces
-dir, settings dir, ``LEPTON_HOME`` and test policy, and the Lepton server
-extension enabled through ``JUPYTER_CONFIG_PATH`` (as the wheel's shared data
-does, from ``jupyter-config/server-config/lepton_lab.json``). Screenshots, console
-logs and the server log go to ``tests/artifacts/browser/``.
+The lab is :func:`lepton_lab.testing.start_jupyter`'s: 127.0.0.1 and a free port,
+a private root dir, workspaces dir, settings dir, ``LEPTON_HOME`` and the test
+policy below, and the Lepton server extension enabled as the wheel does it.
+Screenshots, console logs and the server log go to ``tests/artifacts/browser/``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from lepton_lab.testing import CHROMIUM, CHROMIUM_ARGS, JupyterProcess, start_jupyter
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
-CHROMIUM = os.environ.get("LEPTON_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+
 #: The id of the Lepton panel, hence of its tab in the left sidebar.
 PANEL_ID = "lepton-lab-panel"
 
@@ -64,129 +46,16 @@ quotas:
 terminals: [admin]
 """
 
-#: Settings overrides: no "official Jupyter news" toast over the page.
-SETTINGS_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false"}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class LabServer:
-    """A running ``jupyter lab``: where it listens and with which token."""
-
-    url: str
-    token: str
-    home: Path
-    root_dir: Path
-    policy: Path
-    log: Path
-    process: subprocess.Popen = field(repr=False)
-
-    def api(self, *parts: str, token: str | None = None, method: str = "GET", body: dict | None = None):
-        """Call the server's REST API (``/lepton/api/...`` or ``/api/...``) and return (status, JSON or None)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.url}/{'/'.join(parts)}",
-            data=data,
-            method=method,
-            headers={"Authorization": f"token {token or self.token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                text = response.read().decode()
-                status = response.status
-        except urllib.error.HTTPError as e:
-            text, status = e.read().decode(), e.code
-        try:
-            return status, json.loads(text) if text else None
-        except ValueError:
-            return status, None
-
-
-def _wait_ready(url: str, token: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited with {process.returncode}; see {log}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"jupyter lab did not answer /api/status in {timeout:.0f}s; see {log}")
-
-
 @pytest.fixture(scope="session")
-def lab_server() -> LabServer:
+def lab_server() -> JupyterProcess:
     """One ``jupyter lab`` for the whole browser session, stopped at the end."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="lepton-browser-"))
-    home, root_dir, workspaces, settings, config = (
-        tmp / "home",
-        tmp / "root",
-        tmp / "workspaces",
-        tmp / "settings",
-        tmp / "config",
-    )
-    for d in (home, root_dir, workspaces, settings, config / "jupyter_server_config.d"):
-        d.mkdir(parents=True)
-    policy = tmp / "policy.yaml"
-    policy.write_text(TEST_POLICY)
-    (settings / "overrides.json").write_text(json.dumps(SETTINGS_OVERRIDES))
-    # The same server config the wheel installs (extension, identity provider, authorizer).
-    server_config = ROOT / "jupyter-config" / "server-config" / "lepton_lab.json"
-    (config / "jupyter_server_config.d" / "lepton_lab.json").write_text(
-        server_config.read_text()
-        if server_config.exists()
-        else json.dumps({"ServerApp": {"jpserver_extensions": {"lepton_lab": True}}})
-    )
-
-    token = secrets.token_hex(24)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)
-    env.update(
-        LEPTON_HOME=str(home),
-        LEPTON_POLICY=str(policy),
-        JUPYTER_CONFIG_PATH=os.pathsep.join(filter(None, [str(config), env.get("JUPYTER_CONFIG_PATH")])),
-        # Kernels resolve `python` through PATH: use this environment's.
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        PYTHONUNBUFFERED="1",
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--allow-root",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        "--port-retries=0",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root_dir}",
-        f"--LabApp.workspaces_dir={workspaces}",
-        f"--LabApp.app_settings_dir={settings}",
-    ]
-    log = ARTIFACTS / "jupyter-lab.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(cmd, cwd=root_dir, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = LabServer(url=url, token=token, home=home, root_dir=root_dir, policy=policy, log=log, process=process)
+    server = start_jupyter(tmp, TEST_POLICY, log=ARTIFACTS / "jupyter-lab.log")
     try:
-        _wait_ready(url, token, process, log)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -197,7 +66,7 @@ def users() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def user_tokens(lab_server: LabServer) -> dict[str, str]:
+def user_tokens(lab_server: JupyterProcess) -> dict[str, str]:
     """Personal access tokens by role (as ``users``), stored in the server's LEPTON_HOME."""
     from lepton_lab.security.tokens import TokenStore
 
@@ -223,7 +92,7 @@ def browser():
 class Lab:
     """One browser context logged in with a token, and helpers for the Lepton panel."""
 
-    def __init__(self, browser, server: LabServer, token: str, name: str):
+    def __init__(self, browser, server: JupyterProcess, token: str, name: str):
         self.server = server
         self.name = name
         self.context = browser.new_context(viewport={"width": 1400, "height": 900})

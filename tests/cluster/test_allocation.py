@@ -1,7 +1,6 @@
 """Snapshots of a real cluster: who holds which resources, for which job."""
 
 import json
-import threading
 import time
 
 import dask

@@ -11,7 +11,6 @@ import pytest
 
 import lepton_lab
 from lepton_lab.errors import ClusterError, ConfigError, NoGPUError, NotFound
-from lepton_lab.session import session
 
 from tests.helpers import dask_children, fake_nvml
 

@@ -8,7 +8,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from sklearn.datasets import load_breast_cancer, load_digits
 
 import lepton_lab
-from lepton_lab.errors import ConfigError, IntegrityError, NotFound
+from lepton_lab.errors import ConfigError, NotFound
 from lepton_lab.registry import records_init_kwargs
 
 

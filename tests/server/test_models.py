@@ -1,6 +1,5 @@
 """Registry routes with team rules: a finance analyst cannot list, load or learn of a medical model."""
 
-import asyncio
 import base64
 import json
 

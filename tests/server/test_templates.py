@@ -1,6 +1,5 @@
 """Team templates: listed per team, copied into the user's workspace, guarded in the contents API."""
 
-import json
 
 
 async def test_each_team_sees_its_own_templates(as_user):

@@ -2,7 +2,6 @@
 
 import sys
 import types
-from types import SimpleNamespace
 
 import pytest
 
