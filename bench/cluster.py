@@ -109,20 +109,40 @@ def bench_view_overhead(tasks: int, rounds: int) -> dict:
         client.gather(client.map(inc, range(tasks), pure=False))
         return time.perf_counter() - t
 
+    def with_view_run() -> tuple[float, int]:
+        view = AllocationView(handle, interval=1.0)
+        try:
+            return run(), view.updates
+        finally:
+            view.close()
+
     try:
         run()
-        without, with_view = [], []
-        for _ in range(rounds):
-            without.append(run())
-            view = AllocationView(handle, interval=1.0)
-            with_view.append(run())
-            view.close()
+        without, with_view, updates = [], [], []
+        # ABBA order: drift over the run (the scheduler's logs growing, the machine's
+        # other load) falls on both sides alike instead of always on the second one.
+        for i in range(rounds):
+            if i % 2 == 0:
+                without.append(run())
+                seconds, n = with_view_run()
+            else:
+                seconds, n = with_view_run()
+                without.append(run())
+            with_view.append(seconds)
+            updates.append(n)
     finally:
         lepton_lab.down("bench-view")
     a, b = statistics.median(without), statistics.median(with_view)
+    # Runs drift by ±10 % on 2 shared cores; the pairs run back to back, so the
+    # median of the per-pair differences is the figure that noise disturbs least.
+    paired = statistics.median(100 * (w - o) / o for o, w in zip(without, with_view))
     return {"tasks": tasks, "without_s": round(a, 3), "with_view_s": round(b, 3),
             "tasks_per_s_without": round(tasks / a), "tasks_per_s_with_view": round(tasks / b),
-            "overhead_pct": round(100 * (b - a) / a, 2), "target": "<= 2 %", "runs": rounds}
+            "overhead_pct": round(paired, 2), "overhead_of_medians_pct": round(100 * (b - a) / a, 2),
+            "target": "<= 2 %", "runs": rounds,
+            "without_runs_s": [round(x, 3) for x in without],
+            "with_view_runs_s": [round(x, 3) for x in with_view],
+            "view_updates_per_run": updates}
 
 
 def main() -> None:
@@ -142,7 +162,7 @@ def main() -> None:
         ("snapshot, 4 workers (ms)", "", results["snapshot"]["workers_4_ms"], ""),
         ("snapshot, 64 workers (ms)", "", results["snapshot"]["workers_64_ms"], "target <= 20 ms"),
         (f"{results['live_view']['tasks']} tasks (s)", results["live_view"]["without_s"],
-         results["live_view"]["with_view_s"], f"overhead {results['live_view']['overhead_pct']} % (target <= 2 %)"),
+         results["live_view"]["with_view_s"], f"overhead {results['live_view']['overhead_pct']} %, median of paired runs (target <= 2 %)"),
     ]
     print(f"{'measure':34} {'plain/without':>14} {'lepton/with':>12}  note")
     for name, x, y, note in rows:

@@ -4,8 +4,8 @@
 ``bench/results/registry.json``. The raw baseline is one-shot
 ``AESGCM.encrypt`` + ``AESGCM.decrypt`` + ``hashlib.sha256`` of the whole
 buffer in memory; the registry side is ``Registry.publish`` of the same bytes
-(serialise, encrypt, two SHA-256, sign, fsync, atomic rename, index) plus
-``Registry.load`` (signature, every GCM tag, ciphertext digest, bytes back).
+(serialise, encrypt, SHA-256 of the plaintext, sign, fsync, atomic rename, index)
+plus ``Registry.load`` (signature, every GCM tag, plaintext SHA-256, bytes back).
 Each repeat runs both, interleaved, so machine noise hits both alike; the
 medians of ``repeats`` runs are reported, after one unrecorded warm-up round:
 on a VM the first touch of guest memory (new heap or page-cache pages) costs

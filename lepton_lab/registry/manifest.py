@@ -182,12 +182,11 @@ class Construction:
 
 @dataclass
 class ArtifactInfo:
-    """The encrypted artifact: plaintext and ciphertext sizes and SHA-256, and its envelope."""
+    """The encrypted artifact: its plaintext size and SHA-256, its size as stored, its envelope."""
 
     size: int
     sha256: str
     ciphertext_size: int
-    ciphertext_sha256: str
     envelope: EnvelopeHeader
     filename: str = "artifact.enc"
 
@@ -197,7 +196,6 @@ class ArtifactInfo:
             size=self.size,
             sha256=self.sha256,
             stored_size=self.ciphertext_size,
-            stored_sha256=self.ciphertext_sha256,
         )
 
 
@@ -258,6 +256,9 @@ class Manifest:
         try:
             data = dict(raw)
             art = dict(data["artifact"])
+            # Older manifests also carry the ciphertext's SHA-256; the plaintext digest
+            # and the GCM tags already cover every byte, so it is not checked again.
+            art.pop("ciphertext_sha256", None)
             art["envelope"] = EnvelopeHeader(**art["envelope"])
             data["artifact"] = ArtifactInfo(**art)
             data["lineage"] = Lineage(**data.get("lineage") or {})

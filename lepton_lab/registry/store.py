@@ -316,7 +316,6 @@ class Registry:
                 size=digest.size,
                 sha256=digest.sha256,
                 ciphertext_size=digest.stored_size,
-                ciphertext_sha256=digest.stored_sha256,
                 envelope=header,
             )
             draft = Manifest(

@@ -12,6 +12,9 @@ Each chunk's nonce is an 8-byte random prefix followed by the 4-byte chunk
 counter. Its associated data is SHA-256(magic, length, header) + the chunk index
 + a final-chunk flag, so a changed header, a dropped tail, reordered or swapped
 chunks, or bytes appended after the final chunk all fail authentication.
+The SHA-256 of the plaintext, computed while encrypting and again while
+decrypting, ties the content to a signed manifest: even someone holding the
+team key cannot put other content under it.
 
 Manifests are signed with per-user Ed25519 keys; public keys live in one file
 (``public_keys.json``) so a verifier never needs anyone's private key.
@@ -367,12 +370,15 @@ class EnvelopeHeader:
 
 @dataclass(frozen=True)
 class StreamDigest:
-    """Sizes and SHA-256 digests of one envelope: of the plaintext and of the stored bytes."""
+    """One envelope's plaintext size and SHA-256, and its size as stored.
+
+    The stored bytes need no digest of their own: every chunk's GCM tag
+    authenticates them, bound to the header, the chunk index and the final flag.
+    """
 
     size: int
     sha256: str
     stored_size: int
-    stored_sha256: str
 
 
 class _BackgroundSha256:
@@ -467,7 +473,7 @@ class SealedWriter:
         prefix = _envelope_prefix(self.header.to_bytes())
         self._header_digest = hashlib.sha256(prefix).digest()
         self._plain = _BackgroundSha256()
-        self._stored = _BackgroundSha256()
+        self._stored_size = 0
         try:
             self._emit(prefix)
         except BaseException:
@@ -518,18 +524,16 @@ class SealedWriter:
             digest = StreamDigest(
                 size=self._plain.size,
                 sha256=self._plain.hexdigest(),
-                stored_size=self._stored.size,
-                stored_sha256=self._stored.hexdigest(),
+                stored_size=self._stored_size,
             )
         finally:
             self.abort()
         return self.header, digest
 
     def abort(self) -> None:
-        """Stop the hashing threads without sealing (after an error)."""
+        """Stop the hashing thread without sealing (after an error)."""
         self._closed = True
         self._plain.close()
-        self._stored.close()
 
     def _seal(self, chunk, *, final: bool) -> None:
         if self._index >= _MAX_CHUNKS:
@@ -542,7 +546,7 @@ class SealedWriter:
         self._emit(sealed)
 
     def _emit(self, data: bytes) -> None:
-        self._stored.update(data)
+        self._stored_size += len(data)
         self._dst.write(data)
 
 
@@ -619,7 +623,6 @@ def _open_into(
     expected_header: EnvelopeHeader | None,
     dst: BinaryIO | None = None,
     into: bytearray | None = None,
-    hash_plaintext: bool = True,
 ) -> StreamDigest:
     """Decrypt ``src`` chunk by chunk into the file ``dst`` or the buffer ``into``.
 
@@ -642,10 +645,9 @@ def _open_into(
     block = header.chunk_size + TAG_SIZE
     out = memoryview(into) if into is not None else None
     offset = 0
-    plain = _BackgroundSha256() if hash_plaintext else None
-    stored = _BackgroundSha256()
+    plain = _BackgroundSha256()
+    stored_size = len(prefix)
     try:
-        stored.update(prefix)
         index = 0
         current = _read_exact(src, block)
         while True:
@@ -654,7 +656,7 @@ def _open_into(
             final = not ahead
             if len(current) < TAG_SIZE or index >= _MAX_CHUNKS:
                 raise IntegrityError(f"the artifact is truncated at chunk {index}")
-            stored.update(current)
+            stored_size += len(current)
             nonce, aad = _nonce(nonce_prefix, index), _aad(header_digest, index, final)
             try:
                 if out is not None:
@@ -672,22 +674,14 @@ def _open_into(
                     "it was changed, truncated, reordered or extended"
                 ) from None
             offset += len(chunk)
-            if plain is not None:
-                plain.update(chunk)
+            plain.update(chunk)
             if final:
                 break
             current = ahead
             index += 1
-        return StreamDigest(
-            size=offset,
-            sha256=plain.hexdigest() if plain is not None else "",
-            stored_size=stored.size,
-            stored_sha256=stored.hexdigest(),
-        )
+        return StreamDigest(size=offset, sha256=plain.hexdigest(), stored_size=stored_size)
     finally:
-        if plain is not None:
-            plain.close()
-        stored.close()
+        plain.close()
 
 
 def _check(digest: StreamDigest, expected: StreamDigest | None) -> None:
@@ -696,11 +690,10 @@ def _check(digest: StreamDigest, expected: StreamDigest | None) -> None:
     if (
         digest.size != expected.size
         or digest.stored_size != expected.stored_size
-        or digest.stored_sha256 != expected.stored_sha256
-        or (digest.sha256 and digest.sha256 != expected.sha256)
+        or digest.sha256 != expected.sha256
     ):
         raise IntegrityError(
-            "the artifact does not match the sizes and SHA-256 digests it was signed with"
+            "the artifact does not match the sizes and SHA-256 digest it was signed with"
         )
 
 
@@ -807,7 +800,7 @@ def decrypt_bytes(
         return bytearray(spool.getbuffer())
     buffer = bytearray(expected.size)
     digest = _open_into(
-        src, keyring, team, expected_header=expected_header, into=buffer, hash_plaintext=False
+        src, keyring, team, expected_header=expected_header, into=buffer
     )
     _check(digest, expected)
     return buffer

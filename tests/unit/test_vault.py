@@ -189,7 +189,6 @@ def test_digests_describe_plaintext_and_stored_bytes(keyring):
     out = io.BytesIO()
     header, digest = seal_stream(io.BytesIO(data), out, "finance", keyring, chunk_size=SMALL)
     assert digest.sha256 == hashlib.sha256(data).hexdigest()
-    assert digest.stored_sha256 == hashlib.sha256(out.getvalue()).hexdigest()
     assert digest.stored_size == len(out.getvalue())
     assert verify_stream(io.BytesIO(out.getvalue()), keyring, "finance", expected=digest) == digest
     assert (
@@ -371,3 +370,34 @@ def test_aborted_writer_refuses_more_writes(keyring):
     writer.abort()
     with pytest.raises(ValueError):
         writer.write(b"more")
+
+
+def test_a_holder_of_the_team_key_cannot_put_other_content_under_a_signed_digest(keyring):
+    """With the team key one can unwrap the data key and seal other bytes under the same
+    header, and every GCM tag then verifies; the plaintext SHA-256 still refuses them."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from lepton_lab.security import vault
+
+    data = b"the published model" * 5
+    forged = bytes(reversed(data))  # same size, other content
+    out = io.BytesIO()
+    header, digest = seal_stream(io.BytesIO(data), out, "finance", keyring, chunk_size=SMALL)
+    prefix = vault._envelope_prefix(header.to_bytes())
+    key = keyring.unwrap("finance", base64.b64decode(header.wrapped_key), header.kek_id)
+    aead, nonce_prefix = AESGCM(key), base64.b64decode(header.nonce_prefix)
+    header_digest = hashlib.sha256(prefix).digest()
+    chunks = [forged[i : i + SMALL] for i in range(0, len(forged), SMALL)]
+    blob = prefix + b"".join(
+        aead.encrypt(vault._nonce(nonce_prefix, i), c,
+                     vault._aad(header_digest, i, i == len(chunks) - 1))
+        for i, c in enumerate(chunks)
+    )
+    assert len(blob) == digest.stored_size
+    with pytest.raises(IntegrityError, match="SHA-256 digest it was signed with"):
+        verify_stream(io.BytesIO(blob), keyring, "finance", expected_header=header, expected=digest)
+    with pytest.raises(IntegrityError, match="SHA-256 digest it was signed with"):
+        decrypt_bytes(io.BytesIO(blob), keyring, "finance", expected_header=header, expected=digest)
