@@ -80,3 +80,9 @@ def templates_path() -> Path:
 
 #: Profile the server extension starts for the local user at launch (``make lab``), if any.
 AUTOSTART_PROFILE = os.environ.get("LEPTON_AUTOSTART", "")
+
+
+def gc_freeze() -> bool:
+    """Whether the server freezes its start-up objects out of the garbage collector's
+    sight (``LEPTON_GC_FREEZE=0`` keeps every object collectable)."""
+    return os.environ.get("LEPTON_GC_FREEZE", "1") != "0"

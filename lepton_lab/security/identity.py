@@ -12,6 +12,7 @@ Three ways in, each mapped through the policy:
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from jupyter_server.auth.identity import PasswordIdentityProvider, User
 from .policy import Policy
 
 
+@functools.lru_cache(maxsize=1)
 def local_user() -> str:
     """The account running the server: the embedded default's admin."""
     try:
@@ -73,7 +75,7 @@ class LeptonIdentityProvider(PasswordIdentityProvider):
             import asyncio
 
             # Scrypt takes tens of milliseconds on a cache miss: keep it off the event loop.
-            name = await asyncio.to_thread(services.tokens.verify, token)
+            name = services.tokens.cached(token) or await asyncio.to_thread(services.tokens.verify, token)
             if name is None:
                 return None
             return make_user(services.policy, name, via="personal-token")

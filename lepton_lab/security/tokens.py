@@ -110,6 +110,17 @@ class TokenStore:
         self._cache[digest] = record.user
         return record.user
 
+    def cached(self, token: str) -> str | None:
+        """The user of a token already verified against the current file, or None.
+
+        No key derivation: cheap enough for an event loop. None means "ask
+        :meth:`verify`", not "invalid".
+        """
+        if _parse(token) is None:
+            return None
+        self._drop_cache_if_changed()
+        return self._cache.get(hashlib.sha256(token.encode()).hexdigest())
+
     def revoke(self, user: str, token_id: str | None = None) -> int:
         """Revoke every token of ``user`` (or only ``token_id``); returns how many were removed.
 

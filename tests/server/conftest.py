@@ -48,6 +48,9 @@ def lepton_home(tmp_path, monkeypatch, jp_root_dir):
     monkeypatch.setenv("LEPTON_POLICY", str(policy))
     for var in ("LEPTON_AUDIT", "LEPTON_REGISTRY", "LEPTON_AUTOSTART"):
         monkeypatch.delenv(var, raising=False)
+    # Many servers come and go in this one process: freezing each one's objects would keep
+    # them all alive. A real server freezes (test_gc_freeze.py).
+    monkeypatch.setenv("LEPTON_GC_FREEZE", "0")
     templates = jp_root_dir / "templates"
     for team, name in (("medical", "federated-diagnosis"), ("finance", "fraud-detection")):
         (templates / team).mkdir(parents=True)

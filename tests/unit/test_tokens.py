@@ -86,6 +86,15 @@ def test_revoke_from_another_store_object_is_seen(store):
     assert store.verify(token) is None
 
 
+def test_cached_answers_only_for_tokens_verified_against_the_current_file(store):
+    token, other = store.add("alice"), store.add("bob")
+    assert store.cached(token) is None  # never verified: no key derivation happens here
+    assert store.verify(token) == "alice" and store.cached(token) == "alice"
+    assert store.cached(other) is None and store.cached("lpt_nonsense") is None
+    TokenStore(store.path).revoke("alice")  # another process changes the file
+    assert store.cached(token) is None and store.verify(token) is None
+
+
 def test_revoke_one_token_by_id(store):
     keep, drop = store.add("alice"), store.add("alice")
     drop_id = drop.split("_")[1]
