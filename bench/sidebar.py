@@ -25,7 +25,9 @@ stopped and its temporary directories removed.
    Parts: lab shell ready (navigation → splash gone), harness reaction (splash gone →
    the automated click on the tab: Playwright, not the product), panel open → rows
    (tab press → first row), split into panel shown, cluster list loaded (REST), stream
-   open, first snapshot, rows painted.
+   open, first snapshot, rows painted. After each load, a reference load of the same
+   page with the Lepton frontend disabled (``labconfig/page_config.json``): JupyterLab's
+   shell alone, the plain library measured in the same run.
 
 2. **Browser CPU of the live view** (target <= 5 % of one core at 1 update/s, ~0 when
    hidden). A *real* cluster the server started: an inline profile (``cloud`` 4 +
@@ -366,17 +368,39 @@ def one_load(browser, lab: Lab, cluster_id: str) -> dict[str, Any]:
         page.close()
 
 
+def set_lepton_frontend(lab: Lab, enabled: bool) -> None:
+    """Enable or disable the Lepton frontend plugin for the next page loads (labconfig)."""
+    page_config = lab.server.config_dir / "labconfig" / "page_config.json"
+    page_config.parent.mkdir(parents=True, exist_ok=True)
+    page_config.write_text(json.dumps({"disabledExtensions": {} if enabled else {"lepton-lab": True}}))
+
+
+def reference_load(browser, lab: Lab) -> float:
+    """The same page load with the Lepton frontend disabled: JupyterLab's shell alone (ms)."""
+    set_lepton_frontend(lab, False)
+    page = Page(browser, lab)
+    try:
+        page.load()
+        if page.tab.count():
+            raise RuntimeError("the Lepton tab is present with the extension disabled")
+        return page.bench_state()["marks"]["splash_gone"]
+    finally:
+        page.close()
+        set_lepton_frontend(lab, True)
+
+
 def measure_load(browser, lab: Lab, loads: int) -> dict[str, Any]:
     cluster = lab.create(LOAD_CLUSTER)
     cid = cluster["id"]
     print(f"  cluster {cid}: {lab.workers(cid)} workers running")
     warm = one_load(browser, lab, cid)
     print(f"  warm-up: {warm['total_ms']:.0f} ms")
-    runs = []
+    runs, plain = [], []
     for i in range(loads):
         run = one_load(browser, lab, cid)
+        plain.append(reference_load(browser, lab))
         print(f"  load {i + 1}/{loads}: total {run['total_ms']:.0f} ms (shell {run['shell_ready_ms']:.0f}, "
-              f"panel→rows {run['panel_open_to_rows_ms']:.0f})")
+              f"panel→rows {run['panel_open_to_rows_ms']:.0f}); JupyterLab alone: shell {plain[-1]:.0f}")
         runs.append(run)
     keys = [k for k, v in runs[0].items() if k.endswith("_ms") and isinstance(v, (int, float))]
     med = {k: r(median([x[k] for x in runs if x.get(k) is not None])) for k in keys}
@@ -388,6 +412,10 @@ def measure_load(browser, lab: Lab, loads: int) -> dict[str, Any]:
         "loads": loads,
         "median": med,
         "met": med["total_ms"] <= LOAD_TARGET_S * 1000,
+        # The plain library in the same run: the same page with the Lepton frontend disabled.
+        "jupyterlab_alone_shell_ms": r(median(plain)),
+        "jupyterlab_alone_runs_ms": [r(x) for x in plain],
+        "shell_ratio_to_jupyterlab_alone": round(med["shell_ready_ms"] / median(plain), 3),
         "panel_part_met": med["panel_open_to_rows_ms"] <= LOAD_TARGET_S * 1000,
         "dominant_part": max(parts, key=lambda k: parts[k]),
         "warm_up": warm,
@@ -643,7 +671,9 @@ def table(results: dict[str, Any]) -> str:
     rows.append((f"page load → first worker row, 4 workers (median of {load['loads']})",
                  f"{m['total_ms']:.0f} ms", f"target <= {LOAD_TARGET_S * 1000:.0f} ms: "
                  f"{'met' if load['met'] else 'NOT met'}; dominant part: {load['dominant_part']}"))
-    rows.append(("  lab shell ready (navigation → splash gone)", f"{m['shell_ready_ms']:.0f} ms", "JupyterLab itself"))
+    rows.append(("  lab shell ready (navigation → splash gone)", f"{m['shell_ready_ms']:.0f} ms",
+                 f"JupyterLab alone (Lepton frontend disabled, same run): {load['jupyterlab_alone_shell_ms']:.0f} ms, "
+                 f"ratio {load['shell_ratio_to_jupyterlab_alone']}"))
     rows.append(("  harness reaction (Playwright click)", f"{m['harness_reaction_ms']:.0f} ms", "not the product"))
     rows.append(("  panel open → allocation rows", f"{m['panel_open_to_rows_ms']:.0f} ms",
                  f"{'<=' if load['panel_part_met'] else '>'} {LOAD_TARGET_S * 1000:.0f} ms"))

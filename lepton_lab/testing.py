@@ -71,6 +71,8 @@ class JupyterProcess:
     policy: Path
     log: Path
     process: subprocess.Popen = field(repr=False)
+    #: The server's private Jupyter config dir (first in ``JUPYTER_CONFIG_PATH``).
+    config_dir: Path | None = None
 
     def api(self, *parts: str, token: str | None = None, method: str = "GET",
             body: dict | None = None, timeout: float = 30) -> tuple[int, Any]:
@@ -182,7 +184,8 @@ def start_jupyter(tmp: Path, policy: str, *, app: str = "jupyterlab", log: Path 
         process = subprocess.Popen(cmd, cwd=root_dir, env=full_env, stdout=out,
                                    stderr=subprocess.STDOUT)
     server = JupyterProcess(url=f"http://127.0.0.1:{port}", token=token, home=home,
-                            root_dir=root_dir, policy=policy_path, log=log, process=process)
+                            root_dir=root_dir, policy=policy_path, log=log, process=process,
+                            config_dir=config)
     server._wait_ready(timeout)
     return server
 

@@ -25,7 +25,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description: 'The Lepton sidebar: clusters, live allocation and templates.',
   autoStart: true,
   optional: [ICommandPalette, ILayoutRestorer, INotebookTracker, ISettingRegistry],
-  activate: async (
+  activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
     restorer: ILayoutRestorer | null,
@@ -54,9 +54,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
 
-    if (settingRegistry) {
-      try {
-        const settings = await settingRegistry.load(PLUGIN_ID);
+    // Settings arrive after activation: the shell does not wait for them.
+    settingRegistry
+      ?.load(PLUGIN_ID)
+      .then(settings => {
         const apply = () => {
           model.refreshInterval = Number(
             settings.get('refreshInterval').composite ?? 1
@@ -68,10 +69,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
         };
         settings.changed.connect(apply);
         apply();
-      } catch (reason) {
+      })
+      .catch(reason => {
         console.warn('Lepton Lab: settings could not be loaded', reason);
-      }
-    }
+      });
   }
 };
 
