@@ -668,7 +668,9 @@ def _widths(spec: dict) -> list[int]:
 
 
 def _quantize_int8(model: nn.Module, sample: torch.Tensor | None) -> tuple[nn.Module, str]:
-    """int8 dynamic quantization of Linear layers: torchao if it works here, else torch.ao."""
+    """int8 dynamic quantization of Linear layers: torchao where it runs and is not slower
+    here than torch.ao, else torch.ao. The backend string says which, and why."""
+    plain = f"torch.ao quantize_dynamic ({_engine()})"
     try:
         import torchao
 
@@ -676,10 +678,19 @@ def _quantize_int8(model: nn.Module, sample: torch.Tensor | None) -> tuple[nn.Mo
         if sample is not None:
             with torch.inference_mode():
                 quantized(sample)  # some torchao kernels are missing on some CPUs
-        return quantized, f"torchao {torchao.__version__}"
     except Exception:  # not installed, or no kernels for this CPU
-        pass
-    return _quantize_with("torch.ao", model), f"torch.ao quantize_dynamic ({_engine()})"
+        return _quantize_with("torch.ao", model), plain
+    if sample is None:
+        return quantized, f"torchao {torchao.__version__}"
+    # On CPUs without torchao's fast kernels its int8 can be many times slower than
+    # torch.ao's: time both on the sample (batch 1) and keep the faster.
+    fallback = _quantize_with("torch.ao", model)
+    with torch.inference_mode():
+        t_ao, t_plain = interleaved_latency([lambda: quantized(sample), lambda: fallback(sample)],
+                                            rounds=7)
+    if t_ao <= t_plain:
+        return quantized, f"torchao {torchao.__version__}"
+    return fallback, f"{plain}; torchao {torchao.__version__} ran {t_ao / t_plain:.1f}x slower here"
 
 
 def _engine() -> str:

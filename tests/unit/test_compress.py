@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 
 import numpy as np
@@ -106,13 +107,24 @@ def test_int8_is_smaller_and_keeps_accuracy(mlp, digits):
     assert torch.equal(_outputs(rebuilt, digits.X_test), _outputs(model, digits.X_test))
 
 
-def test_int8_uses_torchao_only_where_it_runs(mlp, monkeypatch):
-    calls = []
+def test_int8_uses_torchao_only_where_it_runs_and_is_not_slower(mlp, monkeypatch):
+    behaviours = []
 
     def quantize_(model, config):
-        calls.append(config)
-        if len(calls) == 1:
+        behaviour = behaviours.pop(0)
+        if behaviour == "missing kernel":
             raise RuntimeError("no kernel for this CPU")
+        forward = model.forward
+        if behaviour == "fast":
+            out = forward(torch.zeros(1, 64))
+            model.forward = lambda x: out
+        else:  # "slow": what torchao's int8 does on CPUs without its fast kernels
+
+            def slow(x):
+                time.sleep(0.002)
+                return forward(x)
+
+            model.forward = slow
 
     fake = types.ModuleType("torchao")
     fake.__version__ = "0.0"
@@ -122,11 +134,17 @@ def test_int8_uses_torchao_only_where_it_runs(mlp, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchao", fake)
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake.quantization)
 
-    _, report = compress(mlp, quantize="int8")
+    behaviours[:] = ["missing kernel"]
+    _, report = compress(mlp, quantize="int8", progress=False)
     assert report.backend.startswith("torch.ao quantize_dynamic")
-    _, report = compress(mlp, quantize="int8")
-    assert report.backend == "torchao 0.0" and len(calls) == 2
-
+    behaviours[:] = ["fast"]
+    _, report = compress(mlp, quantize="int8", progress=False)
+    assert report.backend == "torchao 0.0"
+    behaviours[:] = ["slow"]
+    model, report = compress(mlp, quantize="int8", progress=False)
+    assert report.backend.startswith("torch.ao quantize_dynamic")
+    assert "torchao 0.0 ran" in report.backend and "x slower here" in report.backend
+    assert isinstance(model[0], torch.ao.nn.quantized.dynamic.Linear)
 
 def test_structured_pruning_really_shrinks(mlp, digits):
     model, report = compress(mlp, data=digits, prune=0.5, progress=False)
