@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import html
+import logging
 import math
 import secrets
 import threading
@@ -82,6 +83,8 @@ __all__ = [
     "register_magics",
     "set_vector",
 ]
+
+logger = logging.getLogger(__name__)
 
 STRATEGIES = ("fedavg", "fedprox")
 LOSSES = ("auto", "binary", "multiclass", "mse")
@@ -875,6 +878,11 @@ class _Run:
             for s in rec.dropped:
                 if s in self.places:
                     self.places[s].dropped_in.append(round_no)
+            if rec.dropped:
+                logger.warning("federated %s round %d: dropped %s", self.name, round_no,
+                               "; ".join(f"{s} ({why})" for s, why in rec.dropped.items()))
+            if rec.skipped:
+                logger.warning("federated %s round %d skipped: %s", self.name, round_no, rec.skipped)
         return rec
 
     def _round(self, rec: RoundRecord, available: list[str]) -> None:
