@@ -121,8 +121,9 @@ def _file(path: Path) -> Serialized:
     return Serialized("bytes", "", "bytes", path.suffix or ".bin", write)
 
 
-def _target(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+def _target(obj: type | Callable) -> str:
+    """``module:qualname`` of a class or function, as :func:`resolve` reads it back."""
+    return f"{obj.__module__}:{obj.__qualname__}"
 
 
 def resolve(target: str) -> Any:
@@ -221,13 +222,15 @@ def _torch_from_spec(module: Any, spec: dict[str, Any], torch: Any) -> Serialize
     payload = buffer.getvalue()
     try:
         fresh = build_model(kwargs["spec"])
+        # Taken before loading: int8 Linear layers accept packed weights of any shape.
+        built = _shapes(fresh)
         fresh.load_state_dict(_torch_load(payload, torch), strict=True)
     except Exception as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"the compressed model does not rebuild from its spec: {first}") from None
-    if _shapes(fresh) != _shapes(module):
+    if built != _shapes(module):
         raise ConfigError("the compressed model's layers differ from its spec; compress it again")
-    construction = Construction(target=_target_of(build_model), kwargs=kwargs)
+    construction = Construction(target=_target(build_model), kwargs=kwargs)
     return Serialized(
         "torch", torch.__version__, "state_dict", ".pt", lambda w: w.write(payload), construction
     )
@@ -241,16 +244,17 @@ def _torch_load(payload: bytes | bytearray, torch: Any) -> dict:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
-def _target_of(fn: Callable) -> str:
-    return f"{fn.__module__}:{fn.__qualname__}"
-
-
 def _shapes(m: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
-    return {
-        key: tuple(value.shape) if hasattr(value, "shape") else ()
-        for key, value in m.state_dict().items()
-        if not key.startswith(skip)
-    }
+    """State-dict entry -> tensor shape; for packed int8 Linear params, (weight, bias) shapes."""
+
+    def shape(value: Any) -> tuple:
+        if hasattr(value, "shape"):
+            return tuple(value.shape)
+        if isinstance(value, tuple):
+            return tuple(shape(v) for v in value)
+        return ()
+
+    return {key: shape(value) for key, value in m.state_dict().items() if not key.startswith(skip)}
 
 
 def _dynamic_quantization(module: Any, torch: Any) -> Quantization | None:

@@ -224,6 +224,18 @@ def test_a_compressed_chain_whose_weights_do_not_fit_its_spec_is_refused(registr
     assert snapshot(registry, "bad") == (None, [], [])
 
 
+def test_an_int8_chain_whose_spec_widths_are_wrong_is_refused(registry, mlp):
+    """int8 Linear layers load packed weights of any shape, so this is caught by shape."""
+    from lepton_lab.ml.compress import compress
+
+    small, _ = compress(mlp, prune=0.5, quantize="int8", progress=False)
+    small.lepton_spec = {**small.lepton_spec, "layers": [
+        {**small.lepton_spec["layers"][0], "out_features": 9}, *small.lepton_spec["layers"][1:]]}
+    with pytest.raises(ConfigError, match="layers differ from its spec"):
+        registry.publish(small, name="bad", team="finance", user="bob")
+    assert snapshot(registry, "bad") == (None, [], [])
+
+
 def test_only_module_classes_and_marked_builders_rebuild_a_model(registry, mlp):
     manifest = registry.publish(mlp, name="mlp", team="finance", user="bob")
     payload = registry.download("mlp", team="finance").read_bytes()
