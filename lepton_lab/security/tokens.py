@@ -94,10 +94,9 @@ class TokenStore:
         token_id = _parse(token)
         if token_id is None:
             return None
-        self._drop_cache_if_changed()
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if digest in self._cache:
-            return self._cache[digest]
+        user = self.cached(token)
+        if user is not None:
+            return user
         record = next((r for r in self._read() if r.token_id == token_id), None)
         if record is None:
             # Spend the same work as for a known id, so timing does not tell ids apart.
@@ -107,7 +106,7 @@ class TokenStore:
         actual = _derive(token, base64.b64decode(record.salt), record.n, record.r, record.p)
         if not hmac.compare_digest(actual, expected):
             return None
-        self._cache[digest] = record.user
+        self._cache[_digest(token)] = record.user
         return record.user
 
     def cached(self, token: str) -> str | None:
@@ -119,7 +118,7 @@ class TokenStore:
         if _parse(token) is None:
             return None
         self._drop_cache_if_changed()
-        return self._cache.get(hashlib.sha256(token.encode()).hexdigest())
+        return self._cache.get(_digest(token))
 
     def revoke(self, user: str, token_id: str | None = None) -> int:
         """Revoke every token of ``user`` (or only ``token_id``); returns how many were removed.
@@ -174,6 +173,11 @@ def _parse(token: object) -> str | None:
     if len(token_id) != 2 * _ID_BYTES or not secret or any(c not in "0123456789abcdef" for c in token_id):
         return None
     return token_id
+
+
+def _digest(token: str) -> str:
+    """The key of a verified token in the in-memory cache (never stored on disk)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _derive(token: str, salt: bytes, n: int, r: int, p: int) -> bytes:
