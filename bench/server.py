@@ -91,12 +91,10 @@ class Server:
 
         self.local = local_user()
         self.server = start_jupyter(tmp, policy_text(self.local), app="jupyter_server")
-        self.home, self.root_dir, self.policy = self.server.home, self.server.root_dir, self.server.policy
-        self.url, self.token, self.log, self.process = (
-            self.server.url, self.server.token, self.server.log, self.server.process)
+        self.home, self.url = self.server.home, self.server.url
         self.port = int(self.url.rsplit(":", 1)[1])
         store = TokenStore(self.home / "tokens.json")
-        self.tokens = {self.local: self.token, USERS["medical"]: store.add(USERS["medical"]),
+        self.tokens = {self.local: self.server.token, USERS["medical"]: store.add(USERS["medical"]),
                        USERS["finance"]: store.add(USERS["finance"])}
 
     def get(self, path: str, token: str) -> tuple[int, bytes]:
@@ -114,7 +112,7 @@ class Server:
     def cpu_seconds(self) -> float:
         import psutil
 
-        t = psutil.Process(self.process.pid).cpu_times()
+        t = psutil.Process(self.server.process.pid).cpu_times()
         return t.user + t.system
 
     def stop(self) -> None:

@@ -183,8 +183,7 @@ class Lab:
         from lepton_lab.testing import start_jupyter
 
         self.server = start_jupyter(tmp, POLICY)
-        self.url, self.server_token, self.log = self.server.url, self.server.token, self.server.log
-        self.process = self.server.process
+        self.url, self.log = self.server.url, self.server.log
         self.token = TokenStore(self.server.home / "tokens.json").add(ADMIN)
         self.clusters: set[str] = set()
 

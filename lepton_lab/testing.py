@@ -70,9 +70,9 @@ class JupyterProcess:
     root_dir: Path
     policy: Path
     log: Path
-    process: subprocess.Popen = field(repr=False)
     #: The server's private Jupyter config dir (first in ``JUPYTER_CONFIG_PATH``).
-    config_dir: Path | None = None
+    config_dir: Path
+    process: subprocess.Popen = field(repr=False)
 
     def api(self, *parts: str, token: str | None = None, method: str = "GET",
             body: dict | None = None, timeout: float = 30) -> tuple[int, Any]:
