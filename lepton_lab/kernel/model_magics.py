@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.display import display
 
 from .. import api
-from .magics import _Parser
+from .parsing import MagicParser as _Parser
 
 
 def _lookup(ns: dict[str, Any], name: str, what: str) -> Any:
@@ -83,12 +82,11 @@ def register_magics(magics) -> None:
     p.add_argument("--team", default=None)
 
     def models(a):
-        rows = api.models(a.team)
-        if not rows:
+        found = api.models(a.team)
+        if not found:
             print("no models yet; publish one with %lepton publish")
             return
-        for m in rows:
-            print(json.dumps(m, default=str))
+        display(models_table(found), raw=True)
 
     magics.register("models", p, line=models)
 
@@ -122,3 +120,25 @@ def register_magics(magics) -> None:
               f"round trip {out['round_trip_ms']} ms")
 
     magics.register("predict", p, line=predict)
+
+
+MODEL_HEAD = ["team", "name", "versions", "aliases", "framework", "updated"]
+
+
+def models_table(models: list[dict[str, Any]]) -> dict[str, str]:
+    """The models as a table (HTML and plain text): latest version, aliases, last update."""
+    from .widgets import _table
+
+    rows = []
+    for m in sorted(models, key=lambda m: (m.get("team", ""), m.get("name", ""))):
+        versions = m.get("versions", "")
+        latest = m.get("latest_version")
+        aliases = ", ".join(f"{k}→v{v}" for k, v in sorted((m.get("aliases") or {}).items())) or "–"
+        updated = str(m.get("updated") or "–").replace("T", " ")[:16]
+        rows.append([m.get("team", ""), m.get("name", ""),
+                     f"{versions} (latest v{latest})" if latest is not None else str(versions),
+                     aliases, m.get("framework", "") or "–", updated])
+    cols = [MODEL_HEAD] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cols) for i in range(len(MODEL_HEAD))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cols)
+    return {"text/plain": text, "text/html": _table(MODEL_HEAD, rows)}

@@ -14,6 +14,7 @@ trees (best-iteration slicing) and XGBoost's ``prune`` updater.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import math
@@ -22,7 +23,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -31,6 +32,11 @@ from torch import nn
 
 from lepton_lab.config import COMPRESSION_TOLERANCE
 from lepton_lab.errors import ConfigError, LeptonError
+from lepton_lab.ml.modelspec import CHANNELWISE as _CHANNELWISE
+from lepton_lab.ml.modelspec import SPEC_FORMAT, build_model, model_spec
+from lepton_lab.ml.modelspec import quantize_with as _quantize_with
+from lepton_lab.ml.modelspec import quantized_engine as _engine
+from lepton_lab.ml.modelspec import trace_chain as _trace_chain
 
 __all__ = [
     "CompressionRefused",
@@ -45,7 +51,6 @@ __all__ = [
     "state_dict_bytes",
 ]
 
-SPEC_FORMAT = "lepton.sequential/1"
 METRICS = ("accuracy", "auc", "rmse")
 
 #: Knowledge-distillation defaults: softening temperature and weight of the teacher term.
@@ -214,10 +219,12 @@ class CompressionReport:
         """The one-line reason this compression is over the tolerance."""
         name, b, a = self.metric_name, self.before.metric, self.after.metric
         verb = "raises" if name == "rmse" else "drops"
-        sign = "+" if self.metric_change >= 0 else "-"
+        change = self.metric_change
+        assert change is not None, "only a measured change is refused"
+        sign = "+" if change >= 0 else "-"
         return (
             f"{self.label} {verb} {name} from {_fmt_metric(name, b)} to {_fmt_metric(name, a)} "
-            f"({sign}{abs(self.metric_change):.1f} {self.metric_unit} > tolerance "
+            f"({sign}{abs(change):.1f} {self.metric_unit} > tolerance "
             f"{_num(self.tolerance)}{' %' if name == 'rmse' else ''}); "
             f"pass force=True to keep it"
         )
@@ -463,152 +470,6 @@ def _check_arguments(framework, evald, quantize, prune, distill, trees, toleranc
                           f"{evald.y_test.dtype}")
 
 
-# --------------------------------------------------------------------------- torch: spec
-
-
-_ACTIVATIONS = {"ReLU": (), "LeakyReLU": ("negative_slope",), "GELU": ("approximate",),
-                "Tanh": (), "Sigmoid": (), "SiLU": (), "ELU": ("alpha",), "Identity": ()}
-_POOLS = {
-    "MaxPool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
-    "AvgPool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
-    "AdaptiveAvgPool2d": ("output_size",),
-}
-_NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
-#: Constructor arguments recorded for each supported layer type.
-_SPEC_ARGS: dict[str, tuple[str, ...]] = {
-    "Linear": ("in_features", "out_features"),
-    "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-               "groups", "padding_mode"),
-    "BatchNorm1d": _NORM,
-    "BatchNorm2d": _NORM,
-    "Dropout": ("p",),
-    "Flatten": ("start_dim", "end_dim"),
-    **_ACTIVATIONS,
-    **_POOLS,
-}
-#: Layers between two weighted layers that keep the channel (feature) index.
-_CHANNELWISE = {"Dropout", *_ACTIVATIONS, *_POOLS}
-_FUNCTIONS = {F.relu: "ReLU", torch.relu: "ReLU", torch.tanh: "Tanh", torch.sigmoid: "Sigmoid",
-              F.gelu: "GELU", F.silu: "SiLU"}
-_METHODS = {"relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid"}
-
-
-def model_spec(model: nn.Module) -> dict[str, Any] | None:
-    """JSON-ready construction spec of a model that is a plain chain of standard layers.
-
-    ``None`` when the model has branches, custom operations or layers outside
-    Linear, Conv2d, BatchNorm, activations, pooling, Dropout and Flatten.
-    ``build_model(spec)`` builds the equivalent ``nn.Sequential``.
-    """
-    chain = _trace_chain(model)
-    return None if chain is None else {"format": SPEC_FORMAT, "layers": chain[0]}
-
-
-def build_model(spec: dict[str, Any]) -> nn.Sequential:
-    """An untrained ``nn.Sequential`` from a spec, ready for ``load_state_dict``.
-
-    With ``spec["quantize"] == "int8"`` it is quantized the same way, so the
-    compressed model's saved state_dict loads into it.
-    """
-    if spec.get("format") != SPEC_FORMAT:
-        raise ConfigError(f"unknown model spec format {spec.get('format')!r}; "
-                          f"expected {SPEC_FORMAT!r}")
-    model = nn.Sequential(*(_build_layer(entry) for entry in spec["layers"]))
-    if spec.get("quantize") == "int8":
-        model = _quantize_with(spec.get("backend", "torch.ao"), model)
-    return model.eval()
-
-
-#: The registry calls only functions so marked to rebuild a published model.
-build_model.lepton_model_builder = True
-
-
-def _build_layer(entry: dict[str, Any]) -> nn.Module:
-    kind = entry["type"]
-    if kind not in _SPEC_ARGS:
-        raise ConfigError(f"model spec: unsupported layer type {kind!r}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items() if k != "type"}
-    return getattr(nn, kind)(**kwargs)
-
-
-def _layer_spec(module: nn.Module) -> dict[str, Any] | None:
-    kind = type(module).__name__
-    # Subclasses may override forward(); only the stock classes are rebuilt faithfully.
-    if kind not in _SPEC_ARGS or type(module) is not getattr(nn, kind):
-        return None
-    entry: dict[str, Any] = {"type": kind}
-    for name in _SPEC_ARGS[kind]:
-        value = getattr(module, name)
-        entry[name] = list(value) if isinstance(value, tuple) else value
-    if kind in ("Linear", "Conv2d"):
-        entry["bias"] = module.bias is not None
-    return entry
-
-
-def _trace_chain(model: nn.Module) -> tuple[list[dict], list[nn.Module | None]] | None:
-    """The model's layers in forward order, if its graph is a single chain."""
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # dynamic control flow and the like: not a plain chain
-        return None
-    layers: list[dict] = []
-    modules: list[nn.Module | None] = []
-    current = None
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            if current is not None:
-                return None
-            current = node
-            continue
-        if node.op == "output":
-            return (layers, modules) if node.args[0] is current and layers else None
-        if not node.args or node.args[0] is not current:
-            return None
-        if node.op == "call_method" and node.target == "size" and node.args[1:] == (0,):
-            continue  # only feeds the x.view(x.size(0), -1) flatten below
-        module = model.get_submodule(node.target) if node.op == "call_module" else None
-        entry = _layer_spec(module) if module is not None else _function_spec(node)
-        if entry is None:
-            return None
-        layers.append(entry)
-        modules.append(module)
-        current = node
-    return None
-
-
-def _function_spec(node) -> dict[str, Any] | None:
-    args = node.args
-    if node.op == "call_function" and node.target in _FUNCTIONS:
-        kind = _FUNCTIONS[node.target]
-        return {"type": kind, **({"approximate": node.kwargs.get("approximate", "none")}
-                                 if kind == "GELU" else {})}
-    if node.op == "call_method" and node.target in _METHODS and len(args) == 1:
-        return {"type": _METHODS[node.target]}
-    flatten = (node.op == "call_function" and node.target is torch.flatten) or (
-        node.op == "call_method" and node.target == "flatten")
-    if flatten:
-        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-        end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
-        return {"type": "Flatten", "start_dim": start, "end_dim": end}
-    if node.op == "call_method" and node.target in ("view", "reshape") and len(args) == 3:
-        batch, rest = args[1], args[2]
-        by_size = getattr(batch, "target", None) == "size" and rest == -1
-        if by_size or (batch == -1 and isinstance(rest, int)):
-            return {"type": "Flatten", "start_dim": 1, "end_dim": -1}
-    if node.op == "call_function" and node.target in (F.max_pool2d, F.avg_pool2d):
-        kind = "MaxPool2d" if node.target is F.max_pool2d else "AvgPool2d"
-        names = ("kernel_size", "stride", "padding") + (
-            ("dilation", "ceil_mode", "return_indices") if kind == "MaxPool2d"
-            else ("ceil_mode", "count_include_pad", "divisor_override"))
-        params = {**dict(zip(names, args[1:])), **node.kwargs}
-        if params.get("return_indices") or params.get("divisor_override") is not None:
-            return None  # not a plain tensor-to-tensor layer of the spec
-        params.pop("return_indices", None), params.pop("divisor_override", None)
-        return {"type": kind, **{k: list(v) if isinstance(v, tuple) else v
-                                 for k, v in params.items()}}
-    return None
-
-
 # --------------------------------------------------------------------------- torch: steps
 
 
@@ -693,29 +554,6 @@ def _quantize_int8(model: nn.Module, sample: torch.Tensor | None) -> tuple[nn.Mo
     return fallback, f"{plain}; torchao {torchao.__version__} ran {t_ao / t_plain:.1f}x slower here"
 
 
-def _engine() -> str:
-    engines = torch.backends.quantized.supported_engines
-    if "x86" in engines and torch.backends.quantized.engine != "x86":
-        torch.backends.quantized.engine = "x86"
-    return torch.backends.quantized.engine
-
-
-def _quantize_with(backend: str, model: nn.Module) -> nn.Module:
-    if backend == "torchao":
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-        quantize_(model, Int8DynamicActivationInt8WeightConfig(set_inductor_config=False))
-        return model
-    _engine()
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, which is not always usable.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-
-
 def _prune(model: nn.Module, amount: float) -> tuple[nn.Sequential, dict]:
     """Remove the lowest-L2-norm neurons/channels of every hidden Linear/Conv2d layer."""
     chain = _trace_chain(model)
@@ -727,7 +565,7 @@ def _prune(model: nn.Module, amount: float) -> tuple[nn.Sequential, dict]:
     keep: dict[int, torch.Tensor] = {}
     for a, b in zip(weighted, weighted[1:]):
         if _prunable(layers, a, b):
-            norms = modules[a].weight.detach().flatten(1).norm(dim=1)
+            norms = cast("nn.Linear | nn.Conv2d", modules[a]).weight.detach().flatten(1).norm(dim=1)
             n_keep = max(1, round(len(norms) * (1 - amount)))
             keep[a] = torch.topk(norms, n_keep).indices.sort().values
     if not keep:
@@ -750,6 +588,7 @@ def _sequential(layers: list[dict], modules: list[nn.Module | None],
     channels = 0  # that layer's channel count before pruning
     for i, (entry, module) in enumerate(zip(layers, modules)):
         if entry["type"] in ("Linear", "Conv2d"):
+            module = cast("nn.Linear | nn.Conv2d", module)
             weight = module.weight.detach()
             bias = None if module.bias is None else module.bias.detach()
             if kept is not None:
@@ -949,14 +788,14 @@ def interleaved_latency(fns: Sequence[Callable[[], Any]], *, rounds: int = 15,
 
 
 def _torch_latencies(models, evald, spec) -> list[tuple[float | None, float | None]]:
-    per_batch = []
+    per_batch: list[list[float | None]] = []
     for batch in (1, 64):
         x = _sample_input(evald, spec, batch)
         if x is None:
             per_batch.append([None] * len(models))
             continue
         with torch.inference_mode():
-            seconds = interleaved_latency([lambda m=m: m(x) for m in models])
+            seconds = interleaved_latency([functools.partial(m, x) for m in models])
         per_batch.append([s * 1e3 for s in seconds])
     return list(zip(*per_batch))
 
@@ -1114,7 +953,7 @@ def _measure_xgboost(booster, new_booster, evald, metric) -> tuple[Measurement, 
     if evald is not None:
         for j, batch in enumerate((1, 64)):
             X = evald.X_test[np.resize(np.arange(len(evald.X_test)), batch)]
-            seconds = interleaved_latency([lambda b=b: b.inplace_predict(X)
+            seconds = interleaved_latency([functools.partial(b.inplace_predict, X)
                                            for b in (booster, new_booster)])
             latencies[0][j], latencies[1][j] = seconds[0] * 1e3, seconds[1] * 1e3
     sides = []

@@ -1,0 +1,19 @@
+"""The argument parser every ``%lepton`` subcommand uses: errors are one ``UsageError`` line."""
+
+from __future__ import annotations
+
+import argparse
+
+from IPython.core.error import UsageError
+
+
+class MagicParser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        valid = sorted(o for a in self._actions for o in a.option_strings if o.startswith("--"))
+        hint = f" (valid options: {', '.join(valid)})" if valid and ("unrecognized" in message) else ""
+        raise UsageError(f"%lepton {self.prog}: {message}{hint}")
+
+    def exit(self, status: int = 0, message: str | None = None):  # type: ignore[override]
+        raise UsageError(message or self.format_usage())
