@@ -51,3 +51,18 @@ class IntegrityError(LeptonError):
     """A signature, MAC or hash check failed: the data was changed or is not ours."""
 
     status = 422
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user interrupted a call; the cluster work it waited for is cancelled.
+
+    Still a ``KeyboardInterrupt``, so no ``except Exception`` on the way up takes it
+    for an ordinary error. ``str(err)`` says what was stopped; IPython shows it as
+    the single line ``interrupted: ...`` and nothing of the package's frames.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"interrupted: {self}"]

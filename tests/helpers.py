@@ -52,3 +52,42 @@ def fake_nvml(n: int, fail_init: bool = False):
     m.nvmlDeviceGetUtilizationRates = lambda h: SimpleNamespace(gpu=10.0 * h)
     m.state = state
     return m
+
+
+def _worker_view(dask_scheduler) -> dict[str, tuple[float, int, str]]:
+    now = time.time()
+    return {str(ws.name): (now - ws.last_seen, len(ws.processing), ws.status.name)
+            for ws in dask_scheduler.workers.values()}
+
+
+def cluster_is_healthy(handle, names: set[str], timeout: float = 30.0, stale: float = 10.0) -> bool:
+    """Whether the cluster has exactly the workers ``names``, all running, heartbeating and idle,
+    waiting up to ``timeout`` seconds for it (a killed worker's nanny brings it back)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            view = handle.client.run_on_scheduler(_worker_view)
+        except Exception:
+            return False
+        if set(view) == names and all(age < stale and not busy and status == "running"
+                                      for age, busy, status in view.values()):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.25)
+
+
+def checked_cluster(slot: dict, name: str, names: set[str], **up_kwargs):
+    """The cluster kept in ``slot`` (a module-scoped dict), rebuilt when a test left it damaged."""
+    import lepton_lab
+
+    handle = slot.get("handle")
+    if handle is not None and not handle.closed and cluster_is_healthy(handle, names):
+        return handle
+    if handle is not None:
+        try:
+            lepton_lab.down(name)
+        except Exception:
+            pass
+    slot["handle"] = lepton_lab.up(name=name, **up_kwargs)
+    return slot["handle"]

@@ -24,6 +24,7 @@ import dask
 from distributed import Client, Future, get_worker
 
 from ..errors import ConfigError
+from .interrupt import stop_job
 from .workers import on_site
 
 #: Seconds of buffered output before a partial line is flushed anyway.
@@ -219,24 +220,29 @@ def run_code(
             output.append((stream, text))
             echo(stream, text)
 
+    future: Future | None = None
     try:
-        with dask.annotate(job=job):
-            future: Future = client.submit(
-                _execute, code, filename, topic, returns, inputs, modules,
-                key=key, resources=on_site(site, gpus), pure=False,
-            )
-        waited = 0.0
-        while not future.done():
+        try:
+            with dask.annotate(job=job):
+                future = client.submit(
+                    _execute, code, filename, topic, returns, inputs, modules,
+                    key=key, resources=on_site(site, gpus), pure=False,
+                )
+            waited = 0.0
+            while not future.done():
+                drain()
+                try:
+                    future.result(timeout=0.1)
+                except TimeoutError:
+                    waited += 0.1
+                    if timeout is not None and waited > timeout:
+                        future.cancel()
+                        raise TimeoutError(f"the cell did not finish on {site} within {timeout:g} s") from None
+                except Exception:
+                    break
+        except KeyboardInterrupt:
             drain()
-            try:
-                future.result(timeout=0.1)
-            except TimeoutError:
-                waited += 0.1
-                if timeout is not None and waited > timeout:
-                    future.cancel()
-                    raise TimeoutError(f"the cell did not finish on {site} within {timeout:g} s") from None
-            except Exception:
-                break
+            raise stop_job(client, job, futures=[future], keys=[key]) from None
         who = client.who_has(future).get(future.key) or ()
         try:
             values = future.result()

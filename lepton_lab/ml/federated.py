@@ -59,7 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lepton_lab.errors import ClusterError, ConfigError, LeptonError
+from lepton_lab.cluster.interrupt import stop_job
+from lepton_lab.errors import ConfigError, LeptonError
 from lepton_lab.ml.privacy import DPConfig, RDPAccountant, clip_update
 from lepton_lab.ml.secagg import (
     Roster,
@@ -80,7 +81,6 @@ __all__ = [
     "federate",
     "get_vector",
     "inject_fault",
-    "register_magics",
     "set_vector",
 ]
 
@@ -211,7 +211,7 @@ def _train_local(model: nn.Module, X: torch.Tensor, y: torch.Tensor, cfg: dict, 
     """Local epochs of minibatch training; FedProx adds the proximal term. Returns the last epoch's mean loss."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params]
     opt = _Optimizer(params, cfg)
     mu = cfg["mu"] if cfg["strategy"] == "fedprox" else 0.0
@@ -535,24 +535,6 @@ def _short(exc: BaseException | None) -> str:
         return "no answer"
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
-
-
-def _resolve_client(client):
-    if client is not None:
-        return client
-    from lepton_lab.errors import NotFound
-    from lepton_lab.session import session
-
-    try:
-        return session().get().client
-    except NotFound:
-        pass
-    from distributed import default_client
-
-    try:
-        return default_client()
-    except ValueError:
-        raise ClusterError("no cluster to run on; start one with lepton_lab.up() or pass client=") from None
 
 
 def _as_dp(dp) -> DPConfig | None:
@@ -1039,6 +1021,9 @@ class _Run:
                     bar.update(1)
                     if self.on_round is not None:
                         self.on_round(rec)
+        except KeyboardInterrupt:
+            job = f"federated-{self.name}"
+            raise stop_job(self.client, job, job=job) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -1109,7 +1094,7 @@ def federate(
     dp: DPConfig | dict | bool | None = None,
     eval_data: tuple[Any, Any] | None = None,
     progress: bool = True,
-    client=None,
+    client,
     seed: int = 0,
     round_timeout: float = 60,
     load_timeout: float | None = None,
@@ -1131,7 +1116,7 @@ def federate(
     ``on_round(record)`` is called after each round. Loading waits ``load_timeout``
     seconds (default: ``round_timeout``, at least 120: a site's first task imports
     PyTorch). The input ``model`` is not changed: ``result.model`` holds the trained
-    global model.
+    global model. ``client`` is the ``distributed.Client`` of the cluster to run on.
     """
     sites = _check_args(model, loader, sites, rounds, local_epochs, strategy, mu, lr, batch_size, fraction,
                         min_sites, secure, round_timeout, optimizer, loss)
@@ -1143,77 +1128,9 @@ def federate(
             eval_data = (torch.as_tensor(np.asarray(X), dtype=torch.float32), torch.as_tensor(np.asarray(y)))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"eval_data must be (X, y) arrays: {e}") from None
-    run = _Run(_resolve_client(client), model, loader=loader, sites=sites, rounds=rounds, local_epochs=local_epochs,
+    run = _Run(client, model, loader=loader, sites=sites, rounds=rounds, local_epochs=local_epochs,
                strategy=strategy, mu=mu, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum,
                fraction=fraction, min_sites=min_sites, secure=bool(secure), dp=dp_cfg, eval_data=eval_data,
                progress=progress, seed=seed, round_timeout=round_timeout,
                load_timeout=load_timeout, name=name, loss=loss, on_round=on_round)
     return run.run()
-
-
-# =============================================================================== %lepton federate
-
-
-def _parser():
-    from lepton_lab.kernel.magics import _Parser
-
-    p = _Parser(prog="federate", add_help=False,
-                description="federated training on edge sites (FedAvg/FedProx, secure aggregation, DP)")
-    p.add_argument("--model", required=True, help="name of a torch.nn.Module in the notebook")
-    p.add_argument("--loader", required=True, help="name of a function loader(site) -> (X, y)")
-    p.add_argument("--sites", required=True, help="site names, comma-separated")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
-    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--fraction", type=float, default=1.0, help="share of sites sampled per round")
-    p.add_argument("--min-sites", type=int, default=2)
-    sec = p.add_mutually_exclusive_group()
-    sec.add_argument("--secure", dest="secure", action="store_true", default=True,
-                     help="secure aggregation (the default)")
-    sec.add_argument("--no-secure", dest="secure", action="store_false", help="plain aggregation")
-    p.add_argument("--dp-noise", type=float, default=None, help="noise multiplier: turns differential privacy on")
-    p.add_argument("--dp-clip", type=float, default=1.0, help="L2 clip of each site's update (with --dp-noise)")
-    p.add_argument("--dp-delta", type=float, default=1e-5, help="δ for which ε is reported (with --dp-noise)")
-    p.add_argument("--eval", default=None, help="name of an (X, y) tuple in the notebook for the global metric")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--round-timeout", type=float, default=60)
-    p.add_argument("--cluster", default=None, help="cluster name (default: the current one)")
-    p.add_argument("--name", default=None, help="bind the FederatedResult to this name (default: federated)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def _lookup(ns: dict, name: str, what: str):
-    if name not in ns:
-        raise ConfigError(f"no {what} called {name!r} in the notebook; define it first")
-    return ns[name]
-
-
-def _magic_federate(magics, a) -> None:
-    from IPython.display import display
-
-    from lepton_lab import api
-
-    ns = magics.shell.user_ns
-    model = _lookup(ns, a.model, "model")
-    loader = _lookup(ns, a.loader, "loader")
-    eval_data = _lookup(ns, a.eval, "evaluation data") if a.eval else None
-    dp = DPConfig(clip=a.dp_clip, noise_multiplier=a.dp_noise, delta=a.dp_delta) if a.dp_noise is not None else None
-    result = federate(model, loader=loader, sites=a.sites, rounds=a.rounds, local_epochs=a.local_epochs,
-                      strategy=a.strategy, mu=a.mu, lr=a.lr, batch_size=a.batch_size, optimizer=a.optimizer,
-                      fraction=a.fraction, min_sites=a.min_sites, secure=a.secure, dp=dp, eval_data=eval_data,
-                      progress=not a.quiet, client=api.current(a.cluster).client, seed=a.seed,
-                      round_timeout=a.round_timeout, name=a.name)
-    bound = a.name or "federated"
-    ns[bound] = result
-    print(f"{result!r}; bound to `{bound}`")
-    display(result)
-
-
-def register_magics(magics) -> None:
-    """Add ``%lepton federate`` to a :class:`~lepton_lab.kernel.magics.LeptonMagics`."""
-    magics.register("federate", _parser(), line=lambda a: _magic_federate(magics, a))

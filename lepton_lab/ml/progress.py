@@ -29,6 +29,16 @@ def topic_for(name: str) -> str:
     return f"lepton-train:{name}"
 
 
+def worker_name() -> str:
+    """The name of the Dask worker running this code, or ``""`` outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except ValueError:
+        return ""
+
+
 def post(topic: str, msg: dict[str, Any]) -> None:
     """Send one progress message from a task; outside a Dask worker it does nothing.
 
@@ -69,6 +79,8 @@ class ProgressListener:
         self.events = 0
         self.last: dict[str, Any] | None = None
         self.last_time = time.monotonic()
+        #: (attempt, rank) -> (when, phase, worker) of each data-parallel rank's latest beat
+        self.beats: dict[tuple[int, int], tuple[float, str, str]] = {}
         self.bar: Any = None
         self._lock = threading.Lock()
 
@@ -87,6 +99,11 @@ class ProgressListener:
         _, msg = event
         if not isinstance(msg, dict) or msg.get("run") != self.run:
             return
+        if msg.get("beat"):  # a rank saying what it is doing: no progress of its own
+            with self._lock:
+                self.beats[(int(msg.get("attempt", 0)), int(msg.get("rank", 0)))] = (
+                    time.monotonic(), str(msg.get("phase", "")), str(msg.get("worker_name", "")))
+            return
         with self._lock:
             self.events += 1
             self.last = msg
@@ -104,6 +121,20 @@ class ProgressListener:
                 self.on_progress(msg)
             except Exception:  # a user's callback must not break the event stream
                 logger.exception("on_progress callback failed")
+
+    def silent(self, attempt: int, ranks: dict[int, str], since: float,
+               longer_than: float) -> list[tuple[int, str, float, str]]:
+        """Ranks of ``attempt`` with no beat for ``longer_than`` seconds (counting from ``since``
+        at the latest): ``(rank, worker, seconds silent, last phase)`` each."""
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for rank, worker in sorted(ranks.items()):
+                when, phase, name = self.beats.get((attempt, rank), (since, "not started", worker))
+                quiet = now - max(when, since)
+                if quiet > longer_than:
+                    out.append((rank, name or worker, quiet, phase))
+        return out
 
     def note(self, text: str) -> None:
         """A short status line under the bar (a restart, say)."""

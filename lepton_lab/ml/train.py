@@ -10,7 +10,9 @@
 ``strategy="auto"`` picks the first when the data fits one worker's memory.
 **PyTorch** trains a user's ``nn.Module`` on one worker, or data-parallel
 (``DistributedDataParallel``, gloo on CPU, nccl on GPU) with one rank per
-worker, the rendezvous going through the Dask cluster.
+worker, each rank in a child process of its worker
+(:mod:`lepton_lab.ml.torch_rank` says why), the rendezvous going through the
+Dask cluster.
 
 Every task runs under ``dask.annotate(job=f"train-{name}")``, so the live
 allocation view shows the job by name. Workers post a progress event per round
@@ -19,6 +21,9 @@ or epoch (:mod:`lepton_lab.ml.progress`) and write a checkpoint every
 watchdog notices the worker set shrinking, cancels what is left and resumes
 from the last checkpoint on the site's remaining workers, up to
 ``max_restarts`` times; then it stops with a one-line :class:`TrainingError`.
+A data-parallel rank that falls silent for ``stall_timeout`` seconds (blocked
+in a collective, say) is handled the same way, and the error names the rank,
+its worker, its site and the phase it was in.
 
 Checkpoints are written by the workers into ``checkpoint_dir`` (default
 ``$LEPTON_HOME/checkpoints/<name>``): on a local cluster, or with a shared
@@ -28,12 +33,10 @@ filesystem, that is the same directory the kernel reads when it resumes.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import hashlib
 import html
-import io
 import json
 import logging
 import math
@@ -53,10 +56,16 @@ import numpy as np
 from .. import config
 from ..errors import ClusterError, ConfigError, LeptonError
 from . import progress as _progress
+from .checkpoints import Checkpoints as _Checkpoints
+from .checkpoints import save_checkpoint as _save_checkpoint
+from .metrics import holdout_metrics as _metrics
+from .progress import worker_name as _worker_name
+from .torch_rank import build_module as _build_module
+from .torch_rank import run_rank as _run_rank
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "TrainingError", "train", "register_magics"]
+__all__ = ["TrainResult", "TrainingError", "train"]
 
 KINDS = ("xgboost", "torch")
 STRATEGIES = ("auto", "single", "distributed")
@@ -86,8 +95,6 @@ GRACE = 15.0
 MONITOR_ROWS = 10_000
 #: A torch model with fewer parameters trains on one thread: more would only add overhead.
 TORCH_THREADED_PARAMS = 1_000_000
-#: Checkpoint files kept per run (older ones are deleted).
-KEEP_CHECKPOINTS = 2
 
 
 class TrainingError(ClusterError):
@@ -188,7 +195,7 @@ def train(
     checkpoint_every: int = 10,
     test_size: float = 0.2,
     progress: bool = True,
-    client: Any = None,
+    client: Any,
     strategy: str = "auto",
     max_restarts: int = 2,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -220,7 +227,7 @@ def train(
     ``max_restarts`` times. ``on_progress(msg)`` is called for every progress
     event; ``timeout`` (seconds) bounds the whole run; an attempt that sends no
     progress event for ``stall_timeout`` seconds counts as stuck and is
-    restarted like a lost worker. ``client`` defaults to the current cluster's.
+    restarted like a lost worker. ``client`` is the ``distributed.Client`` of the cluster to train on.
     """
     started = time.perf_counter()
     kind = {"pytorch": "torch"}.get(str(kind).lower(), str(kind).lower())
@@ -230,10 +237,6 @@ def train(
                 model=model, timeout=timeout)
     if stall_timeout is not None and not (isinstance(stall_timeout, (int, float)) and stall_timeout > 0):
         raise ConfigError(f"train: stall_timeout must be a positive number of seconds or None, got {stall_timeout!r}")
-    if client is None:
-        from .. import api
-
-        client = api.current().client
     site_view = _Site(client, site)
     site_view.workers()  # a clear error now if the site has no workers
     table = _as_table(kind, data, target)
@@ -491,6 +494,7 @@ class _Table:
         if task.kind == "regression":
             self.y = self.y.astype("float32")
             return
+        assert task.classes is not None, "a classification task knows its classes"
         classes = np.asarray(task.classes, dtype=object if isinstance(task.classes[0], str) else None)
         if np.array_equal(classes, np.arange(len(classes))):
             self.y = self.y.astype("int32") if task.kind != "binary" else self.y.astype("float32")
@@ -568,15 +572,15 @@ def _hash_into(h: Any, obj: Any) -> None:
         return
     if isinstance(obj, pd.Series):
         if obj.dtype.kind in "biufcmM":
-            h.update(memoryview(np.ascontiguousarray(obj.to_numpy())).cast("B"))
+            h.update(np.ascontiguousarray(obj.to_numpy()).data.cast("B"))
         else:
-            h.update(memoryview(pd.util.hash_pandas_object(obj, index=False).to_numpy()).cast("B"))
+            h.update(pd.util.hash_pandas_object(obj, index=False).to_numpy().data.cast("B"))
         return
     a = np.asarray(obj)
     if a.dtype.kind == "O":
         _hash_into(h, pd.Series(a.ravel()))
         return
-    h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    h.update(np.ascontiguousarray(a).data.cast("B"))
 
 
 def _part_digest(X: Any, y: Any) -> str:
@@ -724,96 +728,6 @@ def _take(a: Any, idx: np.ndarray) -> Any:
     return a.iloc[idx] if hasattr(a, "iloc") else a[idx]
 
 
-def _metrics(task: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Holdout metrics: AUC + accuracy (binary), accuracy (multiclass), RMSE (regression)."""
-    y_true = np.asarray(y_true)
-    pred = np.asarray(pred)
-    if task == "regression":
-        return {"rmse": float(np.sqrt(np.mean((pred.reshape(-1) - y_true) ** 2)))}
-    if task == "binary":
-        from sklearn.metrics import roc_auc_score
-
-        p = pred[:, 1] if pred.ndim == 2 and pred.shape[1] == 2 else pred.reshape(-1)
-        out = {"accuracy": float(np.mean((p >= 0.5) == (y_true >= 0.5)))}
-        try:
-            out = {"auc": float(roc_auc_score(y_true, p)), **out}
-        except ValueError:  # one class in the holdout
-            pass
-        return out
-    labels = pred.argmax(axis=1) if pred.ndim == 2 else pred
-    return {"accuracy": float(np.mean(labels == y_true))}
-
-
-# =========================================================================== checkpoints
-
-
-class _Checkpoints:
-    """Where a run's checkpoints go, and the newest one.
-
-    Workers write a checkpoint file, then ``latest.json`` naming it, each
-    atomically (a temporary file renamed over the old one), so a reader sees
-    either the previous checkpoint or the new one, never half of one.
-    """
-
-    def __init__(self, directory: Path, every: int):
-        self.dir = Path(directory)
-        self.every = int(every)
-        self.run = ""
-
-    def reset(self, run: str) -> None:
-        self.run = run
-        if not self.every:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for p in self.dir.iterdir():
-            if p.name == "latest.json" or re.match(r"^(xgboost-r\d+\.ubj|torch-e\d+\.pt)(\.tmp.*)?$", p.name):
-                p.unlink(missing_ok=True)
-
-    def spec(self) -> dict[str, Any]:
-        """What a worker needs to write them (plain data, sent with the task)."""
-        return {"dir": str(self.dir), "every": self.every, "run": self.run, "keep": KEEP_CHECKPOINTS}
-
-    def latest(self) -> dict[str, Any] | None:
-        """``{"step", "file", "history", ...}`` of this run's newest checkpoint, or None."""
-        meta = self.dir / "latest.json"
-        try:
-            data = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            return None
-        if data.get("run") != self.run or not (self.dir / data.get("file", "")).is_file():
-            return None
-        data["path"] = str(self.dir / data["file"])
-        return data
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    # No fsync: the rename protects against a dying worker process, which is the failure
-    # checkpoints are for; an fsync per checkpoint cost more than the checkpoint itself.
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(spec: dict[str, Any], kind: str, step: int, write: Callable[[Any], None],
-                     history: list[dict[str, float]]) -> None:
-    """Write one checkpoint (on a worker) and prune old ones. Never raises."""
-    try:
-        directory = Path(spec["dir"])
-        directory.mkdir(parents=True, exist_ok=True)
-        fname = f"xgboost-r{step:06d}.ubj" if kind == "xgboost" else f"torch-e{step:04d}.pt"
-        _atomic_write(directory / fname, write)
-        meta = {"run": spec["run"], "kind": kind, "step": step, "file": fname, "history": history,
-                "time": time.time()}
-        _atomic_write(directory / "latest.json", lambda f: f.write(json.dumps(meta).encode()))
-        prefix = "xgboost-r" if kind == "xgboost" else "torch-e"
-        old = sorted(p for p in directory.iterdir() if p.name.startswith(prefix) and ".tmp" not in p.name)
-        for p in old[:-spec.get("keep", KEEP_CHECKPOINTS)]:
-            p.unlink(missing_ok=True)
-    except Exception:  # a full disk must not kill the training; the next checkpoint may work
-        logger.exception("checkpoint at step %s not written", step)
-
-
 # =========================================================================== running and watching
 
 
@@ -848,9 +762,10 @@ class _Attempt:
 
     def __init__(self, ctx: _Context, workers: dict[str, str], *, futures: Sequence[Any] = (),
                  thread_fn: Callable[[], Any] | None = None, cleanup: Callable[[], None] | None = None,
-                 collect: Callable[[list[Any]], _Outcome] | None = None):
+                 collect: Callable[[list[Any]], _Outcome] | None = None, ranks: dict[int, str] | None = None):
         self.ctx = ctx
         self.workers = workers  # address -> name
+        self.ranks = ranks or {}  # data-parallel rank -> worker name, watched one by one
         self.futures = list(futures)
         self.collect = collect
         self._cleanup = cleanup
@@ -895,8 +810,14 @@ class _Attempt:
         values = [f.result() for f in self.futures]
         return self.collect(values) if self.collect else values[0]
 
-    def cancel(self) -> None:
+    def cancel(self, *, interrupted: bool = False) -> Any:
+        """Cancel this attempt's tasks. After an interrupt, also restart the workers still
+        running them and return the one-line ``Interrupted`` to raise."""
         client = self.ctx.client
+        if interrupted:
+            from ..cluster.interrupt import stop_job
+
+            return stop_job(client, self.ctx.job, futures=self.futures, job=self.ctx.job)
         try:
             # Never force=True: distributed's recursive cancel asserts on dependents nobody wants.
             if self.futures:
@@ -981,6 +902,8 @@ def _supervise(job: "_Job", ctx: _Context, listener: _progress.ProgressListener,
                 raise TrainingError(f"training {ctx.name}: no worker left on site {ctx.site.name} "
                                     f"({retry.reason}); scale the site up and train again") from None
         except BaseException as e:  # an error, a timeout, or the user interrupting the cell
+            if isinstance(e, KeyboardInterrupt):
+                raise attempt.cancel(interrupted=True) from None
             attempt.cancel()
             if isinstance(e, LeptonError) or not isinstance(e, Exception):
                 raise
@@ -1013,10 +936,16 @@ def _watch(ctx: _Context, attempt: _Attempt, listener: _progress.ProgressListene
         lost = _lost(ctx, attempt, 0.0)
         if lost:
             raise _Retry(lost)
-        if stall_timeout is not None:
+        if stall_timeout is not None and attempt.ranks:
+            silent = listener.silent(ctx.attempt, attempt.ranks, since=started, longer_than=stall_timeout)
+            if silent:
+                raise _Retry({}, "; ".join(
+                    f"rank {rank} on {worker} (site {ctx.site.name}) silent for {quiet:.0f} s in phase {phase!r}"
+                    for rank, worker, quiet, phase in silent))
+        elif stall_timeout is not None:
             quiet = time.monotonic() - max(started, listener.last_time)
             if quiet > stall_timeout:
-                raise _Retry({}, f"no progress for {quiet:.0f} s ({_job_state(ctx)})")
+                raise _Retry({}, f"no progress for {quiet:.0f} s on site {ctx.site.name} ({_job_state(ctx)})")
         if deadline is not None and time.monotonic() > deadline:
             raise TrainingError(f"training {ctx.name} did not finish within the timeout; "
                                 f"checkpoints are in {ctx.checkpoints.dir}")
@@ -1129,7 +1058,7 @@ def _hold(event: str, limit: float) -> None:
         # A long poll on the scheduler: no wake-ups on the core lent to the training.
         if done.wait(2.0):
             return
-        ts = worker.state.tasks.get(key)
+        ts = worker.state.tasks.get(key) if key is not None else None
         if ts is None or ts.state != "executing":
             return
 
@@ -1363,17 +1292,8 @@ class _XGBProgressBase:
         return False
 
 
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().name)
-    except ValueError:
-        return ""
-
-
 def _xgb_history(evals_log: dict, start: int) -> list[dict[str, float]]:
-    data = next(iter(evals_log.values()), {})
+    data: dict = next(iter(evals_log.values()), {})
     n = max((len(v) for v in data.values()), default=0)
     return [{"round": start + i + 1, **{m: float(v[i]) for m, v in data.items() if i < len(v)}}
             for i in range(n)]
@@ -1471,7 +1391,7 @@ def _roomy_malloc() -> Iterator[None]:
             libc = ctypes.CDLL("libc.so.6")
         except OSError:
             libc = None
-    if libc is None:
+    if libc is None or trim is None:
         yield
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
@@ -1622,7 +1542,7 @@ class _XGBoostJob(_Job):
         if not t.dask and matrix is not None and _SharedArrays.usable(client, pick, t.nbytes):
             train_idx, test_idx = _split_indices(t.n_rows, ctx.test_size, ctx.seed)
             y = np.asarray(t.y)
-            args = (shared.put("X", matrix, train_idx), shared.put("y", y, train_idx), None,
+            args: tuple[Any, ...] = (shared.put("X", matrix, train_idx), shared.put("y", y, train_idx), None,
                     shared.put("X_test", matrix, test_idx), shared.put("y_test", y, test_idx))
             if t.frame:
                 spec["feature_names"] = t.names
@@ -1715,10 +1635,9 @@ class _XGBoostJob(_Job):
             X_tr, y_tr, X_te, y_te, X_mon, y_mon, data = self._scatter_parts(workers)
 
         def run() -> _Outcome:
+            import xgboost as xgb
             from xgboost import dask as dxgb
             from xgboost.collective import Config
-
-            import xgboost as xgb
 
             cat = ctx.table.categorical
             booster = xgb.Booster(model_file=bytearray(spec["resume"])) if spec["resume"] else None
@@ -1791,153 +1710,6 @@ class _XGBoostJob(_Job):
 
 # =========================================================================== PyTorch
 
-_pg_lock = threading.Lock()
-
-
-def _build_module(model_spec: dict[str, Any]) -> Any:
-    kind, value = model_spec["kind"], model_spec["value"]
-    if kind == "module":
-        return copy.deepcopy(value)
-    if kind == "spec":
-        from .compress import build_model
-
-        return build_model(value).train()
-    return value()
-
-
-def _torch_eval(model: Any, X: Any, y: Any, task: str, device: Any) -> dict[str, float]:
-    import torch
-
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(X), 4096):
-            outs.append(model(X[i:i + 4096].to(device)).float().cpu())
-    model.train()
-    out = torch.cat(outs)
-    if task == "binary":
-        prob = torch.sigmoid(out.reshape(-1)) if out.shape[-1] == 1 or out.dim() == 1 else torch.softmax(out, 1)[:, 1]
-        return _metrics(task, y.numpy(), prob.numpy())
-    if task == "multiclass":
-        return _metrics(task, y.numpy(), out.numpy())
-    return _metrics(task, y.numpy(), out.reshape(len(out), -1)[:, 0].numpy())
-
-
-def _torch_loss(task: str, out: Any, y: Any) -> Any:
-    import torch.nn.functional as F
-
-    if task == "regression":
-        return F.mse_loss(out.reshape(len(out), -1)[:, 0], y)
-    if task == "binary" and (out.dim() == 1 or out.shape[-1] == 1):
-        return F.binary_cross_entropy_with_logits(out.reshape(-1), y.float())
-    return F.cross_entropy(out, y.long())
-
-
-def _param_digest(model: Any) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _torch_rank(rank: int, world: int, X: np.ndarray, y: np.ndarray, X_test: Any, y_test: Any,
-                spec: dict[str, Any]) -> dict[str, Any]:
-    """One rank of a (possibly distributed) torch training; rank 0 evaluates, reports, checkpoints."""
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(int(spec["nthread"]))  # the nanny set OMP_NUM_THREADS=1
-    gpu = spec["gpu"] and torch.cuda.is_available()
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
-    if gpu:
-        torch.cuda.set_device(0)
-    torch.manual_seed(spec["seed"])
-    model = _build_module(spec["model"]).to(device)
-    opt_cls = torch.optim.Adam if spec["optimizer"] == "adam" else torch.optim.SGD
-    opt = opt_cls(model.parameters(), lr=spec["lr"])
-    start, history = 0, []
-    if spec.get("resume"):
-        state = torch.load(io.BytesIO(spec["resume"]), map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = int(state["epoch"]), list(state["history"])
-    task = spec["task"]
-    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if task == "regression" else np.int64))
-    if X_test is not None:
-        Xv = torch.from_numpy(np.ascontiguousarray(X_test, dtype=np.float32))
-        yv = torch.from_numpy(np.ascontiguousarray(y_test, dtype=np.float32 if task == "regression" else np.int64))
-    net = model
-    locked = False
-    try:
-        if world > 1:
-            _pg_lock.acquire()  # one process group per process at a time
-            locked = True
-            # On one machine gloo must talk over loopback, whatever the hostname resolves to.
-            loopback = spec["backend"] == "gloo" and spec["host"] in ("127.0.0.1", "localhost")
-            saved = os.environ.get("GLOO_SOCKET_IFNAME")
-            if loopback and saved is None:
-                os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-            try:
-                dist.init_process_group(spec["backend"], init_method=spec["init_method"], rank=rank,
-                                        world_size=world,
-                                        timeout=datetime.timedelta(seconds=spec["collective_timeout"]))
-            finally:
-                if loopback and saved is None:
-                    os.environ.pop("GLOO_SOCKET_IFNAME", None)
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[0] if gpu else None)
-        batch = max(1, spec["batch_size"] // world)
-        gen = torch.Generator()
-        worker = _worker_name()
-        ckpt = spec["checkpoints"]
-        for epoch in range(start, spec["epochs"]):
-            gen.manual_seed(spec["seed"] * 100_003 + epoch * 7919 + rank)
-            perm = torch.randperm(len(Xt), generator=gen)
-            total, count = 0.0, 0
-            net.train()
-            for i in range(0, len(perm), batch):
-                idx = perm[i:i + batch]
-                xb, yb = Xt[idx].to(device), yt[idx].to(device)
-                opt.zero_grad(set_to_none=True)
-                loss = _torch_loss(task, net(xb), yb)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            if world > 1:
-                t = torch.tensor([total, float(count)], dtype=torch.float64)
-                dist.all_reduce(t)
-                total, count = float(t[0]), int(t[1])
-            if rank == 0:
-                row = {"epoch": epoch + 1, "loss": total / max(count, 1), **_torch_eval(model, Xv, yv, task, device)}
-                history.append(row)
-                _progress.post(spec["topic"], {"run": spec["run"], "epoch": epoch + 1, "total": spec["epochs"],
-                                               "metrics": {k: v for k, v in row.items() if k != "epoch"},
-                                               "rows": [row], "worker_name": worker})
-                every = ckpt.get("every", 0)
-                if every and ((epoch + 1) % every == 0 or epoch + 1 == spec["epochs"]):
-                    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                             "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history}
-                    _save_checkpoint(ckpt, "torch", epoch + 1, lambda f: torch.save(state, f), history)
-        cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return {"rank": rank, "worker": worker, "threads": int(spec["nthread"]),
-                "digest": _param_digest(model), "state": cpu_state if rank == 0 else None,
-                "history": history if rank == 0 else None}
-    finally:
-        if world > 1:
-            try:
-                if dist.is_initialized():
-                    dist.destroy_process_group()
-            finally:
-                if locked:
-                    _pg_lock.release()
-
-
 class _TorchJob(_Job):
     unit = "epoch"
 
@@ -1991,7 +1763,7 @@ class _TorchJob(_Job):
         ctx = self.ctx
         client = ctx.client
         t = ctx.table
-        spec = dict(self.common, model=self.model_spec, resume=None)
+        spec = dict(self.common, model=self.model_spec, resume=None, attempt=ctx.attempt)
         if resume:
             spec["resume"] = Path(resume["path"]).read_bytes()
         X_tr, y_tr = t.X[self.train_idx], t.y[self.train_idx]
@@ -2047,7 +1819,7 @@ class _TorchJob(_Job):
                 if rank_spec["nthread"] is None:
                     rank_spec["nthread"] = w.nthreads
                 futures.append(client.submit(
-                    _torch_rank, rank, world, *fs, rank_spec, key=f"train-{ctx.name}-torch-{ctx.run}-"
+                    _run_rank, rank, world, *fs, rank_spec, key=f"train-{ctx.name}-torch-{ctx.run}-"
                     f"{ctx.attempt}-rank{rank}", pure=False, workers=[w.address], allow_other_workers=False,
                     resources=_resources(ctx.site.name, 1, w.gpu)))
 
@@ -2056,8 +1828,8 @@ class _TorchJob(_Job):
             lead = values[0]
             history = lead["history"]
             metrics = {k: v for k, v in history[-1].items() if k not in ("epoch", "loss")} if history else {}
-            ranks = [{"rank": v["rank"], "worker": v["worker"], "threads": v["threads"], "digest": v["digest"]}
-                     for v in values]
+            ranks = [{"rank": v["rank"], "worker": v["worker"], "threads": v["threads"], "digest": v["digest"],
+                      "pid": v["pid"]} for v in values]
             return _Outcome(lead["state"], metrics, history, [w.name for w in chosen] + [w.name for w in borrowed],
                             len(history), ranks)
 
@@ -2065,100 +1837,9 @@ class _TorchJob(_Job):
             _release(client, holds, data, self.hold_event(ctx))
 
         return _Attempt(ctx, {w.address: w.name for w in chosen}, futures=futures, collect=collect,
-                        cleanup=cleanup)
+                        cleanup=cleanup, ranks={r: w.name for r, w in enumerate(chosen)} if world > 1 else None)
 
     def final_model(self, outcome: _Outcome) -> Any:
         model = _build_module(self.model_spec)
         model.load_state_dict(outcome.model)
         return model.cpu().eval()
-
-
-# =========================================================================== %lepton train
-
-
-def register_magics(magics: Any) -> None:
-    """Add ``%lepton train xgboost|torch ...`` to a ``LeptonMagics`` instance."""
-    from ..kernel.magics import _Parser
-
-    p = _Parser(prog="train", add_help=False,
-                description="train an XGBoost or PyTorch model on a site; binds the result to --name")
-    p.add_argument("kind", choices=KINDS + ("pytorch",))
-    p.add_argument("--data", required=True, help="a DataFrame variable, or X,y")
-    p.add_argument("--target", default=None, help="label column (or a variable holding the labels)")
-    p.add_argument("--name", required=True, help="result variable, job and checkpoint name")
-    p.add_argument("--site", default="cloud")
-    p.add_argument("--cluster", default=None, help="cluster name (default: the current one)")
-    p.add_argument("--rounds", type=int, default=100)
-    p.add_argument("--params", default=None, help="xgboost parameters as JSON")
-    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=10)
-    p.add_argument("--test-size", dest="test_size", type=_fraction_or_count, default=0.2,
-                   help="holdout: a fraction such as 0.2, or a row count")
-    p.add_argument("--model", default=None, help="a torch nn.Module variable (or a model spec)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    p.add_argument("--workers", type=int, default=None, help="torch: data-parallel ranks")
-    p.add_argument("--max-restarts", dest="max_restarts", type=int, default=2)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-
-    def line(a) -> None:
-        ns = magics.shell.user_ns
-        data = _lookup_data(ns, a.data)
-        target = a.target
-        if target is not None and not hasattr(data, "columns") and target in ns:
-            target = ns[target]
-        params = None
-        if a.params:
-            try:
-                params = json.loads(a.params)
-            except ValueError as e:
-                raise ConfigError(f"--params is not valid JSON ({e.msg} at column {e.colno}); "
-                                  """write it like '{"max_depth": 6}'""") from None
-            if not isinstance(params, dict):
-                raise ConfigError("--params must be a JSON object such as '{\"max_depth\": 6}'")
-        model = None
-        if a.model is not None:
-            if a.model not in ns:
-                raise ConfigError(f"no variable {a.model!r} in the notebook for --model")
-            model = ns[a.model]
-        client = None
-        if a.cluster is not None:
-            from .. import api
-
-            client = api.current(a.cluster).client
-        result = train(a.kind, data=data, target=target, name=a.name, site=a.site, rounds=a.rounds,
-                       params=params, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                       optimizer=a.optimizer, model=model, workers=a.workers,
-                       checkpoint_every=a.checkpoint_every, test_size=a.test_size, progress=a.progress,
-                       client=client, strategy=a.strategy, max_restarts=a.max_restarts)
-        var = a.name if a.name.isidentifier() else re.sub(r"\W", "_", a.name)
-        ns[var] = result
-        from IPython.display import display
-
-        display(result)
-        print(f"bound the result to `{var}` ({var}.model is the trained model)")
-
-    magics.register("train", p, line=line)
-
-
-def _fraction_or_count(text: str) -> float | int:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    return int(value) if value >= 1 and value.is_integer() else value
-
-
-def _lookup_data(ns: dict[str, Any], text: str) -> Any:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names or len(names) > 2:
-        raise ConfigError(f"--data takes a variable or X,y; got {text!r}")
-    missing = [n for n in names if n not in ns]
-    if missing:
-        raise ConfigError(f"no variable {missing[0]!r} in the notebook for --data")
-    values = [ns[n] for n in names]
-    return values[0] if len(values) == 1 else tuple(values)

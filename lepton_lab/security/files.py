@@ -6,15 +6,19 @@ import contextlib
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], Any], *, mode: int = 0o600,
+                 durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never half.
 
-    The file is created with ``mode`` from the start, so a secret is never
-    readable by others, not even for the instant before a chmod.
+    ``data`` is the bytes, or a function that writes them to the open file. The
+    file is created with ``mode`` from the start, so a secret is never readable
+    by others, not even for the instant before a chmod. ``durable=False`` skips
+    the fsync: the rename still protects readers from a writer that dies.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,9 +26,13 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from sklearn.datasets import load_breast_cancer, load_digits
 import lepton_lab
 from lepton_lab.errors import ConfigError, NotFound
 from lepton_lab.registry import records_init_kwargs
+from tests.helpers import checked_cluster
 
 
 @records_init_kwargs
@@ -30,10 +31,17 @@ def booster():
 
 
 @pytest.fixture(scope="module")
-def edge_cluster():
-    handle = lepton_lab.up(name="serve-test", cloud=1, edge=1)
-    yield handle
-    lepton_lab.down("serve-test")
+def _cluster_slot():
+    slot: dict = {}
+    yield slot
+    if slot.get("handle") is not None and not slot["handle"].closed:
+        lepton_lab.down("serve-test")
+
+
+@pytest.fixture
+def edge_cluster(_cluster_slot):
+    """One cloud + one edge worker for the module, checked before each test and rebuilt if damaged."""
+    return checked_cluster(_cluster_slot, "serve-test", {"cloud-0", "edge-0"}, cloud=1, edge=1)
 
 
 def test_publish_load_round_trip(booster):
@@ -50,8 +58,10 @@ def test_publish_load_round_trip(booster):
     assert "fraud" in names
     with pytest.raises(NotFound):
         lepton_lab.load("fraud@staging", team="finance")
-    with pytest.raises(ConfigError, match="which team"):
-        lepton_lab.load("fraud")
+    # only finance holds a model called fraud: no team needed
+    assert lepton_lab.load("fraud").lepton_manifest["version"] == m2["version"]
+    with pytest.raises(NotFound):
+        lepton_lab.load("no-such-model")
 
 
 def test_torch_model_with_schema_round_trips():

@@ -14,17 +14,27 @@ import pytest
 from sklearn.datasets import load_digits, make_classification, make_regression
 
 import lepton_lab
+from lepton_lab.api import train
 from lepton_lab.errors import ConfigError
-from lepton_lab.ml.train import TrainingError, TrainResult, register_magics, train
+from lepton_lab.kernel.train_magics import register_magics
+from lepton_lab.ml.train import TrainingError, TrainResult
+from tests.helpers import checked_cluster
 
 CLUSTER = "train-test"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    handle = lepton_lab.up(name=CLUSTER, cloud=2, edge=0)
-    yield handle
-    lepton_lab.down(CLUSTER)
+def _cluster_slot():
+    slot: dict = {}
+    yield slot
+    if slot.get("handle") is not None and not slot["handle"].closed:
+        lepton_lab.down(CLUSTER)
+
+
+@pytest.fixture
+def cluster(_cluster_slot):
+    """One 2-worker cluster for the module, checked before each test and rebuilt if damaged."""
+    return checked_cluster(_cluster_slot, CLUSTER, {"cloud-0", "cloud-1"}, cloud=2, edge=0)
 
 
 @pytest.fixture(scope="module")
@@ -190,11 +200,12 @@ def test_torch_single_worker_digits(cluster, digits):
     with torch.no_grad():
         pred = result.model(torch.from_numpy(X[:200])).argmax(1).numpy()
     assert (pred == y[:200]).mean() >= 0.9
-    assert sorted(p.name for p in Path(result.checkpoints).glob("torch-e*.pt")) == ["torch-e0008.pt"]  # the last epoch, every=10
+    # the last epoch, every=10
+    assert sorted(p.name for p in Path(result.checkpoints).glob("torch-e*.pt")) == ["torch-e0008.pt"]
 
 
 def test_torch_ddp_two_workers(cluster, digits):
-    from lepton_lab.ml.train import _param_digest
+    from lepton_lab.ml.torch_rank import param_digest as _param_digest
 
     X, y = digits
     result = train("torch", model=mlp(), data=(X, y), name="digits-ddp", epochs=8, batch_size=64, lr=3e-3,
@@ -205,6 +216,88 @@ def test_torch_ddp_two_workers(cluster, digits):
     digests = {r["digest"] for r in result.ranks}
     assert len(digests) == 1 and _param_digest(result.model) in digests  # identical on both ranks
     assert result.metrics["accuracy"] >= 0.9
+
+
+def test_ddp_ranks_run_in_child_processes_that_end_with_the_job(cluster, digits):
+    import psutil
+
+    X, y = digits
+    before = worker_pids(cluster)
+    result = lepton_lab.train("torch", model=mlp(), data=(X, y), name="digits-ddp-procs", epochs=2, workers=2,
+                              progress=False)
+    pids = [r["pid"] for r in result.ranks]
+    assert len(set(pids)) == 2 and not set(pids) & set(before.values())  # not the workers' own processes
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert worker_pids(cluster) == before  # the workers themselves were never restarted
+
+
+# --------------------------------------------------------------------------- jobs one after another
+
+
+def _job(kind: str, name: str, binary, digits):
+    """One small training of ``kind``; a hang becomes a TrainingError, never a stuck test."""
+    bounds = dict(progress=False, stall_timeout=60, timeout=240)
+    if kind.startswith("xgboost"):
+        X, y = binary
+        strategy = "single" if kind == "xgboost-single" else "distributed"
+        return lepton_lab.train("xgboost", data=(X, y), name=name, rounds=10, strategy=strategy, **bounds)
+    X, y = digits
+    return lepton_lab.train("torch", model=mlp(), data=(X, y), name=name, epochs=2, workers=2, **bounds)
+
+
+@pytest.mark.parametrize("order", [("xgboost", "ddp"), ("ddp", "xgboost"), ("ddp", "ddp"),
+                                   ("xgboost-single", "xgboost", "ddp")], ids="-then-".join)
+def test_any_order_of_jobs_on_one_cluster(cluster, binary, digits, order):
+    for repeat in range(2):
+        for i, kind in enumerate(order):
+            result = _job(kind, f"order-{i}-{kind}", binary, digits)
+            assert result.restarts == 0, (repeat, kind, result.strategy)
+            assert set(result.workers) <= {"cloud-0", "cloud-1"}
+
+
+def test_rank_blocked_in_a_collective_is_named_and_freed(cluster, digits):
+    """Rank 1 stops answering mid-epoch, so rank 0 waits inside the gradient all_reduce: the
+    watchdog names both ranks, their workers and phases in one line, and frees the workers."""
+    from torch import nn
+
+    class HangsOnRank1(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+            self.calls = 0
+
+        def forward(self, x):
+            import torch.distributed as dist
+
+            self.calls += 1
+            if self.calls > 3 and dist.is_initialized() and dist.get_rank() == 1:
+                threading.Event().wait()  # never returns
+            return self.fc(x)
+
+    X, y = digits
+    before = worker_pids(cluster)
+    with pytest.raises(TrainingError) as err:
+        lepton_lab.train("torch", model=HangsOnRank1(), data=(X, y), name="blocked", epochs=3, workers=2,
+                         stall_timeout=15, max_restarts=0, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "max_restarts=0" in message, message
+    assert "rank 1 on cloud-1 (site cloud)" in message and "rank 0 on cloud-0 (site cloud)" in message, message
+    assert "phase 'epoch 1/3, step" in message, message
+    # Killing the ranks' processes was enough: the workers run on, and take the next job.
+    assert worker_pids(cluster) == before
+    assert _job("ddp", "after-blocked", None, digits).restarts == 0
+
+
+def test_new_jobs_after_a_killed_one(cluster, binary, digits):
+    X, y = digits
+    killed, on_progress = _killer(cluster, 1, "epoch", victim="cloud-1")
+    with pytest.raises(TrainingError):
+        lepton_lab.train("torch", model=mlp(128), data=(X, y), name="killed-ddp", epochs=40, workers=2,
+                         max_restarts=0, progress=False, on_progress=on_progress)
+    assert killed
+    wait_for_workers(cluster)
+    assert _job("xgboost", "after-kill-xgb", binary, digits).restarts == 0
+    assert _job("ddp", "after-kill-ddp", binary, digits).restarts == 0
 
 
 # --------------------------------------------------------------------------- workers dying
@@ -323,7 +416,7 @@ def test_failing_training_surfaces_as_one_line_error(cluster, binary):
 # --------------------------------------------------------------------------- %lepton train
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def shell(cluster):
     from IPython.core.interactiveshell import InteractiveShell
 

@@ -1,0 +1,340 @@
+"""Kernel → Interrupt during cluster work: the work is cancelled, its workers freed, one line shown.
+
+The ``%%lepton run`` and ``%lepton train`` cases go through a real kernel (``jupyter_client``):
+the interrupt is the SIGINT Jupyter sends to the kernel's whole process group, workers
+included. ``predict`` is interrupted in this process, from a thread that waits until its
+task runs on the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import threading
+import time
+
+import pytest
+from distributed import Client
+from jupyter_client.manager import start_new_kernel
+
+import lepton_lab
+from lepton_lab.errors import Interrupted
+
+LINE = re.compile(r"^interrupted: cancelled job (?P<job>.+?) on (?P<workers>[\w-]+(, [\w-]+)*)"
+                  r"( \(restarted (?P<restarted>[\w-]+(, [\w-]+)*) to stop its running code\))?$")
+
+
+class Kernel:
+    """A real kernel with a private LEPTON_HOME and the in-process services."""
+
+    def __init__(self, home):
+        env = {**os.environ, "LEPTON_HOME": str(home), "LEPTON_TRANSPORT": "embedded"}
+        env.pop("JPY_PARENT_PID", None)
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env=env)
+
+    def submit(self, code: str) -> str:
+        return self.kc.execute(code)
+
+    def messages(self, msg_id: str, *, until, timeout: float = 300) -> list[dict]:
+        """iopub messages of ``msg_id`` up to the first for which ``until(msg)`` holds.
+
+        ``until(None)`` is asked too, every second without a message of this cell (output of
+        other cells' threads, such as a progress bar's, may keep arriving meanwhile).
+        """
+        out = []
+        end = time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < end, f"no end within {timeout} s: {_texts(out)}"
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                if until(None):
+                    return out
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                if until(None):
+                    return out
+                continue
+            out.append(msg)
+            if until(msg):
+                return out
+
+    def reply(self, msg_id: str, timeout: float = 300) -> dict:
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = self.kc.get_shell_msg(timeout=timeout)
+        return reply["content"]
+
+    def run(self, code: str, timeout: float = 300) -> tuple[dict, str]:
+        """Execute ``code``; its reply and everything it printed."""
+        msg_id = self.submit(code)
+        msgs = self.messages(msg_id, until=_idle, timeout=timeout)
+        return self.reply(msg_id, timeout), "".join(m["content"].get("text", "") for m in msgs
+                                                    if m["msg_type"] == "stream")
+
+    def interrupt_after(self, code: str, ready, timeout: float = 300) -> tuple[dict, list[dict]]:
+        """Execute ``code``, interrupt the kernel once ``ready(msg)`` holds for one of its messages."""
+        msg_id = self.submit(code)
+        before = self.messages(msg_id, until=lambda m: _idle(m) or ready(m), timeout=timeout)
+        assert not (before and _idle(before[-1])), f"the cell ended before it could be interrupted: {_texts(before)}"
+        self.km.interrupt_kernel()
+        after = self.messages(msg_id, until=_idle, timeout=timeout)
+        return self.reply(msg_id, timeout), before + after
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=False)
+
+
+def _idle(msg: dict | None) -> bool:
+    return msg is not None and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+
+
+def _texts(msgs: list[dict]) -> str:
+    parts = []
+    for m in msgs:
+        c = m["content"]
+        parts.append(c.get("text", "") + "\n".join(c.get("traceback", [])))
+    return "\n".join(parts)
+
+
+def _assert_one_line(reply: dict, msgs: list[dict], job: str, worker: str) -> re.Match:
+    """The cell ended as an error shown as one ``interrupted: ...`` line, no package frames."""
+    errors = [m["content"] for m in msgs if m["msg_type"] == "error"]
+    assert len(errors) == 1, _texts(msgs)
+    assert reply["status"] == "error" and reply["ename"] == "Interrupted", reply
+    assert errors[0]["traceback"] == reply["traceback"] and len(reply["traceback"]) == 1, reply["traceback"]
+    line = reply["traceback"][0]
+    match = LINE.match(line)
+    assert match, line
+    assert match["job"] == job and match["workers"] == worker, line
+    shown = _texts(msgs)
+    assert "Traceback" not in shown and not re.search(r'File ".*lepton_lab', shown), shown
+    assert "KeyboardInterrupt" not in shown and "lepton_lab" not in line, shown
+    return match
+
+
+def _up(kernel: Kernel) -> str:
+    """Start the small cluster; its scheduler address."""
+    reply, out = kernel.run("%load_ext lepton_lab")
+    assert reply["status"] == "ok", reply
+    reply, out = kernel.run("%lepton up --name k --cloud 1 --edge 1 --no-view")
+    assert reply["status"] == "ok", reply
+    address = re.search(r"cluster k at (\S+);", out)
+    assert address, out
+    return address[1]
+
+
+def _probe():
+    """A function for ``Client.run``: the keys whose code still runs in a thread of the worker.
+
+    Made here so that it travels by value: a worker cannot import this test module.
+    """
+
+    def running(dask_worker) -> list[str]:
+        out = []
+        for ts in list(dask_worker.state.tasks.values()):
+            state = ts.previous if ts.state in ("cancelled", "resumed") else ts.state
+            if state in ("executing", "long-running"):
+                out.append(str(ts.key))
+        return out
+
+    return running
+
+
+def _wait_free(kernel: Kernel, address: str, worker: str, timeout: float = 60) -> None:
+    """Within ``timeout``: the live view shows no job on ``worker``, and its threads run nothing."""
+    probe = ("import lepton_lab\n"
+             f"print({{w.name: sorted(w.jobs) for w in lepton_lab.status().workers}}.get({worker!r}))")
+    with Client(address, timeout=30) as outside:
+        end = time.monotonic() + timeout
+        while True:
+            reply, out = kernel.run(probe)
+            assert reply["status"] == "ok", reply
+            running = {str(outside.scheduler_info(n_workers=-1)["workers"][a]["name"]): keys
+                       for a, keys in outside.run(_probe()).items()}
+            if out.strip() == "[]" and not running.get(worker):
+                return
+            assert time.monotonic() < end, f"{worker} still busy: jobs {out.strip()}, running {running}"
+            time.sleep(0.5)
+
+
+def _run_returns(kernel: Kernel, site: str) -> None:
+    reply, _ = kernel.run(f"%%lepton run --site {site} --return x --timeout 120\nx = 6 * 7")
+    assert reply["status"] == "ok", reply
+    reply, out = kernel.run("print(x)")
+    assert out.strip() == "42"
+
+
+def test_interrupt_cancels_a_running_cell_and_frees_its_worker(tmp_path):
+    kernel = Kernel(tmp_path)
+    try:
+        address = _up(kernel)
+        cell = '%%lepton run --site edge\nimport time\nprint("sleeping", flush=True)\ntime.sleep(600)'
+        reply, msgs = kernel.interrupt_after(
+            cell, lambda m: m["msg_type"] == "stream" and "sleeping" in m["content"]["text"])
+        _assert_one_line(reply, msgs, job="cell", worker="edge-0")
+        _wait_free(kernel, address, "edge-0")
+        _run_returns(kernel, "edge")
+        # The interrupt reached the workers' process group too; every worker is still there.
+        reply, out = kernel.run("import lepton_lab\nprint(sorted(w.name for w in lepton_lab.status().workers))")
+        assert out.strip() == "['cloud-0', 'edge-0']"
+    finally:
+        kernel.close()
+
+
+def test_interrupt_cancels_training_and_frees_its_worker(tmp_path):
+    kernel = Kernel(tmp_path)
+    try:
+        address = _up(kernel)
+        reply, _ = kernel.run(
+            "from sklearn.datasets import load_digits\nfrom torch import nn\n"
+            "X, y = load_digits(return_X_y=True)\nX = (X / 16).astype('float32')\n"
+            "net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))")
+        assert reply["status"] == "ok", reply
+        with Client(address, timeout=30) as outside:
+            def first_epoch(msg: dict | None) -> bool:
+                events = outside.get_events("lepton-train:slow") or ()
+                return any("epoch" in e for _, e in events)
+
+            reply, msgs = kernel.interrupt_after(
+                "%lepton train torch --model net --data X,y --epochs 100000 --batch-size 16 --name slow "
+                "--site cloud --checkpoint-every 100000", first_epoch)
+        _assert_one_line(reply, msgs, job="train-slow", worker="cloud-0")
+        _wait_free(kernel, address, "cloud-0")
+        _run_returns(kernel, "cloud")
+        reply, out = kernel.run("print('slow' in dir())")
+        assert out.strip() == "False"
+    finally:
+        kernel.close()
+
+
+# -- in this process ------------------------------------------------------------------------
+
+
+def test_magic_shows_an_interrupt_of_kernel_side_work_as_one_line(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from lepton_lab.kernel.parsing import MagicParser
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "lepton_lab")
+    magics = shell.magics_manager.registry["LeptonMagics"]
+
+    def nap(a):
+        raise KeyboardInterrupt
+
+    magics.register("nap", MagicParser(prog="nap", add_help=False), line=nap)
+    try:
+        capsys.readouterr()
+        result = shell.run_cell("%lepton nap")
+        out = capsys.readouterr()
+    finally:
+        magics.parsers.pop("nap")
+        magics.line_commands.pop("nap")
+    assert isinstance(result.error_in_exec, Interrupted)
+    assert str(result.error_in_exec) == "%lepton nap stopped"
+    assert (out.out + out.err).strip() == "interrupted: %lepton nap stopped"
+
+
+def _interrupt_when_running(client: Client, worker: str, key: str = "", timeout: float = 180) -> threading.Thread:
+    """A thread that sends SIGINT to this process once ``worker`` runs a task whose key has ``key`` in it."""
+    main = threading.main_thread().ident
+
+    def watch():
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+                running = client.run(_probe())
+            except Exception:  # the cluster is gone: the test has ended without us
+                return
+            if any(names.get(a) == worker and any(key in k for k in keys) for a, keys in running.items()):
+                signal.pthread_kill(main, signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+class Sleepy:
+    """Stands for a model whose predictions take ten minutes (a torch module, to be served)."""
+
+    @staticmethod
+    def make():
+        import torch
+
+        class _Sleepy(torch.nn.Module):
+            def forward(self, x):
+                time.sleep(600)
+                return x
+
+        return _Sleepy()
+
+
+def test_interrupt_cancels_predict_and_frees_its_worker():
+    from lepton_lab.ml.serve import Served
+    from lepton_lab.session import session
+
+    handle = lepton_lab.up(name="interrupt-predict", cloud=0, edge=1)
+    try:
+        client = handle.client
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        model = client.scatter(Sleepy.make(), workers=workers, broadcast=True, hash=False)
+        session().served["sleepy"] = Served("sleepy@1", "edge", workers, model, {})
+        watcher = _interrupt_when_running(client, "edge-0")
+        with pytest.raises(Interrupted) as info:
+            lepton_lab.predict("sleepy", [[1.0, 2.0]])
+        watcher.join(5)
+        assert info.value._render_traceback_() == [f"interrupted: {info.value}"]
+        assert LINE.match(f"interrupted: {info.value}"), str(info.value)
+        assert str(info.value).startswith("cancelled job predict sleepy@1 on edge-0")
+        end = time.monotonic() + 60
+        while any(client.run(_probe()).values()):
+            assert time.monotonic() < end, "edge-0 still runs the cancelled prediction"
+            time.sleep(0.2)
+        assert lepton_lab.run_on("edge", lambda: 6 * 7) == 42
+    finally:
+        session().served.pop("sleepy", None)
+        lepton_lab.down("interrupt-predict")
+
+
+def test_interrupt_cancels_a_federated_round_and_frees_the_hung_site():
+    import numpy as np
+    from torch import nn
+
+    from lepton_lab.ml import federated as fed
+
+    profile = {"name": "interrupt-fl", "sites": [
+        {"name": "edge-a", "kind": "edge", "workers": 1, "memory": "512MiB"},
+        {"name": "edge-b", "kind": "edge", "workers": 1, "memory": "512MiB"}]}
+    handle = lepton_lab.up(profile, name="interrupt-fl")
+    try:
+        client = handle.client
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(200, 4)).astype("float32")
+        y = (X[:, 0] > 0).astype("float32")
+
+        def load_site(site):
+            return X, y
+
+        fed.inject_fault(client, "edge-a", "train", rounds=[1], mode="hang", seconds=600)
+        watcher = _interrupt_when_running(client, "edge-a-0", key="federated-round-")
+        with pytest.raises(Interrupted) as info:
+            fed.federate(nn.Linear(4, 1), loader=load_site, sites=["edge-a", "edge-b"], rounds=3, secure=False,
+                         client=client, progress=False, round_timeout=120, name="hung")
+        watcher.join(5)
+        match = LINE.match(f"interrupted: {info.value}")
+        assert match and match["job"] == "federated-hung" and match["workers"] == "edge-a-0", str(info.value)
+        end = time.monotonic() + 60
+        while any(client.run(_probe()).values()):
+            assert time.monotonic() < end, "a site still runs the cancelled round"
+            time.sleep(0.2)
+        assert lepton_lab.status("interrupt-fl").job("federated-hung") is None
+        assert lepton_lab.run_on("edge-a", lambda: 6 * 7) == 42
+    finally:
+        lepton_lab.down("interrupt-fl")
