@@ -34,7 +34,8 @@ def command(name: str, help: str):
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", help="scheduler address, e.g. tls://10.0.0.5:8786 (from the server with --join-token)")
+    p.add_argument("--scheduler",
+                   help="scheduler address, e.g. tls://10.0.0.5:8786 (from the server with --join-token)")
     p.add_argument("--site", required=True, help="site name, e.g. edge-hospital-a or cloud")
     p.add_argument("--kind", choices=("cloud", "edge"), help="site kind (default: from the site name)")
     p.add_argument("--nworkers", type=int, default=1, help="CPU workers to start (default 1)")
@@ -77,7 +78,8 @@ def _redeem(a: argparse.Namespace):
         raise LeptonError(f"the server refused the join token: {message}") from None
     except urllib.error.URLError as e:
         raise LeptonError(f"could not reach {a.server}: {e.reason}") from None
-    cert = IssuedCert.from_dict({k: data[k] for k in ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")})
+    fields = ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")
+    cert = IssuedCert.from_dict({k: data[k] for k in fields})
     return cert.security(), data["scheduler_address"]
 
 
@@ -118,12 +120,11 @@ def run_worker(a: argparse.Namespace) -> int:
     plans = plan_site(site, found, start=start)
     security = _worker_security(a)
     base = {"security": security, "host": a.host, "death_timeout": a.death_timeout}
-    gpu_indices = [g.index for g in found]
 
     async def serve() -> None:
         nannies = []
         for plan in plans:
-            spec = worker_spec(plan, base, gpu_indices)
+            spec = worker_spec(plan, base)
             nannies.append(SiteNanny(a.scheduler, **spec["options"]))
         await asyncio.gather(*nannies)
         for plan, n in zip(plans, nannies):
@@ -228,8 +229,13 @@ def run_join_token(a: argparse.Namespace) -> int:
 
     token, address = issue_join_token(a.cluster, a.site)
     print(token)
-    print(f"on the joining machine (scheduler {address}): lepton-lab worker --site {a.site} "
-          f"--join-token TOKEN --server <Jupyter server URL>", file=sys.stderr)
+    print(f"scheduler: {address}", file=sys.stderr)
+    print(f"on the joining machine: lepton-lab worker --site {a.site} --join-token TOKEN "
+          f"--server <Jupyter server URL>", file=sys.stderr)
+    host = address.rpartition("://")[2].rpartition(":")[0].strip("[]")
+    if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", ""):
+        print(f"note: {address} is reachable from this machine only; set LEPTON_SCHEDULER_HOST and "
+              "LEPTON_SCHEDULER_ADVERTISE for the Jupyter server so other machines can join", file=sys.stderr)
     return 0
 
 

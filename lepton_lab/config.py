@@ -8,6 +8,7 @@ holds the policy, user profiles, the audit log, keys and the model registry.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 #: Seconds ``connect`` waits for an unreachable scheduler before giving up.
@@ -76,6 +77,44 @@ def templates_path() -> Path:
     import sys
 
     return Path(sys.prefix) / "share" / "lepton_lab" / "templates"
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252})$")
+
+
+def _address(value: str, name: str, port_allowed: bool) -> str:
+    value = value.strip()
+    for scheme in ("tls://", "tcp://"):
+        if value.startswith(scheme):
+            value = value[len(scheme):]
+    host, sep, port = value.rpartition(":") if value.rfind(":") > value.rfind("]") else (value, "", "")
+    ok = bool(_HOST.match(host)) and (not sep or (port_allowed and port.isdigit() and 0 < int(port) < 65536))
+    if not ok:
+        from .errors import ConfigError
+
+        form = "a host name or IP, with an optional :port" if port_allowed else "a host name or IP, no port"
+        raise ConfigError(f"{name}: {form} (IPv6 in brackets), got {value!r}")
+    return value
+
+
+def scheduler_host() -> str:
+    """Where the schedulers the server starts listen: ``$LEPTON_SCHEDULER_HOST``.
+
+    Loopback (``127.0.0.1``) by default, so only this machine can join; a team
+    deployment sets an interface address, or ``0.0.0.0`` for every interface.
+    """
+    return _address(os.environ.get("LEPTON_SCHEDULER_HOST") or "127.0.0.1", "LEPTON_SCHEDULER_HOST", False)
+
+
+def scheduler_advertise() -> str:
+    """The address (``host`` or ``host:port``) workers and clients are told to reach the
+    schedulers at: ``$LEPTON_SCHEDULER_ADVERTISE``; empty means the listen address.
+
+    Set it when the listen address is not the one other machines reach (a NAT, a
+    DNS name, ``0.0.0.0``). Join tokens and connection details carry it.
+    """
+    raw = os.environ.get("LEPTON_SCHEDULER_ADVERTISE", "")
+    return _address(raw, "LEPTON_SCHEDULER_ADVERTISE", True) if raw.strip() else ""
 
 
 #: Profile the server extension starts for the local user at launch (``make lab``), if any.

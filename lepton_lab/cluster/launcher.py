@@ -17,13 +17,17 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit, urlunsplit
 
-from distributed import LocalCluster, Security
+from distributed import Client, LocalCluster, Security
 
 from ..errors import AlreadyExists, ClusterError, ConfigError, NotFound
 from . import gpus as gpu_discovery
+from .ledger import LEDGER, GPULedger
 from .profiles import Profile, SiteSpec
+from .ssh import SSHSiteWorker, check_ssh_sites, ssh_worker_spec
 from .workers import SiteNanny, WorkerPlan, kernel_environment, plan_site, worker_name, worker_spec
 
 #: Seconds a bring-up or a scale may take before it is reported as failed.
@@ -68,6 +72,10 @@ class ClusterInfo:
 class ManagedCluster:
     """One running Dask cluster: a ``LocalCluster`` whose workers are planned per site."""
 
+    # Kept here by the services: the cluster's CA folder and the server's own client.
+    ca_dir: Path | None = None
+    server_client: Client | None = None
+
     def __init__(
         self,
         cluster_id: str,
@@ -79,15 +87,20 @@ class ManagedCluster:
         owner: str = "",
         team: str = "",
         security: Security | None = None,
+        ledger: GPULedger | None = None,
+        advertise: str = "",
     ):
         self.id = cluster_id
         self.name = name
         self.profile = profile
         self.cluster = cluster
-        self.gpus = gpus
+        self.gpus = gpus  # every device of this machine; the ledger says which are this cluster's
+        self.ledger = ledger if ledger is not None else LEDGER
+        self.gpu_of: dict[str, gpu_discovery.GPU] = {}  # worker name -> the device it owns
         self.owner = owner
         self.team = team
         self.security = security
+        self.advertise = advertise
         self.created = datetime.now(timezone.utc)
         self.closed = False
         self._lock = threading.RLock()
@@ -104,31 +117,52 @@ class ManagedCluster:
         team: str = "",
         security: Security | None = None,
         host: str = "127.0.0.1",
+        advertise: str = "",
         gpus: list[gpu_discovery.GPU] | None = None,
+        ledger: GPULedger | None = None,
         timeout: float = START_TIMEOUT,
+        ca_dir: Path | None = None,
     ) -> "ManagedCluster":
         """Start the scheduler and every site's workers; return when all have joined.
 
-        Any failure closes what was started: no orphaned processes.
+        The scheduler listens on ``host``; ``advertise`` (``host`` or
+        ``host:port``) is the address workers and clients elsewhere are told to
+        use, when it differs. ``gpus`` are this machine's devices (found by NVML
+        when None); each GPU site gets devices of its own from ``ledger`` (the
+        process's ledger when None). Any failure closes what was started and
+        gives its GPUs back: no orphaned processes, no lost devices.
+        Workers of ``launch: ssh`` sites start on their hosts with certificates
+        from the cluster's CA in ``ca_dir`` (see :mod:`lepton_lab.cluster.ssh`).
         """
+        check_ssh_sites(profile, tls=security is not None, ca_dir=ca_dir)
         gpus = gpu_discovery.discover() if gpus is None else gpus
-        # Plan before starting anything, so a bad GPU request fails with nothing to clean up.
-        plans = [p for site in profile.sites for p in plan_site(site, gpus)]
+        ledger = ledger if ledger is not None else LEDGER
         cluster_id = uuid.uuid4().hex[:12]
+        # Take GPUs and plan before starting anything, so a bad request fails with nothing to clean up.
+        grants = ledger.reserve(cluster_id, name or cluster_id, team, profile.sites, gpus)
+        try:
+            plans = [p for site in profile.sites for p in plan_site(site, grants.get(site.name, []))]
+            with kernel_environment():
+                cluster = LocalCluster(
+                    name=name or cluster_id,
+                    n_workers=0,
+                    threads_per_worker=1,
+                    processes=True,
+                    host=host,
+                    # The dashboard stays on loopback whatever the scheduler listens on: it has no login.
+                    dashboard_address="127.0.0.1:0",
+                    worker_class=SiteNanny,
+                    security=security,
+                    protocol="tls://" if security is not None and security.require_encryption else None,
+                )
+        except BaseException:
+            ledger.release(cluster_id)
+            raise
+        managed = cls(cluster_id, name or cluster_id, profile, cluster, gpus, owner=owner, team=team,
+                      security=security, ledger=ledger, advertise=advertise)
+        managed.gpu_of = {p.name: p.gpu for p in plans if p.gpu is not None}
+        managed.ca_dir = ca_dir
         with kernel_environment():
-            cluster = LocalCluster(
-                name=name or cluster_id,
-                n_workers=0,
-                threads_per_worker=1,
-                processes=True,
-                host=host,
-                dashboard_address=f"{host}:0",
-                worker_class=SiteNanny,
-                security=security,
-                protocol="tls://" if security is not None and security.require_encryption else None,
-            )
-            managed = cls(cluster_id, name or cluster_id, profile, cluster, gpus,
-                          owner=owner, team=team, security=security)
             try:
                 managed._apply(plans_add=plans, timeout=timeout)
             except BaseException:
@@ -142,12 +176,16 @@ class ManagedCluster:
 
     def _apply(self, *, plans_add=(), names_remove=(), timeout: float = START_TIMEOUT) -> None:
         """Change the worker spec and wait until the scheduler sees exactly that set."""
-        gpu_indices = [g.index for g in self.gpus]
         with self._lock, kernel_environment():
+            # A worker on another host is done once its processes and files there are gone.
+            remote = {n for n in names_remove if isinstance(self.cluster.workers.get(n), SSHSiteWorker)}
             for name in names_remove:
                 self.cluster.worker_spec.pop(name, None)
             for plan in plans_add:
-                self.cluster.worker_spec[plan.name] = worker_spec(plan, self._base_options(), gpu_indices)
+                site = self.profile.site(plan.site)
+                self.cluster.worker_spec[plan.name] = (
+                    ssh_worker_spec(plan, site, self.address, self.ca_dir, timeout) if site.launch == "ssh"
+                    else worker_spec(plan, self._base_options()))
             self.cluster.scale(len(self.cluster.worker_spec))
             want = set(self.cluster.worker_spec)
             end = time.monotonic() + timeout
@@ -157,7 +195,7 @@ class ManagedCluster:
                 workers = self.cluster.workers
                 if have == want and all(
                     n in workers and getattr(workers[n].status, "name", "") == "running" for n in want
-                ):
+                ) and not remote & set(workers):
                     return
                 if self.cluster.status.name in ("closing", "closed", "failed"):
                     break
@@ -165,6 +203,9 @@ class ManagedCluster:
                                 if n in want and getattr(w, "status", None) is not None
                                 and w.status.name == "failed")
                 if failed:
+                    reasons = [str(r) for n in failed if (r := getattr(self.cluster.workers[n], "error", None))]
+                    if reasons:
+                        raise ClusterError(f"cluster {self.name}: {'; '.join(reasons)}")
                     raise ClusterError(f"cluster {self.name}: workers {', '.join(failed)} failed to start; "
                                        "see the log above for the reason")
                 time.sleep(0.05)
@@ -178,15 +219,29 @@ class ManagedCluster:
     # -- what runs -------------------------------------------------------------------------
 
     @property
-    def address(self) -> str:
+    def listen_address(self) -> str:
+        """Where the scheduler listens (what this machine's own workers connect to)."""
         return self.cluster.scheduler_address
 
     @property
+    def address(self) -> str:
+        """The scheduler address workers and clients are given: the advertised one when set."""
+        listen = self.cluster.scheduler_address
+        if not self.advertise:
+            return listen
+        protocol, _, rest = listen.rpartition("://")
+        port = rest.rsplit(":", 1)[-1]
+        where = self.advertise if _has_port(self.advertise) else f"{self.advertise}:{port}"
+        return f"{protocol or 'tcp'}://{where}"
+
+    @property
     def dashboard_link(self) -> str:
+        """The dashboard on loopback, where it listens (distributed names the scheduler's host)."""
         try:
-            return self.cluster.dashboard_link
+            link = urlsplit(self.cluster.dashboard_link)
         except Exception:  # no bokeh: no dashboard
             return ""
+        return urlunsplit(link._replace(netloc=f"127.0.0.1:{link.port}")) if link.port else link.geturl()
 
     def workers_of(self, site: str) -> list[str]:
         """Names of the workers of ``site`` in the current spec, in start order."""
@@ -200,6 +255,55 @@ class ManagedCluster:
     def gpu_workers_of(self, site: str) -> int:
         return sum(1 for n in self.workers_of(site)
                    if "GPU" in self.cluster.worker_spec[n]["options"].get("resources", {}))
+
+    def gpus_held(self) -> int:
+        """Physical devices (GPUs or MIG instances) this cluster holds in the ledger."""
+        return len(self.ledger.held_by(self.id))
+
+    def _gpu_target(self, spec: SiteSpec) -> int | None:
+        """How many GPU workers ``spec`` should have at most (None: every free GPU, for ``auto``)."""
+        if spec.gpus == "auto":
+            return None
+        return int(spec.gpus or 0)
+
+    def gpu_demand(self, n: int, site: str) -> int:
+        """How many more devices ``scale(n, site)`` could take from the ledger (for quotas)."""
+        more = 0
+        for spec in self.resolve_sites(site):
+            current = self.workers_of(spec.name)
+            if not spec.gpus or n <= len(current):
+                continue
+            have = sum(1 for w in current if w in self.gpu_of)
+            target = self._gpu_target(spec)
+            room = len(self.ledger.free(self.gpus)) if target is None else max(target - have, 0)
+            more += min(room, n - len(current))
+        return more
+
+    def _grow(self, spec: SiteSpec, current: list[str], n: int) -> list[WorkerPlan]:
+        """Plans for ``n - len(current)`` new workers of ``spec``, GPU ones first while the site wants GPUs.
+
+        New workers take the lowest free numbers (edge-2 comes back as edge-2)
+        and the site's GPUs come back from the ledger: a number of GPUs is taken
+        in full or refused with the ledger's one-line reason; ``auto`` takes
+        whatever is free.
+        """
+        used = {int(name.rsplit("-", 1)[1]) for name in current}
+        free_numbers = (i for i in itertools.count() if i not in used)
+        extra = n - len(current)
+        have_gpu = sum(1 for name in current if name in self.gpu_of)
+        target = self._gpu_target(spec)
+        got: list[gpu_discovery.GPU] = []
+        if spec.gpus and self.gpus:
+            want = None if target is None else min(max(target - have_gpu, 0), extra)
+            if want is None or want:
+                got = self.ledger.take(self.id, self.name, self.team, spec.name, want, self.gpus, at_most=extra)
+        held = [g for g in self.gpus if g.key in set(self.ledger.held_by(self.id, spec.name))]
+        peers = tuple(g.visible_as for g in held)
+        plans = [WorkerPlan(worker_name(spec.name, next(free_numbers)), spec.name, spec.kind, spec.threads,
+                            spec.memory, g, peers) for g in got]
+        plans += [WorkerPlan(worker_name(spec.name, next(free_numbers)), spec.name, spec.kind, spec.threads,
+                             spec.memory) for _ in range(extra - len(got))]
+        return plans
 
     def costs(self) -> dict[str, float]:
         """Cost per worker-hour for each site."""
@@ -227,19 +331,29 @@ class ManagedCluster:
         with self._lock:
             add: list[WorkerPlan] = []
             remove: list[str] = []
-            for spec in self.resolve_sites(site):
-                current = self.workers_of(spec.name)
-                if n < len(current):
-                    remove += current[n:]
-                elif n > len(current):
-                    # New workers take the lowest free numbers: edge-2 comes back as edge-2.
-                    used = {int(name.rsplit("-", 1)[1]) for name in current}
-                    free = (i for i in itertools.count() if i not in used)
-                    more = dataclasses.replace(spec, workers=n - len(current), gpus=0)
-                    add += [dataclasses.replace(p, name=worker_name(spec.name, next(free)))
-                            for p in plan_site(more, [])]
-            self._apply(plans_add=add, names_remove=remove, timeout=timeout)
+            try:
+                for spec in self.resolve_sites(site):
+                    current = self.workers_of(spec.name)
+                    if n < len(current):
+                        # CPU workers go first, so a site keeps its GPUs as long as it can.
+                        order = [w for w in current if w not in self.gpu_of] + [w for w in current if w in self.gpu_of]
+                        remove += order[: len(current) - n]
+                    elif n > len(current):
+                        add += self._grow(spec, current, n)
+            except BaseException:
+                self._give_back([p.gpu for p in add if p.gpu is not None])
+                raise
+            self.gpu_of.update({p.name: p.gpu for p in add if p.gpu is not None})
+            try:
+                self._apply(plans_add=add, names_remove=remove, timeout=timeout)
+            finally:
+                # A worker scaled away gives its GPU back to the ledger.
+                self._give_back([self.gpu_of.pop(w) for w in remove if w in self.gpu_of])
         return self.site_counts()
+
+    def _give_back(self, gpus: list[gpu_discovery.GPU]) -> None:
+        if gpus:
+            self.ledger.release(self.id, [g.key for g in gpus])
 
     def close(self) -> None:
         """Stop every worker and the scheduler. Safe to call twice."""
@@ -252,6 +366,8 @@ class ManagedCluster:
                     self.cluster.close(timeout=20)
                 except Exception:
                     pass
+            self.gpu_of.clear()
+            self.ledger.release(self.id)
         _live.discard(self)
 
     @property
@@ -278,11 +394,16 @@ class ManagedCluster:
 
 
 class ClusterManager:
-    """Every cluster this process owns, by id; names are unique among running clusters."""
+    """Every cluster this process owns, by id; names are unique among running clusters.
 
-    def __init__(self):
+    Its GPU ledger (the process's own unless one is given) gives each cluster
+    devices no other cluster holds.
+    """
+
+    def __init__(self, ledger: GPULedger | None = None):
         self._clusters: dict[str, ManagedCluster] = {}
         self._lock = threading.RLock()
+        self.ledger = ledger if ledger is not None else LEDGER
 
     def start(self, profile: Profile, *, name: str | None = None, reuse: bool = True,
               **kwargs: Any) -> tuple[ManagedCluster, bool]:
@@ -292,25 +413,35 @@ class ClusterManager:
         """
         with self._lock:
             if name is not None:
-                existing = self.by_name(name)
+                existing = self.by_name(name, team=kwargs.get("team"))
                 if existing is not None:
                     if reuse:
                         return existing, False
                     raise AlreadyExists(f"a cluster named {name!r} is already running; pick another name")
+            kwargs.setdefault("ledger", self.ledger)
             managed = ManagedCluster.start(profile, name=name, **kwargs)
             self._clusters[managed.id] = managed
             return managed, True
 
-    def by_name(self, name: str) -> ManagedCluster | None:
+    def by_name(self, name: str, team: str | None = None) -> ManagedCluster | None:
+        """The running cluster called ``name`` (in ``team``, when given: names are unique per team)."""
         for c in self._clusters.values():
-            if c.name == name and not c.closed:
+            if c.name == name and not c.closed and (team is None or c.team == team):
                 return c
         return None
 
-    def get(self, key: str) -> ManagedCluster:
-        """A running cluster by id or name."""
+    def get(self, key: str, teams: Iterable[str] | None = None) -> ManagedCluster:
+        """A running cluster by id, or by name among the clusters of ``teams`` (all when None)."""
         with self._lock:
-            c = self._clusters.get(key) or self.by_name(key)
+            c = self._clusters.get(key)
+            if c is None:
+                allowed = None if teams is None else set(teams)
+                named = [x for x in self._clusters.values() if x.name == key and not x.closed
+                         and (allowed is None or x.team in allowed)]
+                if len(named) > 1:
+                    raise ConfigError(f"clusters of teams {', '.join(sorted(x.team for x in named))} are called "
+                                      f"{key!r}; name one by its id")
+                c = named[0] if named else None
             if c is None or c.closed:
                 raise NotFound(f"no running cluster {key!r}")
             return c
@@ -331,6 +462,11 @@ class ClusterManager:
             self._clusters.clear()
         for c in clusters:
             c.close()
+
+
+def _has_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep) and port.isdigit() and not host.endswith(":")
 
 
 _live: "weakref.WeakSet[ManagedCluster]" = weakref.WeakSet()

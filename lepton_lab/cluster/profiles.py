@@ -30,6 +30,9 @@ from .. import config
 from ..errors import ConfigError
 
 SITE_KINDS = ("cloud", "edge")
+#: How a site's workers start: processes on this machine, or over SSH on its hosts.
+LAUNCHES = ("local", "ssh")
+SSH_FIELDS = ("hosts", "ssh_user", "ssh_key", "known_hosts", "python")
 #: Site names become Dask resource names and worker-name prefixes.
 SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -48,6 +51,13 @@ class SiteSpec:
     NVML finds (none on a CPU machine). GPU workers replace CPU workers of the
     site, one for one, up to ``workers``; a site with ``gpus > workers`` gets
     ``gpus`` workers.
+
+    ``launch`` says where its workers start: ``local`` (processes on this
+    machine) or ``ssh``: worker ``n`` runs ``python -m lepton_lab.cli worker`` on
+    ``hosts[n % len(hosts)]`` (``host`` or ``host:port``), logged in as
+    ``ssh_user`` with the private key ``ssh_key`` and checked against
+    ``known_hosts`` (each defaulting to what ``ssh`` would use); ``python`` is
+    the interpreter on those hosts.
     """
 
     name: str
@@ -57,13 +67,19 @@ class SiteSpec:
     memory: int = parse_bytes("2GiB")
     gpus: int | str = 0
     cost_per_hour: float = 0.0
+    launch: str = "local"
+    hosts: tuple[str, ...] = ()
+    ssh_user: str = ""
+    ssh_key: str = ""
+    known_hosts: str = ""
+    python: str = "python3"
 
     @property
     def memory_text(self) -> str:
         return format_bytes(self.memory)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "kind": self.kind,
             "workers": self.workers,
@@ -72,6 +88,10 @@ class SiteSpec:
             "gpus": self.gpus,
             "cost_per_hour": self.cost_per_hour,
         }
+        if self.launch != "local":
+            data.update(launch=self.launch, hosts=list(self.hosts), ssh_user=self.ssh_user,
+                        ssh_key=self.ssh_key, known_hosts=self.known_hosts, python=self.python)
+        return data
 
 
 @dataclass(frozen=True)
@@ -229,7 +249,39 @@ def _site_from_dict(data: Any, where: str) -> SiteSpec:
     cost = data.get("cost_per_hour", 0.0)
     if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
         raise ConfigError(f"{where}.cost_per_hour: a number >= 0, got {cost!r}")
-    return SiteSpec(name, kind, workers, threads, memory, gpus, float(cost))
+    return SiteSpec(name, kind, workers, threads, memory, gpus, float(cost), **_launch_fields(data, gpus, where))
+
+
+def _launch_fields(data: Mapping[str, Any], gpus: Any, where: str) -> dict[str, Any]:
+    """``launch`` and, for ``launch: ssh``, the hosts and login of a site, checked."""
+    launch = data.get("launch", "local")
+    if launch not in LAUNCHES:
+        raise ConfigError(f"{where}.launch: one of {', '.join(LAUNCHES)}; got {launch!r}")
+    if launch == "local":
+        extra = [key for key in SSH_FIELDS if key in data]
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: only for sites with launch: ssh")
+        return {}
+    hosts = data.get("hosts")
+    if not isinstance(hosts, list) or not hosts:
+        raise ConfigError(f"{where}.hosts: launch: ssh needs a non-empty list of host or host:port")
+    checked = []
+    for i, host in enumerate(hosts):
+        if not isinstance(host, str):
+            raise ConfigError(f"{where}.hosts[{i}]: a host name or IP, with an optional :port; got {host!r}")
+        checked.append(config._address(host, f"{where}.hosts[{i}]", True))
+    if gpus:
+        raise ConfigError(f"{where}.gpus: ssh sites start CPU workers; join a GPU machine with "
+                          "`lepton-lab worker --gpus N`")
+    fields: dict[str, Any] = {"launch": "ssh", "hosts": tuple(checked)}
+    for key in ("ssh_user", "ssh_key", "known_hosts", "python"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip() or "\n" in value:
+            raise ConfigError(f"{where}.{key}: must be non-empty text on one line, got {value!r}")
+        fields[key] = value.strip()
+    return fields
 
 
 def profile_from_dict(name: str, data: Any, where: str) -> Profile:

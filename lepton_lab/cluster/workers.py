@@ -21,10 +21,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from distributed import Nanny
+from distributed import Nanny, WorkerPlugin
 
 from ..errors import NoGPUError
-from .gpus import GPU
+from .gpus import GPU, dask_cuda_available
 from .profiles import SiteSpec
 
 WORKER_NAME = re.compile(r"^(?P<site>[a-z][a-z0-9-]*?)-(?P<n>\d+)$")
@@ -113,11 +113,34 @@ def kernel_environment() -> Iterator[None]:
         _leave_env()
 
 
+class IgnoreInterrupt(WorkerPlugin):
+    """Makes a worker process deaf to SIGINT; its nanny alone stops or restarts it.
+
+    Worker processes share the process group of the process that started them, and
+    Jupyter's Interrupt signals a kernel's whole group: without this, interrupting a
+    cell would kill every worker of a cluster the kernel started.
+    """
+
+    name = "lepton-ignore-interrupt"
+    idempotent = True
+
+    def setup(self, worker=None) -> None:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class SiteNanny(Nanny):
     """A :class:`distributed.Nanny` that gives the parent process its environment back.
 
     Restarts after a worker dies go through ``instantiate`` too, so they are covered.
+    Its worker ignores SIGINT (:class:`IgnoreInterrupt`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs["plugins"] = (*kwargs.get("plugins", ()), IgnoreInterrupt())
+        super().__init__(*args, **kwargs)
 
     async def instantiate(self):  # type: ignore[override]
         _enter_env()
@@ -132,24 +155,45 @@ class SiteNanny(Nanny):
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """One worker to start: where, its shape, and the GPU it owns (if any)."""
+    """One worker to start: where, its shape, and the GPU it owns (if any).
+
+    ``peers`` are the ``CUDA_VISIBLE_DEVICES`` entries of every GPU its site
+    holds, so the worker sees its own GPU first and its site's others after it
+    (dask-cuda's rotation), never a GPU its site does not hold.
+    """
 
     name: str
     site: str
     kind: str
     threads: int
     memory: int
-    gpu: int | None = None  # NVML index
+    gpu: GPU | None = None
+    peers: tuple[str, ...] = ()
 
     @property
     def resources(self) -> dict[str, float]:
         return site_resources(self.kind, self.site, self.threads, self.gpu is not None)
 
+    @property
+    def cuda_visible_devices(self) -> str | None:
+        """The worker's ``CUDA_VISIBLE_DEVICES``: its GPU first, then its site's others (whole GPUs only).
+
+        A MIG instance is shown alone: CUDA gives a process one MIG instance.
+        """
+        if self.gpu is None:
+            return None
+        own = self.gpu.visible_as
+        if self.gpu.mig or own not in self.peers:
+            return own
+        i = self.peers.index(own)
+        rotated = self.peers[i:] + self.peers[:i]
+        return ",".join(d for d in rotated if not d.upper().startswith("MIG-"))
+
 
 def gpu_count_for(site: SiteSpec, gpus: list[GPU]) -> int:
     """How many GPU workers ``site`` gets on a machine with ``gpus``; a clear error if impossible."""
     want = site.gpus
-    if want == "auto":
+    if isinstance(want, str):  # "auto", the one string profiles accept
         return len(gpus)
     if want and not gpus:
         raise NoGPUError(
@@ -164,25 +208,85 @@ def gpu_count_for(site: SiteSpec, gpus: list[GPU]) -> int:
 
 
 def plan_site(site: SiteSpec, gpus: list[GPU], start: int = 0) -> list[WorkerPlan]:
-    """Workers for ``site``: one per GPU it gets, then CPU workers up to ``site.workers``."""
+    """Workers for ``site``: one per GPU it gets, then CPU workers up to ``site.workers``.
+
+    ``gpus`` are the devices this site may use (all of them for ``gpus: auto``,
+    the first ``site.gpus`` otherwise).
+    """
     n_gpu = gpu_count_for(site, gpus)
     n_cpu = max(site.workers - n_gpu, 0)
+    mine = gpus[:n_gpu]
+    peers = tuple(g.visible_as for g in mine)
     plans = []
-    for i in range(n_gpu):
+    for i, gpu in enumerate(mine):
         plans.append(WorkerPlan(worker_name(site.name, start + i), site.name, site.kind,
-                                site.threads, site.memory, gpus[i].index))
+                                site.threads, site.memory, gpu, peers))
     for j in range(n_cpu):
         plans.append(WorkerPlan(worker_name(site.name, start + n_gpu + j), site.name, site.kind,
                                 site.threads, site.memory))
     return plans
 
 
-def worker_spec(plan: WorkerPlan, base_options: dict[str, Any], gpu_indices: list[int]) -> dict[str, Any]:
+class CPUAffinity(WorkerPlugin):
+    """Pins a GPU worker's process to the CPU cores nearest its GPU (dask-cuda's habit).
+
+    Cores this process may not use (a container's cpuset) are dropped; with none
+    left the worker keeps the affinity it inherited.
+    """
+
+    idempotent = True
+
+    def __init__(self, cores: tuple[int, ...]):
+        self.cores = tuple(cores)
+
+    def setup(self, worker=None) -> None:
+        try:
+            cores = set(self.cores) & os.sched_getaffinity(0)
+            if cores:
+                os.sched_setaffinity(0, cores)
+        except (AttributeError, OSError):  # no affinity API on this platform
+            pass
+
+
+def gpu_options(plan: WorkerPlan) -> dict[str, Any]:
+    """The options that make ``plan``'s nanny a GPU worker (dask-cuda's ``worker_spec`` recipe).
+
+    Computed from NVML facts gathered at discovery; nothing here touches CUDA,
+    NVML or imports dask-cuda, so the process that plans workers (a Jupyter server)
+    never creates a CUDA context. The CUDA context is made in the worker process,
+    by dask-cuda's own ``dask_cuda.initialize`` preload when dask-cuda is installed.
+    """
+    assert plan.gpu is not None
+    options: dict[str, Any] = {
+        "env": {"CUDA_VISIBLE_DEVICES": plan.cuda_visible_devices},
+        "data": dict,
+    }
+    if plan.gpu.cpus:
+        options["plugins"] = [CPUAffinity(plan.gpu.cpus)]
+    if dask_cuda_available():
+        options["preload"] = [("dask_cuda.initialize", ["--create-cuda-context"])]
+    return options
+
+
+def _with_preload(options: dict[str, Any], preloads: list[tuple[str, list[str]]]) -> None:
+    """Add preloads to ``options``, each with its own argv (distributed's list-of-lists form)."""
+    names = options.get("preload") or []
+    names = [names] if isinstance(names, str) else list(names)
+    argv = options.get("preload_argv") or []
+    if argv and isinstance(argv[0], str):
+        argv = [list(argv)] * len(names)
+    argv = list(argv) or [[] for _ in names]
+    for name, args in preloads:
+        names.append(name)
+        argv.append(list(args))
+    options["preload"], options["preload_argv"] = names, argv
+
+
+def worker_spec(plan: WorkerPlan, base_options: dict[str, Any]) -> dict[str, Any]:
     """A ``SpecCluster`` worker spec for ``plan``.
 
-    GPU workers take dask-cuda's own recipe (``CUDA_VISIBLE_DEVICES`` rotated so
-    the worker's GPU comes first, CPU affinity), imported only here, only when a
-    GPU worker is really started.
+    A GPU worker sees its own GPU first (``CUDA_VISIBLE_DEVICES``), is pinned
+    to the CPUs nearest it and creates its CUDA context itself; see :func:`gpu_options`.
     """
     options = dict(base_options)
     options.update(
@@ -191,17 +295,16 @@ def worker_spec(plan: WorkerPlan, base_options: dict[str, Any], gpu_indices: lis
         memory_limit=plan.memory,
         resources=plan.resources,
     )
-    if plan.gpu is None:
-        return {"cls": SiteNanny, "options": options}
-    from dask_cuda.worker_spec import worker_spec as cuda_worker_spec
-
-    position = gpu_indices.index(plan.gpu)
-    cuda = cuda_worker_spec(
-        CUDA_VISIBLE_DEVICES=gpu_indices, threads_per_worker=plan.threads,
-    )[position]["options"]
-    for key in ("env", "plugins", "preload", "preload_argv", "data"):
-        if key in cuda:
-            options[key] = cuda[key]
+    if plan.gpu is not None:
+        for key, value in gpu_options(plan).items():
+            if key == "env":
+                options[key] = {**(options.get(key) or {}), **value}
+            elif key == "plugins":
+                options[key] = [*(options.get(key) or []), *value]
+            elif key == "preload":
+                _with_preload(options, value)
+            else:
+                options[key] = value
     return {"cls": SiteNanny, "options": options}
 
 

@@ -4,14 +4,13 @@ import os
 import socket
 import sys
 import time
-import types
 
 import psutil
 import pytest
 
 import lepton_lab
 from lepton_lab.errors import ClusterError, ConfigError, NoGPUError, NotFound
-
+from tests.fake_gpu import cuda_modules_loaded, install_fake_dask_cuda
 from tests.helpers import dask_children, fake_nvml
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
@@ -64,7 +63,7 @@ def test_fresh_bring_up_leaves_environment(monkeypatch):
     for var in THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
     before = dict(os.environ)
-    handle = lepton_lab.up(name="env-check", cloud=1, edge=0)
+    lepton_lab.up(name="env-check", cloud=1, edge=0)
     try:
         assert dict(os.environ) == before
     finally:
@@ -116,27 +115,23 @@ def test_gpus_on_cpu_machine_is_refused_before_anything_starts():
         lepton_lab.current("gpu-test")
 
 
-def test_fake_gpus_start_real_workers_pinned_to_their_gpu(monkeypatch):
-    """The GPU path end to end on a CPU: fake NVML + dask-cuda's recipe, real worker processes."""
+def test_fake_gpus_start_real_workers_pinned_to_their_gpu(monkeypatch, tmp_path):
+    """The GPU path end to end on a CPU: fake NVML + dask-cuda's preload, real worker processes."""
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(2))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    pkg, mod = types.ModuleType("dask_cuda"), types.ModuleType("dask_cuda.worker_spec")
-
-    def cuda_worker_spec(CUDA_VISIBLE_DEVICES, threads_per_worker=1, **kw):
-        d = list(CUDA_VISIBLE_DEVICES)
-        return {i: {"options": {"env": {"CUDA_VISIBLE_DEVICES": ",".join(map(str, d[i:] + d[:i]))}}}
-                for i in range(len(d))}
-
-    mod.worker_spec, pkg.worker_spec = cuda_worker_spec, mod
-    monkeypatch.setitem(sys.modules, "dask_cuda", pkg)
-    monkeypatch.setitem(sys.modules, "dask_cuda.worker_spec", mod)
+    install_fake_dask_cuda(tmp_path, monkeypatch)
+    before = cuda_modules_loaded()
     handle = lepton_lab.up("hybrid", name="fake-gpu", edge=0, memory="512MiB")
     try:
         env = handle.client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        context = handle.client.run(lambda: os.environ.get("FAKE_CUDA_CONTEXT"))
         by_name = {w["name"]: w for w in handle.client.scheduler_info(n_workers=-1)["workers"].values()}
         assert sorted(by_name) == ["cloud-0", "cloud-1"]
         assert {by_name[n]["resources"]["GPU"] for n in by_name} == {1}
         assert sorted(env.values()) == ["0,1", "1,0"]
+        # Each worker made its CUDA context itself, on its own GPU; this process imported nothing of CUDA.
+        assert sorted(context.values()) == ["0", "1"]
+        assert cuda_modules_loaded() == before
         assert [s["gpus"] for s in handle.info["sites"] if s["kind"] == "cloud"] == [2]
         assert os.environ.get("CUDA_VISIBLE_DEVICES") is None
     finally:

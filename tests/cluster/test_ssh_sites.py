@@ -1,0 +1,352 @@
+"""Sites launched over SSH on two edge hosts: real ``sshd`` daemons inside two network namespaces.
+
+The namespaces hang off one bridge on this machine (addresses in 127/8 with
+``route_localnet``), each with an OpenSSH daemon of the test's own (private host
+key, key-only login, the test's ``authorized_keys``). A TLS cluster whose
+scheduler advertises the bridge address starts a local cloud worker and, over
+SSH, ``lepton-lab worker`` processes on the hosts; work placed by site runs in
+the right namespace; scaling moves workers round-robin over a site's hosts; and
+stopping the cluster leaves no process and no file of the test on either host.
+Bridge, namespaces, daemons and ``route_localnet`` are put back in teardown.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+from distributed import Client
+
+from lepton_lab.cluster.launcher import ClusterManager, ManagedCluster
+from lepton_lab.cluster.profiles import profile_from_dict
+from lepton_lab.errors import ClusterError, ConfigError
+from lepton_lab.security.certs import ClusterCA, IssuedCert
+from lepton_lab.security.policy import parse_policy_text
+from lepton_lab.services import Actor, Services
+
+pytestmark = pytest.mark.timeout(900)
+
+SSHD = "/usr/sbin/sshd"
+START = 300.0  # seconds a bring-up may take on a busy machine
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=check)
+
+
+def netns_inode(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+def wait_for_port(host: str, port: int, daemon: subprocess.Popen, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if daemon.poll() is not None:
+            pytest.fail(f"sshd exited at once: {daemon.stderr.read() if daemon.stderr else ''}", pytrace=False)
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"sshd did not listen on {host}:{port} within {timeout} s", pytrace=False)
+
+
+@pytest.fixture
+def edge_hosts(tmp_path):
+    """Two namespaces on a bridge, each running its own sshd; yields their addresses and ssh files."""
+    ip = shutil.which("ip")
+    if ip is None:
+        pytest.fail("the `ip` command (iproute2) is missing: `apt-get install iproute2`", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("this test makes network namespaces and must run as root", pytrace=False)
+    if not os.access(SSHD, os.X_OK):
+        pytest.fail("sshd is missing: `apt-get install openssh-server` (or `make browser-deps`)", pytrace=False)
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        pytest.fail("ssh-keygen is missing: `apt-get install openssh-client`", pytrace=False)
+    tag = f"{os.getpid() % 100000}"
+    bridge = f"lsb{tag}"
+    net = random.Random(os.getpid() + 7).randint(64, 250)
+    host_ip = f"127.{net}.3.1"
+    user = getpass.getuser()
+    client_key = tmp_path / "client_key"
+    sh(keygen, "-q", "-t", "ed25519", "-N", "", "-C", "lepton-test", "-f", str(client_key))
+    (tmp_path / "authorized_keys").write_text((tmp_path / "client_key.pub").read_text())
+    made_run_dir = not os.path.isdir("/run/sshd")
+    if made_run_dir:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    saved = sh("sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip()
+    hosts: list[dict] = []
+    daemons: list[subprocess.Popen] = []
+    try:
+        sh(ip, "link", "add", bridge, "type", "bridge")
+        sh(ip, "addr", "add", f"{host_ip}/24", "dev", bridge)
+        sh(ip, "link", "set", bridge, "up")
+        sh("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", f"net.ipv4.conf.{bridge}.route_localnet=1")
+        known = []
+        for i in (2, 3):
+            ns, outside, inside = f"lepssh{tag}x{i}", f"lso{tag}x{i}", f"lsi{tag}x{i}"
+            ns_ip = f"127.{net}.3.{i}"
+            port = random.Random(os.getpid() + i).randint(20000, 60000)
+            sh(ip, "netns", "add", ns)
+            hosts.append({"ns": ns, "outside": outside, "ip": ns_ip, "port": port, "address": f"{ns_ip}:{port}"})
+            sh(ip, "link", "add", outside, "type", "veth", "peer", "name", inside)
+            sh(ip, "link", "set", inside, "netns", ns)
+            sh(ip, "link", "set", outside, "master", bridge)
+            sh(ip, "link", "set", outside, "up")
+            sh(ip, "netns", "exec", ns, ip, "addr", "add", f"{ns_ip}/24", "dev", inside)
+            sh(ip, "netns", "exec", ns, ip, "link", "set", inside, "up")
+            sh(ip, "netns", "exec", ns, ip, "link", "set", "lo", "up")
+            sh(ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
+               f"net.ipv4.conf.{inside}.route_localnet=1")
+            home = tmp_path / f"host{i}"
+            home.mkdir()
+            host_key = home / "host_key"
+            sh(keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
+            config = home / "sshd_config"
+            config.write_text(
+                f"ListenAddress {ns_ip}:{port}\n"
+                f"HostKey {host_key}\n"
+                f"PidFile {home / 'sshd.pid'}\n"
+                f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\n"
+                f"AllowUsers {user}\n"
+                "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+            )
+            daemon = subprocess.Popen([ip, "netns", "exec", ns, SSHD, "-D", "-e", "-f", str(config)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            daemons.append(daemon)
+            hosts[-1]["sshd"] = daemon
+            wait_for_port(ns_ip, port, daemon)
+            public = (home / "host_key.pub").read_text().split()
+            known.append(f"[{ns_ip}]:{port} {public[0]} {public[1]}\n")
+        (tmp_path / "known_hosts").write_text("".join(known))
+        yield {"host_ip": host_ip, "hosts": hosts, "user": user, "key": str(client_key),
+               "known_hosts": str(tmp_path / "known_hosts")}
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=20)
+        for h in hosts:
+            sh(ip, "link", "del", h["outside"], check=False)
+            sh(ip, "netns", "del", h["ns"], check=False)
+        sh(ip, "link", "del", bridge, check=False)
+        sh("sysctl", "-qw", f"net.ipv4.conf.all.route_localnet={saved or 0}", check=False)
+        if made_run_dir:
+            shutil.rmtree("/run/sshd", ignore_errors=True)
+    for h in hosts:
+        assert not os.path.exists(f"/run/netns/{h['ns']}")
+        assert h["sshd"].poll() is not None
+
+
+def ssh_site(name: str, workers: int, hosts: list[str], edge: dict) -> dict:
+    return {"name": name, "kind": "edge", "workers": workers, "threads": 1, "memory": "512MiB",
+            "launch": "ssh", "hosts": hosts, "ssh_user": edge["user"], "ssh_key": edge["key"],
+            "known_hosts": edge["known_hosts"], "python": sys.executable}
+
+
+def processes_in(ns: str) -> list[psutil.Process]:
+    """Processes whose network namespace is ``ns`` (the ``host``), its sshd excluded."""
+    want = f"net:[{netns_inode(ns)}]"
+    found = []
+    for p in psutil.process_iter(["pid", "exe", "cmdline"]):
+        try:
+            if os.readlink(f"/proc/{p.pid}/ns/net") == want and p.info["exe"] != SSHD:
+                found.append(p)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def worker_processes_in(ns: str) -> list[psutil.Process]:
+    found = []
+    for p in processes_in(ns):
+        try:
+            if "lepton_lab.cli" in " ".join(p.cmdline()) or "multiprocessing" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def worker_info(client: Client) -> dict[str, dict]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {w["name"]: {**w, "address": address} for address, w in workers.items()}
+
+
+def where_it_ran(client: Client, site: str) -> tuple[str, str, str]:
+    """(worker name, worker address, network namespace) of a task placed on ``site``."""
+    def probe():
+        from distributed import get_worker
+
+        w = get_worker()
+        return w.name, w.address, os.readlink("/proc/self/ns/net")
+
+    return client.submit(probe, resources={site: 1}, pure=False).result(timeout=120)
+
+
+def remote_dirs(managed: ManagedCluster) -> dict[str, str]:
+    return {n: w.remote_dir for n, w in managed.cluster.workers.items() if getattr(w, "remote_dir", "")}
+
+
+def test_profile_rejects_bad_ssh_fields():
+    for bad, field in [({"launch": "kubernetes"}, "launch"), ({"launch": "ssh"}, "hosts"),
+                       ({"launch": "ssh", "hosts": ["bad host"]}, "hosts[0]"),
+                       ({"hosts": ["10.0.0.2"]}, "hosts"),
+                       ({"launch": "ssh", "hosts": ["10.0.0.2"], "ssh_user": ""}, "ssh_user")]:
+        with pytest.raises(ConfigError, match=re.escape(f"sites[0].{field}:")):
+            profile_from_dict("p", {"sites": [{"name": "edge-a", **bad}]}, "p")
+
+
+def test_ssh_site_needs_a_tls_cluster():
+    prof = profile_from_dict("p", {"sites": [{"name": "edge-a", "launch": "ssh", "hosts": ["127.0.0.1"]}]}, "p")
+    with pytest.raises(ConfigError, match="needs a cluster with TLS"):
+        ManagedCluster.start(prof, gpus=[])
+
+
+def test_ssh_sites_start_place_scale_and_leave_nothing(edge_hosts, tmp_path):
+    a, b = edge_hosts["hosts"]
+    ca = ClusterCA.create("ssh-sites", tmp_path / "ca")
+    security = ca.security("scheduler", "worker", "client", common_name="lepton-test")
+    prof = profile_from_dict("ssh-test", {"sites": [
+        {"name": "cloud", "kind": "cloud", "workers": 1, "memory": "512MiB"},
+        ssh_site("edge-hospital-a", 1, [a["address"]], edge_hosts),
+        ssh_site("edge-hospital-b", 1, [b["address"], a["address"]], edge_hosts),
+    ]}, "ssh-test")
+    ns_of = {a["ns"]: f"net:[{netns_inode(a['ns'])}]", b["ns"]: f"net:[{netns_inode(b['ns'])}]"}
+    seen_dirs: dict[str, str] = {}
+    managed = ManagedCluster.start(prof, name="ssh-sites", security=security, host="0.0.0.0",
+                                   advertise=edge_hosts["host_ip"], gpus=[], ca_dir=ca.directory, timeout=START)
+    try:
+        assert managed.address.startswith(f"tls://{edge_hosts['host_ip']}:")
+        client = Client(managed.address, security=security, timeout=60, set_as_default=False)
+        try:
+            info = worker_info(client)
+            assert sorted(info) == ["cloud-0", "edge-hospital-a-0", "edge-hospital-b-0"]
+            assert info["edge-hospital-a-0"]["resources"] == {"edge": 1, "edge-hospital-a": 1}
+            assert info["edge-hospital-a-0"]["address"].startswith(f"tls://{a['ip']}:")
+            assert info["edge-hospital-b-0"]["address"].startswith(f"tls://{b['ip']}:")
+            assert info["cloud-0"]["memory_limit"] == info["edge-hospital-a-0"]["memory_limit"] == 512 * 2**20
+            seen_dirs.update(remote_dirs(managed))
+            assert set(seen_dirs) == {"edge-hospital-a-0", "edge-hospital-b-0"}
+            assert all(os.path.isfile(f"{d}/worker.crt") for d in seen_dirs.values())
+
+            # Work placed by site runs in that site's namespace (its host), over TLS.
+            name, address, netns = where_it_ran(client, "edge-hospital-a")
+            assert (name, netns) == ("edge-hospital-a-0", ns_of[a["ns"]])
+            assert address.startswith(f"tls://{a['ip']}:")
+            name, address, netns = where_it_ran(client, "edge-hospital-b")
+            assert (name, netns) == ("edge-hospital-b-0", ns_of[b["ns"]])
+            name, address, netns = where_it_ran(client, "cloud")
+            assert name == "cloud-0" and netns not in ns_of.values()
+            # A task that needs data from both hosts moves it between them.
+            x = client.submit(lambda: list(range(1000)), resources={"edge-hospital-a": 1}, pure=False)
+            y = client.submit(lambda v: sum(v), x, resources={"edge-hospital-b": 1}, pure=False)
+            assert y.result(timeout=120) == sum(range(1000))
+
+            # Scale up: the second worker of site b goes round-robin to its second host (a).
+            assert managed.scale(2, "edge-hospital-b", timeout=START)["edge-hospital-b"] == 2
+            info = worker_info(client)
+            assert info["edge-hospital-b-1"]["address"].startswith(f"tls://{a['ip']}:")
+            assert info["edge-hospital-b-1"]["resources"] == {"edge": 1, "edge-hospital-b": 1}
+            seen_dirs.update(remote_dirs(managed))
+            assert len(worker_processes_in(a["ns"])) >= 2 * 2  # two workers there, each with its nanny's child
+
+            # Scale down to nothing: site b's processes and directories are gone from both hosts.
+            dirs_b = {n: d for n, d in seen_dirs.items() if n.startswith("edge-hospital-b-")}
+            assert managed.scale(0, "edge-hospital-b", timeout=START)["edge-hospital-b"] == 0
+            assert not any(n.startswith("edge-hospital-b") for n in worker_info(client))
+            assert worker_processes_in(b["ns"]) == []
+            assert not any(os.path.exists(d) for d in dirs_b.values())
+            assert "edge-hospital-a-0" in worker_info(client)
+
+            # ... and back: edge-hospital-b-0 returns to its first host.
+            managed.scale(1, "edge-hospital-b", timeout=START)
+            seen_dirs.update(remote_dirs(managed))
+            name, address, netns = where_it_ran(client, "edge-hospital-b")
+            assert (name, netns) == ("edge-hospital-b-0", ns_of[b["ns"]])
+        finally:
+            client.close()
+    finally:
+        managed.close()
+    # Teardown leaves no worker process and no file of the test on either host.
+    for h in (a, b):
+        assert worker_processes_in(h["ns"]) == [], h["ns"]
+        assert processes_in(h["ns"]) == [], h["ns"]
+    assert seen_dirs and not any(os.path.exists(d) for d in seen_dirs.values())
+
+
+def test_a_host_that_refuses_the_key_fails_with_the_reason(edge_hosts, tmp_path):
+    a = edge_hosts["hosts"][0]
+    ca = ClusterCA.create("ssh-refused", tmp_path / "ca")
+    security = ca.security("scheduler", "worker", "client", common_name="lepton-test")
+    stranger = tmp_path / "stranger_key"
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger))
+    site = {**ssh_site("edge-hospital-a", 1, [a["address"]], edge_hosts), "ssh_key": str(stranger)}
+    prof = profile_from_dict("refused", {"sites": [site]}, "refused")
+    with pytest.raises(ClusterError, match=r"edge-hospital-a-0.*over ssh: PermissionDenied"):
+        ManagedCluster.start(prof, name="ssh-refused", security=security, host="0.0.0.0",
+                             advertise=edge_hosts["host_ip"], gpus=[], ca_dir=ca.directory, timeout=START)
+    assert worker_processes_in(a["ns"]) == []
+
+
+POLICY = """
+version: 1
+teams: [medical]
+members:
+  alice: {medical: analyst}
+quotas:
+  teams:
+    medical: {max_workers: 8, max_clusters: 3}
+"""
+
+
+def test_a_server_cluster_starts_its_ssh_site_at_the_advertised_address(edge_hosts, tmp_path, monkeypatch):
+    """The server's path: a profile in profiles.yaml, the cluster's own CA, the advertised scheduler."""
+    b = edge_hosts["hosts"][1]
+    home = tmp_path / "home"
+    monkeypatch.setenv("LEPTON_HOME", str(home))
+    monkeypatch.delenv("LEPTON_AUDIT", raising=False)
+    monkeypatch.delenv("LEPTON_PROFILES", raising=False)
+    monkeypatch.setenv("LEPTON_SCHEDULER_HOST", "0.0.0.0")
+    monkeypatch.setenv("LEPTON_SCHEDULER_ADVERTISE", edge_hosts["host_ip"])
+    home.mkdir()
+    (home / "profiles.yaml").write_text(yaml.safe_dump({"profiles": {"hospital-b": {"sites": [
+        {"name": "cloud", "kind": "cloud", "workers": 0},
+        ssh_site("edge-hospital-b", 1, [b["address"]], edge_hosts),
+    ]}}}))
+    services = Services(parse_policy_text(POLICY), home=home, manager=ClusterManager())
+    alice = Actor("alice")
+    dirs: dict[str, str] = {}
+    try:
+        c = services.create_cluster(alice, team="medical", profile="hospital-b", name="ssh-served")
+        dirs = remote_dirs(c)
+        assert c.info().scheduler_address.startswith(f"tls://{edge_hosts['host_ip']}:")
+        assert [(s.name, s.workers) for s in c.info().sites] == [("cloud", 0), ("edge-hospital-b", 1)]
+        creds = services.credentials(alice, "ssh-served")
+        cert = IssuedCert.from_dict({k: creds[k] for k in IssuedCert.__dataclass_fields__})
+        with Client(creds["scheduler_address"], security=cert.security(), timeout=60,
+                    set_as_default=False) as client:
+            name, address, netns = where_it_ran(client, "edge-hospital-b")
+        assert name == "edge-hospital-b-0" and address.startswith(f"tls://{b['ip']}:")
+        assert netns == f"net:[{netns_inode(b['ns'])}]"
+        services.stop_cluster(alice, "ssh-served")
+    finally:
+        services.manager.stop_all()
+        services.close()
+    assert list(dirs) == ["edge-hospital-b-0"] and not os.path.exists(dirs["edge-hospital-b-0"])
+    assert processes_in(b["ns"]) == []
