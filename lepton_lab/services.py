@@ -21,7 +21,7 @@ from . import config
 from .cluster import allocation
 from .cluster.launcher import ClusterInfo, ClusterManager, ManagedCluster
 from .cluster.profiles import Profile, all_profiles, resolve_profile
-from .errors import ClusterError, ConfigError, NotFound, PermissionDenied
+from .errors import ClusterError, ConfigError, IntegrityError, LeptonError, NotFound, PermissionDenied
 from .security.audit import AuditLog
 from .security.certs import ClusterCA
 from .security.files import write_atomic
@@ -111,7 +111,7 @@ class Services:
             clusters += 1
             counts = c.site_counts()
             workers += sum(counts.values())
-            gpus += sum(c.gpu_workers_of(s) for s in counts)
+            gpus += c.gpus_held()  # devices held in the GPU ledger, not workers claiming one
         return Usage(gpus=gpus, workers=workers, clusters=clusters)
 
     def profiles(self) -> list[Profile]:
@@ -128,14 +128,16 @@ class Services:
                                    threads=threads, memory=memory)
 
     @staticmethod
-    def _demand(prof: Profile, gpus_found: int) -> Usage:
+    def _demand(prof: Profile, found: list, free: int) -> Usage:
+        """What ``prof`` would take: ``auto`` sites the ``free`` devices, others what they name."""
         from .cluster.workers import gpu_count_for
-        from .cluster.gpus import GPU
 
-        fake = [GPU(i, "", "", 0) for i in range(gpus_found)]
         g = w = 0
         for s in prof.sites:
-            n_gpu = gpu_count_for(s, fake) if s.gpus else 0
+            n_gpu = 0
+            if s.gpus:
+                gpu_count_for(s, found)  # this machine has too few, whoever holds them: NoGPUError
+                n_gpu = max(free - g, 0) if s.gpus == "auto" else int(s.gpus)
             g += n_gpu
             w += max(s.workers, n_gpu)
         return Usage(gpus=g, workers=w, clusters=1)
@@ -151,7 +153,7 @@ class Services:
         from .cluster import gpus as gpu_discovery
 
         found = gpu_discovery.discover()
-        demand = self._demand(prof, len(found))
+        demand = self._demand(prof, found, len(self.manager.ledger.free(found)))
         with self.lock:
             try:
                 check_quota(self.policy, who.name, team, self.usage(user=who.name),
@@ -159,10 +161,16 @@ class Services:
             except PermissionDenied as e:
                 self.audit.record(who.name, "clusters:create", f"clusters:new:{team}", "deny", reason=str(e))
                 raise
-            if name is not None and self.manager.by_name(name) is not None:
+            if name is not None and self.manager.by_name(name, team) is not None:
                 from .errors import AlreadyExists
 
-                raise AlreadyExists(f"a cluster named {name!r} is already running; pick another name")
+                raise AlreadyExists(f"a cluster named {name!r} is already running in team {team}; pick another name")
+            if name is None:
+                name = self._default_name(prof.name, who.name)
+            # A new cluster takes the place of a stopped one of the same name.
+            for key in [k for k, r in self.records.items()
+                        if r.get("name") == name and r.get("team") == team and r.get("status") == "stopped"]:
+                del self.records[key]
             security, ca_dir = None, None
             cluster_key = name or f"{who.name}-{prof.name}"
             if self.tls:
@@ -173,7 +181,8 @@ class Services:
                 security = ca.security("scheduler", "worker", "client", common_name="lepton-server")
             try:
                 managed, _ = self.manager.start(prof, name=name, reuse=False, owner=who.name, team=team,
-                                                security=security, gpus=found)
+                                                security=security, gpus=found, host=config.scheduler_host(),
+                                                advertise=config.scheduler_advertise(), ca_dir=ca_dir)
             except BaseException:
                 if ca_dir is not None:
                     shutil.rmtree(ca_dir, ignore_errors=True)
@@ -185,19 +194,24 @@ class Services:
                           team=team, profile=prof.name, workers=demand.workers, gpus=demand.gpus)
         return managed
 
+    def _default_name(self, profile: str, user: str) -> str:
+        taken = {c.name for c in self.manager.list()} | {str(r.get("name")) for r in self.records.values()}
+        return default_cluster_name(profile, user, taken)
+
     def cluster(self, who: Actor, key: str, permission: str = "clusters:read") -> ManagedCluster:
         """A running cluster ``who`` may act on with ``permission``; NotFound hides others' clusters."""
         try:
-            c = self.manager.get(key)
+            # By id, or by name among the teams ``who`` may see: names are unique per team only.
+            c = self.manager.get(key, teams=[t for t in self.policy.teams if self.allowed(who, "clusters:read", t)])
         except NotFound:
             record = self.records.get(key)
             if record is not None and self.allowed(who, "clusters:read", record["team"]):
-                raise ClusterError(f"cluster {record['name']} is stopped ({record.get('status')}); "
-                                   "start a new one") from None
+                why = record.get("stopped_reason") or record.get("status")
+                raise ClusterError(f"cluster {record['name']} is stopped ({why}); start a new one") from None
             raise NotFound(f"no cluster {key!r}") from None
         if not self.allowed(who, "clusters:read", c.team):
             raise NotFound(f"no cluster {key!r}")
-        owner = c.owner if permission in ("clusters:scale", "clusters:delete") else None
+        owner = c.owner if permission in ("clusters:scale", "clusters:delete", "clusters:use") else None
         self.require(who, permission, c.team, owner=owner, resource=f"clusters:{c.id}")
         return c
 
@@ -229,7 +243,7 @@ class Services:
         extra = max(n * len(sites) - current, 0)
         with self.lock:
             check_quota(self.policy, c.owner, c.team, self.usage(user=c.owner), self.usage(team=c.team),
-                        Usage(workers=extra))
+                        Usage(workers=extra, gpus=c.gpu_demand(n, site)))
             c.scale(n, site)
             self.records[c.id] = {**c.info().to_dict(), "ca_dir": self.records.get(c.id, {}).get("ca_dir", "")}
             self._save_records()
@@ -249,6 +263,8 @@ class Services:
             with self.lock:
                 self.records.pop(key, None)
                 self._save_records()
+            if record.get("ca_dir"):
+                shutil.rmtree(record["ca_dir"], ignore_errors=True)
             return
         self.manager.stop(c.id)
         with self.lock:
@@ -381,10 +397,21 @@ class Services:
         cache = self.__dict__.setdefault("_served", {})
         model = cache.get(key)
         if model is None:
-            model = self.registry.load(manifest.name, team=team, version=manifest.version).model
+            try:
+                model = self.registry.load(manifest.name, team=team, version=manifest.version).model
+            except LeptonError:
+                raise
+            except Exception as e:  # an artifact its framework cannot read is bad data, not a server fault
+                raise IntegrityError(f"{manifest.name} v{manifest.version} does not load as "
+                                     f"{manifest.framework} ({type(e).__name__}); publish it again") from None
             cache.clear()  # one model kept warm; the registry is the source of truth
             cache[key] = model
-        return predict_with(model, inputs, manifest)
+        _check_input_rank(inputs, manifest)
+        try:
+            return predict_with(model, inputs, manifest)
+        except (ValueError, TypeError, RuntimeError, IndexError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"inputs do not fit {manifest.name} v{manifest.version}: {first}") from None
 
     # -- templates ---------------------------------------------------------------------------
 
@@ -416,12 +443,13 @@ class Services:
         except (OSError, ValueError):
             return {}
         # Processes do not survive the server: whatever ran before a restart is gone now.
+        # The file was last written while they ran, so its time is when they were last seen.
+        last_seen = _iso(self.records_path.stat().st_mtime)
         for record in data.values():
             if record.get("status") != "stopped":
-                record["status"] = "stopped"
-                record["stopped_reason"] = "server restarted"
-                record["scheduler_address"] = ""
-                record["dashboard_link"] = ""
+                _mark_stopped(record, SERVER_STOPPED, last_seen)
+            record["scheduler_address"] = ""
+            record["dashboard_link"] = ""
         return data
 
     def _save_records(self) -> None:
@@ -437,10 +465,53 @@ class Services:
                     pass
         self.manager.stop_all()
         with self.lock:
+            now = _iso()
             for record in self.records.values():
-                record["status"] = "stopped"
-                record["stopped_reason"] = "server stopped"
+                if record.get("status") != "stopped":
+                    _mark_stopped(record, SERVER_STOPPED, now)
             self._save_records()
+
+
+def default_cluster_name(profile: str, user: str, taken: set[str]) -> str:
+    """``<profile>-<user>-<n>`` with the smallest ``n`` not in ``taken``: a name a reader can tell apart."""
+    n = 1
+    while f"{profile}-{user}-{n}" in taken:
+        n += 1
+    return f"{profile}-{user}-{n}"
+
+
+#: Why a cluster that ran when the Jupyter server went away is stopped now.
+SERVER_STOPPED = "the Jupyter server stopped"
+
+
+def _iso(epoch: float | None = None) -> str:
+    """An ISO 8601 UTC time (now by default), as cluster records keep their times."""
+    import datetime
+
+    moment = datetime.datetime.now(datetime.timezone.utc) if epoch is None else \
+        datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds")
+
+
+def _mark_stopped(record: dict[str, Any], reason: str, when: str) -> None:
+    record["status"] = "stopped"
+    record["stopped_reason"] = reason
+    record["stopped_at"] = when
+
+
+def _check_input_rank(inputs: Any, manifest: Any) -> None:
+    """Rows of features for a model of 2-D input (its schema says so, or it is XGBoost)."""
+    import numpy as np
+
+    schema = getattr(manifest, "input_schema", None)
+    shape = schema.get("shape") if isinstance(schema, dict) else getattr(schema, "shape", None)
+    two_d = (isinstance(shape, (list, tuple)) and len(shape) == 2) or manifest.framework == "xgboost"
+    try:
+        rank = np.ndim(inputs)
+    except ValueError:
+        raise ConfigError("inputs must be a rectangular list of rows of numbers") from None
+    if two_d and rank not in (1, 2):
+        raise ConfigError(f"inputs have {rank} dimensions; {manifest.name} takes rows of features (2-D)")
 
 
 def issue_join_token(key: str, site: str, home: Path | None = None) -> tuple[str, str]:

@@ -5,23 +5,39 @@ action and what the request touches; the Authorizer adds the audit line. Rules:
 
 * ``lepton:<resource>`` — the permission the verb needs in *some* team; the
   handler then checks the exact team or owner through the same policy.
-* ``contents``/``files`` under ``templates/<team>/`` — read needs
-  ``templates:read`` in that team, writing needs ``policy:admin``; under
-  ``teams/<team>/`` (team workspaces) members read and analysts and up write.
-* ``terminals`` — ``terminals:use`` (admins unless the policy's ``terminals:`` says more).
-* everything else (kernels, sessions, settings, the lab page) — any authenticated user.
+* ``contents``, ``/files``, ``/view``, ``/nbconvert`` — decided on the path the
+  contents manager will act on (decoded once, ``.``, ``..`` and empty segments
+  resolved, NFC): under ``templates/<team>/`` read needs ``templates:read`` in that
+  team and writing ``policy:admin``; under ``teams/<team>/`` members read and
+  analysts and up write; ``work/<user>/`` is that user's alone. A copy or a rename
+  checks both ends, and a team's file leaves its team only into the user's own
+  ``work/<user>/`` (or by an admin of that team).
+* ``kernels``, ``sessions``, ``terminals``, ``events``, ``lsp``, ``server`` and writing
+  ``config`` run or steer code as the server's account: only the server's owner and
+  the users the policy's ``trusted:`` list names. A kernel and its sessions belong to
+  whoever started them; anyone else gets 404 (an admin of every team the owner is in
+  excepted, audited).
+* ``api``, ``csp``, ``kernelspecs``, reading ``config`` — any signed-in user.
+* any other resource — refused.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import itertools
+import json
+import re
 import secrets
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.utils import url_path_join
-from tornado import web
+from tornado import web, websocket
+from tornado.escape import url_unescape
 
 from .policy import ROLE_RANKS, Policy, role_rank
 
@@ -34,6 +50,32 @@ _request_numbers = itertools.count(1)
 def new_request_id() -> str:
     """A request id for the audit log when the client sent no ``X-Request-Id``."""
     return f"{_REQUEST_PREFIX}-{next(_request_numbers):x}"
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass
+class RequestTrace:
+    """One request's id in the audit log, and whether a denial of it is already recorded."""
+
+    id: str
+    denied: bool = False
+
+    @classmethod
+    def of(cls, handler: Any) -> RequestTrace:
+        """The trace of the request ``handler`` serves, started on first use."""
+        trace = REQUEST_TRACE.get()
+        if trace is None:
+            sent = handler.request.headers.get("X-Request-Id") or ""
+            trace = cls(sent if _REQUEST_ID.match(sent) else new_request_id())
+            REQUEST_TRACE.set(trace)
+        return trace
+
+
+#: The request being served, for audit lines written by any layer while serving it.
+REQUEST_TRACE: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar(
+    "lepton_request_trace", default=None)
 
 #: (lepton resource, action) -> permission needed in at least one team; None = any authenticated user.
 LEPTON_RULES: dict[tuple[str, str], str | None] = {
@@ -48,8 +90,38 @@ LEPTON_RULES: dict[tuple[str, str], str | None] = {
     ("lepton:audit", "read"): "audit:read",
 }
 
-#: Folders of the server's root whose first component is a team.
+#: Folders of the server's root whose second component is a team (or, for work, a user).
 TEAM_FOLDERS = ("templates", "teams")
+#: First path component -> kind of zone below it.
+ZONE_FOLDERS = {"teams": "team", "templates": "templates", "work": "work"}
+#: Jupyter resources any signed-in user may use (reading config too).
+OPEN_RESOURCES = ("api", "csp", "kernelspecs")
+#: Jupyter resources that run or steer code as the server's account.
+CODE_RESOURCES = ("kernels", "sessions", "terminals", "events", "lsp", "server")
+
+#: Within one request: which kernel owners the caller may see (set by the authorizer, read
+#: where the kernel and session managers list what they hold).
+KERNEL_VIEWER: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
+    "lepton_kernel_viewer", default=None)
+#: Within one request: who would own a kernel started now.
+KERNEL_STARTER: contextvars.ContextVar[str | None] = contextvars.ContextVar("lepton_kernel_starter", default=None)
+
+
+class KernelOwners:
+    """Who started each kernel; a kernel nobody recorded belongs to the server's owner."""
+
+    def __init__(self, default: str):
+        self.default = default
+        self._owners: dict[str, str] = {}
+
+    def record(self, kernel_id: str, user: str) -> None:
+        self._owners.setdefault(kernel_id, user)
+
+    def owner(self, kernel_id: str) -> str:
+        return self._owners.get(kernel_id, self.default)
+
+    def forget(self, kernel_id: str) -> None:
+        self._owners.pop(kernel_id, None)
 
 
 @dataclass(frozen=True)
@@ -74,9 +146,129 @@ def contents_path(handler: Any) -> str | None:
     return None
 
 
+def runs_code_here(policy: Policy, user: str, server_owner: str | None) -> bool:
+    """May ``user`` run code as the server's account: its owner, or named under ``trusted:``."""
+    return user == server_owner or policy.trusts(user)
+
+
+def untrusted_reason(policy: Policy, user: str, what: str) -> str:
+    """One line: why ``user`` may not ``what`` on this shared server, and where they can."""
+    return (f"{user} may not {what} on this shared server: code here runs as the server's own account "
+            f"and can read every team's files; use the team deployment (JupyterHub), where it runs under "
+            f"your own account, or ask an admin to add {user} under 'trusted:' in {policy.source}")
+
+
+def normalise_path(path: str) -> str:
+    """The path the contents manager acts on, resolved the way it resolves it.
+
+    ``path`` is what tornado hands the handler (percent-decoded once). Empty
+    segments and ``.`` drop out, ``..`` removes the segment before it, and the
+    text is NFC-normalised. A path that climbs above the root raises ValueError.
+    """
+    text = unicodedata.normalize("NFC", path)
+    if "\x00" in text:
+        raise ValueError("a path may not hold a NUL character")
+    parts: list[str] = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise ValueError("the path climbs above the server's root")
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Zone:
+    """Whose a path is: ``shared``, a ``team`` workspace, a team's ``templates``, a user's ``work``,
+    or one of those top ``folder``s itself (``name`` is the team, user or folder)."""
+
+    kind: str
+    name: str = ""
+
+
+def zone_of(policy: Policy, path: str) -> Zone:
+    """The zone of a normalised path; folder and team names match whatever their case."""
+    parts = path.split("/") if path else []
+    kind = ZONE_FOLDERS.get(parts[0].casefold()) if parts else None
+    if kind is None:
+        return Zone("shared")
+    if len(parts) == 1:
+        return Zone("folder", parts[0].casefold())
+    name = parts[1]
+    if kind != "work":
+        name = {t.casefold(): t for t in policy.teams}.get(name.casefold(), name)
+    return Zone(kind, name)
+
+
+def _admin_everywhere(policy: Policy, user: str, groups: tuple[str, ...]) -> bool:
+    return bool(policy.teams) and all(policy.allows(user, groups, "policy:admin", t) for t in policy.teams)
+
+
+def decide_path(policy: Policy, user: str, groups: tuple[str, ...], action: str, path: str,
+                server_owner: str | None = None) -> Decision:
+    """May ``user`` read or write (create, overwrite, delete) the normalised ``path``?"""
+    zone = zone_of(policy, path)
+    if zone.kind == "shared":
+        return Decision(True, "outside team folders", audit=False)
+    if zone.kind == "folder":
+        if action == "read":
+            return Decision(True, f"{zone.name}/ lists its folders", audit=False)
+        if user == server_owner or _admin_everywhere(policy, user, groups):
+            return Decision(True, f"{user} administers every team")
+        return Decision(False, f"{zone.name}/ holds every team's or user's folders; only an admin of "
+                               "every team changes it")
+    if zone.kind == "work":
+        if zone.name.casefold() == user.casefold():
+            return Decision(True, f"work/{user} is {user}'s own", audit=False)
+        return Decision(False, f"work/{zone.name} is {zone.name}'s own folder; {user} works in work/{user}")
+    team = zone.name
+    folder = "teams" if zone.kind == "team" else "templates"
+    if team not in policy.teams:
+        return Decision(False, f"{folder}/{team} belongs to no team of the policy")
+    if zone.kind == "templates":
+        perm = "templates:read" if action == "read" else "policy:admin"
+        return Decision(policy.allows(user, groups, perm, team), policy.explain(user, groups, perm, team))
+    roles = policy.roles_of(user, groups)
+    if team not in roles:
+        return Decision(False, f"{user} is not a member of team {team}")
+    if action != "read" and role_rank(roles[team]) < ROLE_RANKS["analyst"]:
+        return Decision(False, f"{user} has role {roles[team]} in {team}, which may only read")
+    return Decision(True, f"{user} is {roles[team]} in {team}")
+
+
+def decide_transfer(policy: Policy, user: str, groups: tuple[str, ...], source: str, target: str) -> Decision:
+    """May a copy or rename take ``source`` to ``target`` (both normalised)? Each end is checked apart."""
+    src, dst = zone_of(policy, source), zone_of(policy, target)
+    if src.kind not in ("team", "templates") or src == dst:
+        return Decision(True, "stays in its zone", audit=False)
+    if dst == Zone("team", src.name) or (dst.kind == "work" and dst.name.casefold() == user.casefold()):
+        return Decision(True, f"stays with team {src.name} or its member", audit=False)
+    if src.name in policy.teams and policy.allows(user, groups, "policy:admin", src.name):
+        return Decision(True, f"{user} administers {src.name}")
+    return Decision(False, f"{source} belongs to team {src.name}: copy or move it only within "
+                           f"teams/{src.name}/ or into work/{user}/")
+
+
+def may_see_kernel(policy: Policy, user: str, groups: tuple[str, ...], owner: str,
+                   server_owner: str | None) -> bool:
+    """A kernel is its owner's; the server's owner and admins of every team the owner is in see it too."""
+    if owner == user or user == server_owner:
+        return True
+    owner_teams = policy.teams_of(owner)
+    return bool(owner_teams) and all(policy.allows(user, groups, "policy:admin", t) for t in owner_teams)
+
+
 def decide(policy: Policy, user: str, groups: tuple[str, ...], action: str, resource: str,
-           path: str | None = None) -> Decision:
-    """May ``user`` do ``action`` (read/write/execute) on ``resource``? With a one-line reason."""
+           path: str | None = None, *, server_owner: str | None = None) -> Decision:
+    """May ``user`` do ``action`` (read/write/execute) on ``resource``? With a one-line reason.
+
+    ``path`` is the normalised contents path of a contents, files or nbconvert request;
+    for kernels and sessions it is the id of the one the request names, if any.
+    """
     if resource.startswith("lepton:"):
         rule = LEPTON_RULES.get((resource, action), "policy:admin")
         if rule is None:
@@ -85,26 +277,101 @@ def decide(policy: Policy, user: str, groups: tuple[str, ...], action: str, reso
             return Decision(True, f"{user} holds {rule.replace('|', ' or ')}")
         first = rule.split("|")[0]
         return Decision(False, policy.explain(user, groups, first))
-    if resource == "terminals":
-        ok = policy.allows(user, groups, "terminals:use")
-        return Decision(ok, policy.explain(user, groups, "terminals:use"))
-    if resource in ("contents", "files") and path is not None:
-        parts = [p for p in path.split("/") if p]
-        if len(parts) >= 2 and parts[0] in TEAM_FOLDERS:
-            team = parts[1]
-            if team not in policy.teams:
-                return Decision(False, f"{parts[0]}/{team} belongs to no team of the policy")
-            roles = policy.roles_of(user, groups)
-            if parts[0] == "templates":
-                perm = "templates:read" if action == "read" else "policy:admin"
-                return Decision(policy.allows(user, groups, perm, team), policy.explain(user, groups, perm, team))
-            if team not in roles:
-                return Decision(False, f"{user} is not a member of team {team}")
-            if action != "read" and role_rank(roles[team]) < ROLE_RANKS["analyst"]:
-                return Decision(False, f"{user} has role {roles[team]} in {team}, which may only read")
-            return Decision(True, f"{user} is {roles[team]} in {team}")
-        return Decision(True, "outside team folders", audit=False)
-    return Decision(True, "any signed-in user", audit=False)
+    if resource in ("contents", "files", "nbconvert"):
+        if path is None:
+            # A question about the resource as a whole (``/api/me``) or a conversion of a posted
+            # notebook: every request that names a file is decided on that file.
+            return Decision(True, "decided per file", audit=False)
+        return decide_path(policy, user, groups, action, path, server_owner)
+    if resource in OPEN_RESOURCES or (resource == "config" and action == "read"):
+        return Decision(True, "any signed-in user", audit=False)
+    if resource in ("kernels", "sessions") and (action == "read" or (action == "write" and path)):
+        # Acting on one's own kernel (interrupt, restart, shut down); the owner is checked apart.
+        return Decision(True, "any signed-in user, on their own kernels", audit=False)
+    if resource in CODE_RESOURCES or resource == "config":
+        what = {"kernels": "start or use kernels", "sessions": "start kernels",
+                "terminals": "open terminals"}.get(resource, f"use {resource}")
+        if not runs_code_here(policy, user, server_owner):
+            return Decision(False, untrusted_reason(policy, user, what))
+        if resource == "terminals":
+            ok = policy.allows(user, groups, "terminals:use")
+            return Decision(ok, policy.explain(user, groups, "terminals:use"))
+        return Decision(True, f"{user} runs code as the server ({'owner' if user == server_owner else 'trusted'})")
+    return Decision(False, f"{resource!r} is no resource this server's policy knows; refused")
+
+
+def _raw_path(handler: Any, resource: str) -> str | None:
+    """The path argument as tornado decoded it for the handler; None when there is none."""
+    kwargs = getattr(handler, "path_kwargs", None) or {}
+    if "path" in kwargs:
+        return kwargs["path"] or ""
+    args = getattr(handler, "path_args", None) or []
+    if args and resource == "contents":
+        return args[-1] or ""
+    if kwargs or args:
+        return None
+    raw = contents_path(handler)
+    return None if raw is None else url_unescape(raw, plus=False)
+
+
+def _json_body(handler: Any) -> dict[str, Any]:
+    try:
+        data = json.loads(handler.request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def request_paths(handler: Any, resource: str, action: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What a contents-like request touches: ([(action, raw path)], [(copied or moved from, to)])."""
+    raw = _raw_path(handler, resource)
+    checks: list[tuple[str, str]] = []
+    transfers: list[tuple[str, str]] = []
+    if raw is None:
+        return checks, transfers
+    from jupyter_server.services.contents.handlers import ContentsHandler
+
+    contents = isinstance(handler, ContentsHandler)
+    method = handler.request.method
+    if contents and method == "POST":
+        # A new file or a copy lands inside the folder ``raw``.
+        target = f"{raw}/*"
+        body = _json_body(handler)
+        source = body.get("copy_from")
+        if isinstance(source, str):
+            checks.append(("read", source))
+            transfers.append((source, target))
+        checks.append(("write", target))
+        return checks, transfers
+    checks.append((action, raw))
+    if contents and method == "PATCH":
+        new_path = _json_body(handler).get("path")
+        if isinstance(new_path, str):
+            checks.append(("write", new_path))
+            transfers.append((raw, new_path))
+    return checks, transfers
+
+
+def decide_request(policy: Policy, user: str, groups: tuple[str, ...], checks: list[tuple[str, str]],
+                   transfers: list[tuple[str, str]], server_owner: str | None) -> tuple[Decision, str]:
+    """The decision on every path a request touches: the first refusal, else the last audited allow."""
+    result, where = Decision(True, "outside team folders", audit=False), ""
+    try:
+        normal = [(action, normalise_path(p)) for action, p in checks]
+        moves = [(normalise_path(a), normalise_path(b)) for a, b in transfers]
+    except ValueError as e:
+        return Decision(False, str(e)), ""
+    for action, path in normal:
+        d = decide_path(policy, user, groups, action, path, server_owner)
+        if not d.allowed:
+            return d, path
+        if d.audit or not where:
+            result, where = d, path
+    for source, target in moves:
+        d = decide_transfer(policy, user, groups, source, target)
+        if not d.allowed:
+            return d, f"{source} -> {target}"
+    return result, where
 
 
 class LeptonAuthorizer(Authorizer):
@@ -115,20 +382,124 @@ class LeptonAuthorizer(Authorizer):
         if services is None:
             # The extension did not load: nothing Lepton-specific may pass.
             return not resource.startswith("lepton:")
+        from .identity import server_owner
+
+        policy = services.policy
+        owner = server_owner()
         groups = tuple(getattr(user, "groups", ()) or ())
-        path = contents_path(handler) if resource in ("contents", "files") else None
-        decision = decide(services.policy, user.username, groups, action, resource, path)
-        if decision.audit or not decision.allowed:
-            request_id = handler.request.headers.get("X-Request-Id") or new_request_id()
-            target = f"{resource}:{path}" if path else resource
-            await services.record_async(user.username, action, target,
+        name = user.username
+        target = resource
+        status = 403
+        if resource in ("contents", "files", "nbconvert") or _is_resolve_path(handler, resource):
+            checks, transfers = request_paths(handler, resource, action)
+            if _is_resolve_path(handler, resource):
+                checks = [("read", handler.get_query_argument("path", ""))]
+            if not checks and resource != "nbconvert" and getattr(handler, "auth_resource", None) == resource:
+                decision = Decision(False, "this request names no file the policy can decide on")
+            elif not checks:
+                decision = decide(policy, name, groups, action, resource, None, server_owner=owner)
+            else:
+                decision, where = decide_request(policy, name, groups, checks, transfers, owner)
+                target = f"{resource}:{where}" if where else resource
+        else:
+            kernel_id = await _named_kernel(handler, resource)
+            decision = decide(policy, name, groups, action, resource, kernel_id, server_owner=owner)
+            if resource in ("kernels", "sessions"):
+                KERNEL_STARTER.set(name)
+                KERNEL_VIEWER.set(lambda who: may_see_kernel(policy, name, groups, who, owner))
+                if decision.allowed and kernel_id:
+                    decision, target, status = _kernel_decision(handler, policy, name, groups, kernel_id, owner,
+                                                                resource)
+                if decision.allowed:
+                    foreign = await _foreign_kernel_in_body(handler, policy, name, groups, owner)
+                    if foreign is not None:
+                        decision, target, status = foreign
+        asked = getattr(handler, "auth_resource", resource) == resource
+        if asked and (decision.audit or not decision.allowed):
+            # (A handler asking about other resources, as /api/me does, is not refused anything.)
+            trace = RequestTrace.of(handler)
+            trace.denied = trace.denied or not decision.allowed
+            await services.record_async(name, action, target,
                                         "allow" if decision.allowed else "deny",
-                                        reason=decision.reason, request_id=request_id,
+                                        reason=decision.reason, request_id=trace.id,
                                         method=handler.request.method, url=handler.request.path)
         if not decision.allowed:
             handler.lepton_denial = decision.reason
+            if isinstance(handler, websocket.WebSocketHandler):
+                # A refused handshake answers one line of JSON, not an HTML page.
+                handler.write_error = functools.partial(_json_refusal, handler, decision.reason)  # type: ignore[method-assign]
+            if status == 404:
+                raise web.HTTPError(404, decision.reason.replace("%", "%%"))
             if getattr(handler, "auth_resource", None) == resource:
                 # The request's own check: answer 403 with the reason, not Jupyter's generic line.
                 # (Other callers, such as /api/me asking about many resources, get a plain bool.)
                 raise web.HTTPError(403, decision.reason.replace("%", "%%"))
         return decision.allowed
+
+
+def _json_refusal(handler: Any, reason: str, status_code: int, **kwargs: Any) -> None:
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps({"message": " ".join(reason.split()), "reason": handler._reason}))
+
+
+def _is_resolve_path(handler: Any, resource: str) -> bool:
+    return resource == "api" and handler.request.path.rstrip("/").endswith("/api/resolvePath")
+
+
+async def _named_kernel(handler: Any, resource: str) -> str | None:
+    """The kernel a kernels or sessions request names (a session stands for its kernel)."""
+    kwargs = getattr(handler, "path_kwargs", None) or {}
+    if resource == "kernels":
+        return kwargs.get("kernel_id")
+    if resource == "sessions" and kwargs.get("session_id"):
+        try:
+            model = await handler.session_manager.get_session(session_id=kwargs["session_id"])
+        except (web.HTTPError, LookupError, ValueError, TypeError):
+            return None  # the handler answers 404 for an unknown session
+        return ((model or {}).get("kernel") or {}).get("id")
+    return None
+
+
+def _kernel_decision(handler: Any, policy: Policy, name: str, groups: tuple[str, ...], kernel_id: str,
+                     server_owner: str, resource: str) -> tuple[Decision, str, int]:
+    owners: KernelOwners | None = handler.settings.get("lepton_kernel_owners")
+    owner = owners.owner(kernel_id) if owners is not None else server_owner
+    target = f"kernels:{kernel_id}"
+    if owner == name:
+        return Decision(True, f"{name} started kernel {kernel_id}", audit=False), target, 403
+    if may_see_kernel(policy, name, groups, owner, server_owner):
+        return Decision(True, f"{name} administers {owner}'s teams and acts on their kernel"), target, 403
+    noun = "session" if resource == "sessions" else "kernel"
+    return Decision(False, f"no {noun} {kernel_id} of {name}'s"), target, 404
+
+
+async def _foreign_kernel_in_body(handler: Any, policy: Policy, name: str, groups: tuple[str, ...],
+                                  server_owner: str) -> tuple[Decision, str, int] | None:
+    """A session created or changed to use someone else's kernel is refused like that kernel."""
+    from jupyter_server.services.sessions.handlers import SessionHandler, SessionRootHandler
+
+    if handler.request.method not in ("POST", "PATCH") or not isinstance(handler, (SessionRootHandler,
+                                                                                     SessionHandler)):
+        return None
+    body = _json_body(handler)
+    kernel = body.get("kernel")
+    kernel_id = kernel.get("id") if isinstance(kernel, dict) else None
+    path = body.get("path")
+    if isinstance(handler, SessionRootHandler) and isinstance(path, str) and not kernel_id:
+        # Jupyter hands back the session already open at a path, whoever opened it.
+        try:
+            existing = await handler.session_manager.get_session(path=path)
+        except (web.HTTPError, LookupError, ValueError, TypeError):
+            existing = None
+        open_id = ((existing or {}).get("kernel") or {}).get("id")
+        if isinstance(open_id, str) and open_id:
+            decision, target, status = _kernel_decision(handler, policy, name, groups, open_id, server_owner,
+                                                        "sessions")
+            if not decision.allowed:
+                # Not the other session's id: only that this path is not the caller's to open.
+                return Decision(False, f"no session of {name}'s at {path}; open a copy in work/{name}/"), target, 404
+            return None if not decision.audit else (decision, target, status)
+    if not isinstance(kernel_id, str) or not kernel_id:
+        return None
+    decision, target, status = _kernel_decision(handler, policy, name, groups, kernel_id, server_owner, "kernels")
+    return None if decision.allowed and not decision.audit else (decision, target, status)

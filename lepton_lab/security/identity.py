@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,14 @@ def local_user() -> str:
         return getpass.getuser()
     except Exception:
         return "lepton"
+
+
+def server_owner() -> str:
+    """Whose server this is: the JupyterHub user it was spawned for, else the account running it.
+
+    Only the owner (and users the policy names under ``trusted:``) run code here.
+    """
+    return os.environ.get("JUPYTERHUB_USER") or local_user()
 
 
 @dataclass

@@ -12,6 +12,7 @@ The policy is a YAML file (``config.policy_path()``)::
       users: {bob: {max_clusters: 1}}
       default_user: {max_gpus: 1, max_workers: 8, max_clusters: 2}
     terminals: [admin]
+    trusted: [root]          # may run code as the server's account on a shared server
 
 A user's permissions in a team are the union of every role they hold there,
 directly or through a group, so a group can only add rights. ``roles_of``
@@ -83,7 +84,7 @@ ROLE_RANKS: Mapping[str, int] = MappingProxyType({"admin": 40, "lead": 30, "anal
 #: Team key in ``members`` / ``groups`` that stands for every team.
 ALL_TEAMS = "*"
 
-_TOP_LEVEL = ("version", "teams", "roles", "members", "groups", "quotas", "terminals")
+_TOP_LEVEL = ("version", "teams", "roles", "members", "groups", "quotas", "terminals", "trusted")
 _QUOTA_SECTIONS = ("teams", "users", "default_user", "default_team")
 _QUOTA_FIELDS = ("max_gpus", "max_workers", "max_clusters")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -142,6 +143,7 @@ class Policy:
     default_user_quota: Quota = Quota()
     default_team_quota: Quota = Quota()
     terminal_roles: frozenset[str] = frozenset({"admin"})
+    trusted: frozenset[str] = frozenset()
     source: str = "<policy>"
     version: int = 1
 
@@ -249,6 +251,10 @@ class Policy:
             )
         granting = _describe_grants([g for g in grants if permission in self.roles[g.role]])
         return f"{user} may use {permission} {where}: {granting} grants it"
+
+    def trusts(self, user: str) -> bool:
+        """True when the policy's ``trusted:`` list names ``user``: they may run code as the server's account."""
+        return user in self.trusted
 
     # -- quotas ---------------------------------------------------------------------
 
@@ -401,6 +407,12 @@ quotas:
 # Roles whose users may open terminals. A terminal is a shell as the server's own
 # user, so only admins by default.
 terminals: [admin]
+
+# Users other than the server's owner who may start kernels and terminals and get
+# cluster credentials on this shared server. Their code runs as the server's own
+# account and can read every team's files; everyone else uses the team deployment
+# (JupyterHub), where code runs under the user's own account.
+trusted: []
 """
 
 
@@ -455,6 +467,7 @@ class _Parser:
             name: (perms - {"terminals:use"}) | ({"terminals:use"} if name in terminal_roles else set())
             for name, perms in roles.items()
         }
+        trusted = self.names(_section(data, "trusted") or [], "trusted", "user", strict=False)
         members = self.rules(_section(data, "members"), "members", "user", teams, roles)
         groups = self.rules(_section(data, "groups"), "groups", "group", teams, roles)
         quotas = self.mapping(_section(data, "quotas"), "quotas", "quotas")
@@ -484,6 +497,7 @@ class _Parser:
             default_user_quota=default_user,
             default_team_quota=default_team,
             terminal_roles=terminal_roles,
+            trusted=frozenset(trusted),
             source=self.source,
             version=1,
         )
@@ -543,12 +557,12 @@ class _Parser:
                 )
         return dict(value)
 
-    def names(self, value: Any, where: str, noun: str) -> list[str]:
+    def names(self, value: Any, where: str, noun: str, *, strict: bool = True) -> list[str]:
         if not isinstance(value, list):
             raise self.fail(where, f"must be a list of {noun} names, got {_kind(value)}")
         seen: list[str] = []
         for position, name in enumerate(value):
-            self.name(name, f"{where}[{position}]", noun)
+            self.name(name, f"{where}[{position}]", noun, strict=strict)
             if name in seen:
                 raise self.fail(f"{where}[{position}]", f"{noun} {name!r} is listed twice")
             seen.append(name)

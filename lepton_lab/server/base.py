@@ -5,14 +5,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
 from tornado import web
 
 from ..errors import LeptonError
+from ..security.authz import RequestTrace
 from ..services import Actor, Services
 
 #: Largest JSON body a Lepton route accepts.
 MAX_BODY = 64 * 1024
+
+
+def json_error(handler: Any, status_code: int, **kwargs: Any) -> None:
+    """Answer an error as ``{"message": <one line>, "reason": ...}``."""
+    exc = kwargs.get("exc_info", (None, None, None))[1]
+    message = ""
+    if isinstance(exc, web.HTTPError) and exc.log_message:
+        message = exc.log_message % exc.args if exc.args else exc.log_message
+    denial = getattr(handler, "lepton_denial", None)
+    if status_code == 403 and denial:
+        message = denial
+    if not message:
+        message = {401: "sign in first (a token or the login page)", 403: "not allowed",
+                   404: "not found"}.get(status_code, "request failed")
+    handler.set_header("Content-Type", "application/json")
+    handler.finish(json.dumps({"message": " ".join(str(message).split()), "reason": handler._reason}))
 
 
 class LeptonHandler(APIHandler):
@@ -68,23 +87,53 @@ class LeptonHandler(APIHandler):
         self.finish(json.dumps(data))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = ""
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-        if status_code == 403 and getattr(self, "lepton_denial", None):
-            message = self.lepton_denial
-        if not message:
-            message = {401: "sign in first (a token or the login page)", 403: "not allowed",
-                       404: "not found"}.get(status_code, "request failed")
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"message": " ".join(str(message).split()), "reason": self._reason}))
+        json_error(self, status_code, **kwargs)
+
+    async def prepare(self, *args: Any, **kwargs: Any) -> Any:
+        RequestTrace.of(self)
+        return await super().prepare(*args, **kwargs)
 
     async def run(self, fn, *args: Any, **kwargs: Any) -> Any:
-        """Call a service off the event loop; a LeptonError becomes its HTTP status."""
-        import asyncio
+        """Call a service off the event loop; a LeptonError becomes its HTTP status.
 
+        A refusal (403, 404) no layer has audited yet is audited here, with the request id.
+        """
+        import asyncio
+        import contextvars
+
+        context = contextvars.copy_context()
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+            return await asyncio.get_running_loop().run_in_executor(None, lambda: context.run(fn, *args, **kwargs))
         except LeptonError as e:
+            if e.status in (403, 404):
+                await self.audit_denial(str(e))
             raise web.HTTPError(e.status, str(e).replace("%", "%%")) from None
+
+    async def audit_denial(self, reason: str) -> None:
+        """One audit line for a refusal of this request, unless one is already written."""
+        trace = RequestTrace.of(self)
+        if trace.denied:
+            return
+        trace.denied = True
+        user = self.current_user
+        base = url_path_join(self.base_url, "lepton", "api")
+        where = self.request.path[len(base):].strip("/") if self.request.path.startswith(base) else ""
+        kind, _, rest = where.partition("/")
+        await self.services.record_async(getattr(user, "username", "anonymous"),
+                                         "read" if self.request.method in ("GET", "HEAD") else "write",
+                                         f"{kind or 'lepton'}:{rest}", "deny",
+                                         reason=reason, request_id=trace.id, method=self.request.method,
+                                         url=self.request.path)
+
+
+class NotFoundHandler(LeptonHandler):
+    """Any path under ``/lepton/api/`` that names no route: a JSON 404, whoever asks."""
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    @allow_unauthenticated
+    def get(self, *args: Any) -> None:
+        raise web.HTTPError(404, f"no Lepton API route {self.request.path!r}; see GET /lepton/api/whoami")
+
+    post = put = patch = delete = head = options = get

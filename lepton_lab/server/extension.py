@@ -8,9 +8,11 @@ import threading
 
 from .. import config
 from ..errors import ConfigError
-from ..security.identity import local_user, set_current_policy
+from ..security.authz import REQUEST_TRACE, KernelOwners
+from ..security.identity import local_user, server_owner, set_current_policy
 from ..security.policy import ensure_policy_file, load_policy
 from ..services import Actor, Services
+from .kernels import watch_kernels
 from .routes import setup_route_handlers
 
 
@@ -31,6 +33,10 @@ def load_server_extension(server_app) -> None:
     web_app = server_app.web_app
     web_app.settings["lepton"] = services
     setup_route_handlers(web_app)
+    owners = KernelOwners(server_owner())
+    web_app.settings["lepton_kernel_owners"] = owners
+    watch_kernels(server_app, owners)
+    trace_audit(services)
     atexit.register(services.close)
     if not _uses_lepton_auth(server_app):
         server_app.log.warning("Lepton Lab: ServerApp.authorizer_class is not LeptonAuthorizer; "
@@ -53,6 +59,20 @@ def load_server_extension(server_app) -> None:
             lambda: server_app.log.info(f"Lepton Lab: {freeze_startup_objects()} start-up objects "
                                         "frozen out of the garbage collector"))
     server_app.log.info(f"Lepton Lab: policy {path} ({len(policy.teams)} teams)")
+
+
+def trace_audit(services: Services) -> None:
+    """Audit lines written while serving a request carry its id and mark a denial as recorded."""
+    record = services.audit.record
+
+    def traced(user, action, resource, outcome, *, reason="", request_id=None, **detail):
+        trace = REQUEST_TRACE.get()
+        if trace is not None:
+            request_id = request_id or trace.id
+            trace.denied = trace.denied or outcome == "deny"
+        return record(user, action, resource, outcome, reason=reason, request_id=request_id, **detail)
+
+    services.audit.record = traced  # type: ignore[method-assign]
 
 
 def freeze_startup_objects() -> int:

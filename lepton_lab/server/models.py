@@ -22,6 +22,11 @@ NAME = r"(?P<name>[a-z0-9][a-z0-9_.-]{0,63})"
 REF = r"(?P<ref>[a-z0-9][a-z0-9_.-]{0,63})"
 #: Largest artifact a publish may upload.
 MAX_ARTIFACT = 2 * 1024**3
+#: Types of the manifest fields a publisher sends (unknown fields are refused by the service).
+MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "framework": str, "framework_version": str, "format": str, "construction": dict, "metrics": dict,
+    "input_schema": dict, "lineage": dict, "compression": dict, "description": str, "tags": list, "alias": str,
+}
 
 
 def _manifest_json(manifest) -> dict:
@@ -88,6 +93,9 @@ class VersionsHandler(ModelBase):
             raise web.HTTPError(400, "X-Lepton-Manifest: not base64-encoded JSON") from None
         if not isinstance(meta, dict):
             raise web.HTTPError(400, "X-Lepton-Manifest: a JSON object with framework, format, ... is required")
+        for key, types in MANIFEST_FIELDS.items():
+            if meta.get(key) is not None and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
+                raise web.HTTPError(400, f"X-Lepton-Manifest: field {key!r} has the wrong type")
         body = self.request.body or b""
         if len(body) > MAX_ARTIFACT:
             raise web.HTTPError(400, "artifact over 2 GiB")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jupyter_server.utils import url_path_join
 
 from . import audit, clusters, join, models, templates, whoami
+from .base import NotFoundHandler
 
 
 def setup_route_handlers(web_app) -> None:
@@ -24,4 +25,6 @@ def setup_route_handlers(web_app) -> None:
         ("join", join.JoinHandler),
         *models.routes(),
     ]
-    web_app.add_handlers(".*$", [(url_path_join(base, path) + "/?", handler) for path, handler in routes])
+    handlers = [(url_path_join(base, path) + "/?", handler) for path, handler in routes]
+    handlers.append((base + r"(?:/.*)?", NotFoundHandler))
+    web_app.add_handlers(".*$", handlers)

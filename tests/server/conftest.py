@@ -16,11 +16,15 @@ pytest_plugins = ("pytest_jupyter.jupyter_server",)
 POLICY = """
 version: 1
 teams: [medical, finance]
+roles:
+  auditor: [audit:read, clusters:read]
 members:
   {admin}: {{"*": admin}}
   alice: {{medical: analyst}}
   bob: {{finance: analyst}}
   vera: {{medical: viewer, finance: viewer}}
+  fiona: {{finance: analyst}}
+  olga: {{finance: auditor}}
 groups:
   hub-medical: {{medical: analyst}}
 quotas:
@@ -28,6 +32,7 @@ quotas:
     bob: {{max_workers: 3, max_gpus: 0}}
   default_user: {{max_workers: 8, max_clusters: 2}}
 terminals: [admin]
+trusted: [alice, fiona]
 """
 
 
@@ -62,7 +67,7 @@ def lepton_home(tmp_path, monkeypatch, jp_root_dir):
 @pytest.fixture
 def tokens(lepton_home):
     store = TokenStore(lepton_home / "tokens.json")
-    return {user: store.add(user) for user in ("alice", "bob", "vera")}
+    return {user: store.add(user) for user in ("alice", "bob", "vera", "fiona", "olga")}
 
 
 @pytest.fixture

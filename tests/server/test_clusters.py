@@ -77,6 +77,31 @@ async def test_create_list_scale_stop(as_user):
     assert code == 404
 
 
+async def test_cluster_names_are_unique_per_team_and_never_disclosed(as_user):
+    body = {"profile": "local", "name": "night-run", "workers": {"cloud": 1, "edge": 0}}
+    code, med = await as_user("alice", "lepton", "api", "clusters", method="POST", body={**body, "team": "medical"})
+    assert code == 201, med
+    try:
+        # the same name in another team is no conflict, and says nothing of the medical cluster
+        code, fin = await as_user("fiona", "lepton", "api", "clusters", method="POST", body={**body, "team": "finance"})
+        assert code == 201, fin
+        assert fin["id"] != med["id"] and fin["team"] == "finance"
+        # by name, each team finds its own cluster
+        code, got = await as_user("fiona", "lepton", "api", "clusters", "night-run")
+        assert code == 200 and got["id"] == fin["id"]
+        code, got = await as_user("alice", "lepton", "api", "clusters", "night-run")
+        assert code == 200 and got["id"] == med["id"]
+        # within one team it is a conflict, named with the team
+        code, err = await as_user("alice", "lepton", "api", "clusters", method="POST",
+                                  body={**body, "team": "medical"})
+        assert code == 409 and "team medical" in err["message"], err
+        code, _ = await as_user("fiona", "lepton", "api", "clusters", fin["id"], method="DELETE")
+        assert code == 204
+    finally:
+        code, _ = await as_user("alice", "lepton", "api", "clusters", med["id"], method="DELETE")
+        assert code == 204
+
+
 async def test_quota_refusal_gives_the_numbers(as_user):
     code, err = await as_user("bob", "lepton", "api", "clusters", method="POST",
                               body={"team": "finance", "profile": "local"})

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 
-
 def cli(*args, env=None, timeout=60):
     return subprocess.run([sys.executable, "-m", "lepton_lab.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)

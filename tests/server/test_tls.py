@@ -23,7 +23,8 @@ async def test_issued_certificate_connects_and_nothing_else_does(as_user, tmp_pa
     code, cred = await as_user("alice", "lepton", "api", "clusters", c["id"], "credentials")
     assert code == 200 and cred["tls"] and cred["scheduler_address"] == c["scheduler_address"]
     assert "PRIVATE KEY" in cred["key_pem"]
-    cert = IssuedCert.from_dict({k: cred[k] for k in ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")})
+    fields = ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")
+    cert = IssuedCert.from_dict({k: cred[k] for k in fields})
     assert await _connect(c["scheduler_address"], cert.security()) == 42
     # no certificate at all
     with pytest.raises(Exception):
