@@ -4,11 +4,16 @@
 
 1. bring-up to all workers ready: ``lepton_lab.up`` (local: 2 cloud + 2 edge) vs
    ``LocalCluster(n_workers=4)`` + ``Client`` (target ratio <= 1.2);
-2. one allocation snapshot at 4 workers (processes) and 64 workers (in-process)
-   (target <= 20 ms at 64);
-3. 10,000 small tasks with the live view refreshing every second vs without
+2. one allocation snapshot at 4 workers (processes) and 64 workers (in-process), each
+   against a bare ``run_on_scheduler`` round trip that reads the worker count;
+3. one snapshot built from synthetic scheduler state (the scheduler's own
+   ``WorkerState``/``TaskState`` objects) at 250, 500 and 1,000 workers with one job
+   spread over all of them, against the floor of merely iterating those workers and
+   their tasks (target <= 20 ms at 1,000, growing linearly);
+4. 10,000 small tasks with the live view refreshing every second vs without
    (target overhead <= 2 %).
-Runs are interleaved and medians reported: timings on a 2-core machine drift.
+Runs alternate the order of A and B and report medians with their spread
+(min-max): timings on a 2-core machine drift.
 """
 
 from __future__ import annotations
@@ -48,25 +53,54 @@ def bench_bring_up(rounds: int) -> dict:
         return dt
 
     plain(), lepton()  # first start in a process pays for imports
-    p, l = [], []
-    for _ in range(rounds):
-        p.append(plain())
-        l.append(lepton())
-    mp, ml = statistics.median(p), statistics.median(l)
-    return {"plain_s": round(mp, 3), "lepton_s": round(ml, 3), "ratio": round(ml / mp, 3), "target": "<= 1.2",
-            "runs": rounds}
+    p, lp = [], []
+    for i in range(rounds):
+        if i % 2 == 0:
+            p.append(plain())
+            lp.append(lepton())
+        else:
+            lp.append(lepton())
+            p.append(plain())
+    mp, ml = statistics.median(p), statistics.median(lp)
+    return {"compares": "lepton_lab.up (2 cloud + 2 edge) vs LocalCluster(n_workers=4) + Client, to all workers ready",
+            "plain_s": round(mp, 3), "lepton_s": round(ml, 3), "ratio": round(ml / mp, 3), "target": "<= 1.2",
+            "plain_spread_s": _spread(p), "lepton_spread_s": _spread(lp), "runs": rounds}
 
 
-def _time_snapshots(client, n: int) -> float:
+def _spread(xs: list[float], scale: float = 1.0) -> list[float]:
+    return [round(min(xs) * scale, 3), round(max(xs) * scale, 3)]
+
+
+def _count_workers(dask_scheduler) -> int:
+    return len(dask_scheduler.workers)
+
+
+def _time_snapshots(client, n: int) -> dict:
+    """A snapshot vs the plain round trip it rides on (``run_on_scheduler`` reading the worker count)."""
     from lepton_lab.cluster import allocation
 
-    allocation.snapshot(client)
-    times = []
-    for _ in range(n):
+    def snap() -> float:
         t = time.perf_counter()
         allocation.snapshot(client)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+        return time.perf_counter() - t
+
+    def bare() -> float:
+        t = time.perf_counter()
+        client.run_on_scheduler(_count_workers)
+        return time.perf_counter() - t
+
+    snap(), bare()
+    s, b = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            s.append(snap())
+            b.append(bare())
+        else:
+            b.append(bare())
+            s.append(snap())
+    return {"snapshot_ms": round(statistics.median(s) * 1000, 2),
+            "round_trip_ms": round(statistics.median(b) * 1000, 2),
+            "snapshot_spread_ms": _spread(s, 1000), "round_trip_spread_ms": _spread(b, 1000)}
 
 
 def bench_snapshot(n: int) -> dict:
@@ -93,8 +127,82 @@ def bench_snapshot(n: int) -> dict:
             time.sleep(0.2)
             sixty_four = _time_snapshots(client, n)
             client.gather(futures)
-    return {"workers_4_ms": round(four, 2), "workers_64_ms": round(sixty_four, 2), "target_64": "<= 20 ms",
-            "runs": n}
+    return {"compares": "allocation.snapshot(client) vs client.run_on_scheduler(len(workers))",
+            "workers_4": four, "workers_64": sixty_four, "target_64": "<= 20 ms", "runs": n}
+
+
+def synthetic_scheduler(n_workers: int, tasks_per_worker: int = 2):
+    """Scheduler state without running workers: ``n_workers`` edge and cloud workers, each
+    processing ``tasks_per_worker`` tasks of one job, built from the scheduler's own classes."""
+    from types import SimpleNamespace
+
+    from distributed.core import Status
+    from distributed.scheduler import TaskGroup, TaskPrefix, TaskState, WorkerState
+
+    group = TaskGroup("train-xgboost", TaskPrefix("train-xgboost"))
+    workers = {}
+    for i in range(n_workers):
+        kind, site = ("cloud", "cloud") if i % 4 == 0 else ("edge", f"edge-site-{i % 7}")
+        address = f"tcp://10.{i // 250}.{i % 250}.1:4000"
+        ws = WorkerState(address=address, status=Status.running, pid=i, name=f"{site}-{i}",
+                         nthreads=tasks_per_worker, memory_limit=2**32, local_directory="", nanny=None,
+                         server_id=f"w{i}")
+        ws.resources = {kind: tasks_per_worker, site: tasks_per_worker}
+        ws.used_resources = {kind: tasks_per_worker, site: tasks_per_worker}
+        ws.metrics = {"cpu": 90.0, "memory": 2**30}
+        for j in range(tasks_per_worker):
+            ts = TaskState(f"train-xgboost-{i}-{j}", None, "processing", group, False)
+            ts.annotations = {"job": "fraud-train"}
+            ts.resource_restrictions = {site: 1}
+            ws.processing.add(ts)
+        workers[address] = ws
+    return SimpleNamespace(workers=workers, address="tcp://10.255.0.1:8786")
+
+
+def _iterate_state(dask_scheduler) -> int:
+    """The floor: touch every worker and task field a snapshot reads, build nothing."""
+    n = 0
+    for ws in list(dask_scheduler.workers.values()):
+        ws.name, ws.address, ws.resources, ws.used_resources, ws.metrics, ws.extra, ws.memory_limit, ws.nthreads
+        for ts in list(ws.processing):
+            ts.annotations, ts.prefix, ts.key, ts.resource_restrictions
+            n += 1
+    return n
+
+
+def bench_snapshot_scale(n: int, sizes=(250, 500, 1000)) -> dict:
+    """``collect`` (on the scheduler) + ``Snapshot.from_dict`` (in the client), without the round trip."""
+    from lepton_lab.cluster import allocation
+
+    out = {"compares": "allocation.collect + Snapshot.from_dict on synthetic scheduler state vs iterating "
+                       "the same workers and tasks (the floor)", "target_1000": "<= 20 ms", "runs": n}
+    for size in sizes:
+        state = synthetic_scheduler(size)
+
+        def snap() -> float:
+            t = time.perf_counter()
+            allocation.Snapshot.from_dict(allocation.collect(state, cluster="synthetic"))
+            return time.perf_counter() - t
+
+        def floor() -> float:
+            t = time.perf_counter()
+            _iterate_state(state)
+            return time.perf_counter() - t
+
+        snap(), floor()
+        s, f = [], []
+        for i in range(n):
+            if i % 2 == 0:
+                s.append(snap())
+                f.append(floor())
+            else:
+                f.append(floor())
+                s.append(snap())
+        ms, mf = statistics.median(s) * 1000, statistics.median(f) * 1000
+        out[f"workers_{size}"] = {"tasks": 2 * size, "snapshot_ms": round(ms, 2), "floor_ms": round(mf, 3),
+                                  "snapshot_spread_ms": _spread(s, 1000), "floor_spread_ms": _spread(f, 1000),
+                                  "snapshot_us_per_worker": round(1000 * ms / size, 2)}
+    return out
 
 
 def bench_view_overhead(tasks: int, rounds: int) -> dict:
@@ -167,18 +275,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer runs")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "cluster.json"))
+    parser.add_argument("--only", choices=["snapshot-scale"],
+                        help="run one bench alone (synthetic state, no cluster started)")
     a = parser.parse_args()
+    if a.only == "snapshot-scale":
+        print(json.dumps(bench_snapshot_scale(11 if a.quick else 41), indent=2))
+        return
     rounds = 2 if a.quick else 5
     results = {
         "bring_up": bench_bring_up(rounds),
         "snapshot": bench_snapshot(20 if a.quick else 100),
+        "snapshot_scale": bench_snapshot_scale(11 if a.quick else 41),
         "live_view": bench_view_overhead(2000 if a.quick else 10_000, 3 if a.quick else 9),
     }
     rows = [
         ("bring-up 2 cloud + 2 edge (s)", results["bring_up"]["plain_s"], results["bring_up"]["lepton_s"],
          f"ratio {results['bring_up']['ratio']} (target <= 1.2)"),
-        ("snapshot, 4 workers (ms)", "", results["snapshot"]["workers_4_ms"], ""),
-        ("snapshot, 64 workers (ms)", "", results["snapshot"]["workers_64_ms"], "target <= 20 ms"),
+        ("snapshot, 4 workers (ms)", results["snapshot"]["workers_4"]["round_trip_ms"],
+         results["snapshot"]["workers_4"]["snapshot_ms"], "plain = bare run_on_scheduler round trip"),
+        ("snapshot, 64 workers (ms)", results["snapshot"]["workers_64"]["round_trip_ms"],
+         results["snapshot"]["workers_64"]["snapshot_ms"], "plain = bare run_on_scheduler round trip"),
+        *[(f"snapshot, {size} synthetic workers (ms)", results["snapshot_scale"][f"workers_{size}"]["floor_ms"],
+           results["snapshot_scale"][f"workers_{size}"]["snapshot_ms"],
+           f"plain = iterating the state; {results['snapshot_scale'][f'workers_{size}']['snapshot_us_per_worker']}"
+           f" us/worker" + (" (target <= 20 ms)" if size == 1000 else ""))
+          for size in (250, 500, 1000)],
         (f"{results['live_view']['tasks']} tasks (s)", results["live_view"]["without_s"],
          results["live_view"]["with_view_s"], f"overhead {results['live_view']['overhead_pct']} %, median of "
          f"{results['live_view']['runs']} paired runs (target <= 2 %); the view's own CPU "

@@ -111,10 +111,20 @@ class Snapshot:
         return next((j for j in self.jobs if j.name == name), None)
 
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(obj: Any) -> Any:
     """``dataclasses.asdict`` without its deep copies: a snapshot is rebuilt every second."""
-    if hasattr(obj, "__dataclass_fields__"):
-        return {name: _plain(getattr(obj, name)) for name in obj.__dataclass_fields__}
+    cls = type(obj)
+    if cls in _ATOMS:
+        return obj
+    if cls is list:
+        return [x if type(x) in _ATOMS else _plain(x) for x in obj]
+    if cls is dict:
+        return {k: v if type(v) in _ATOMS else _plain(v) for k, v in obj.items()}
+    if hasattr(cls, "__dataclass_fields__"):
+        return {name: _plain(getattr(obj, name)) for name in cls.__dataclass_fields__}
     if isinstance(obj, list):
         return [_plain(x) for x in obj]
     if isinstance(obj, dict):
@@ -129,21 +139,28 @@ def _job_of(ts: Any) -> str:
     return str(ts.prefix.name) if getattr(ts, "prefix", None) is not None else str(ts.key)
 
 
-def _gpu_usage(ws: Any) -> list[GPUUsage]:
+def _gpu_usage(ws: Any) -> list[dict[str, Any]]:
+    """A worker's GPUs as ``GPUUsage`` fields."""
     live = (ws.metrics or {}).get("gpu") or {}
     static = (getattr(ws, "extra", None) or {}).get("gpu") or {}
     if not live and not static:
         return []
-    return [GPUUsage(0, str(static.get("name", "GPU")), live.get("utilization"),
-                     live.get("memory-used"), static.get("memory-total"))]
+    return [{"index": 0, "name": str(static.get("name", "GPU")), "utilization": live.get("utilization"),
+             "memory_used": live.get("memory-used"), "memory_total": static.get("memory-total")}]
 
 
 def collect(dask_scheduler: Any, cluster: str = "", costs: dict[str, float] | None = None) -> dict[str, Any]:
-    """Build the snapshot from a live ``Scheduler`` object (runs on the scheduler)."""
+    """Build the snapshot from a live ``Scheduler`` object (runs on the scheduler).
+
+    One pass over workers and their tasks; workers go straight to their JSON form
+    (the fields of ``WorkerAllocation``), since there are many of them.
+    """
     costs = costs or {}
-    workers: list[WorkerAllocation] = []
+    workers: list[dict[str, Any]] = []
     sites: dict[str, SiteTotals] = {}
     jobs: dict[str, JobAllocation] = {}
+    # Each job's sites, as a set beside its list: one pass costs workers + tasks.
+    job_sites: dict[str, set[str]] = {}
     totals = Totals()
     for ws in list(dask_scheduler.workers.values()):
         resources = dict(ws.resources or {})
@@ -152,42 +169,51 @@ def collect(dask_scheduler: Any, cluster: str = "", costs: dict[str, float] | No
         for ts in list(ws.processing):
             job_name = _job_of(ts)
             per_job[job_name] = per_job.get(job_name, 0) + 1
-            job = jobs.setdefault(job_name, JobAllocation(job_name))
+            job = jobs.get(job_name)
+            if job is None:
+                job = jobs[job_name] = JobAllocation(job_name)
+                job_sites[job_name] = set()
             job.tasks += 1
-            if ws.name not in job.workers:
-                job.workers.append(str(ws.name))
-            if site not in job.sites:
-                job.sites.append(site)
-            job.resources["threads"] = job.resources.get("threads", 0) + 1
+            job_resources = job.resources
+            job_resources["threads"] = job_resources.get("threads", 0) + 1
             for res, amount in (ts.resource_restrictions or {}).items():
-                job.resources[res] = job.resources.get(res, 0) + amount
+                job_resources[res] = job_resources.get(res, 0) + amount
+        # A worker is visited once, so it joins each of its jobs once.
+        for job_name in per_job:
+            jobs[job_name].workers.append(str(ws.name))
+            if site not in job_sites[job_name]:
+                job_sites[job_name].add(site)
+                jobs[job_name].sites.append(site)
         metrics = ws.metrics or {}
         gpus = _gpu_usage(ws)
         mem_used = int(metrics.get("memory", 0) or 0)
         cost = float(costs.get(site, 0.0))
-        w = WorkerAllocation(
-            name=str(ws.name), address=ws.address, site=site, kind=kind, nthreads=ws.nthreads,
-            memory_used=mem_used, memory_limit=int(ws.memory_limit or 0),
-            cpu=float(metrics.get("cpu", 0.0) or 0.0), gpus=gpus, processing=len(ws.processing),
-            resources=resources, used_resources=dict(ws.used_resources or {}), jobs=per_job,
-            cost_per_hour=cost,
-        )
-        workers.append(w)
-        s = sites.setdefault(site, SiteTotals(site, kind))
+        nthreads, memory_limit, processing = ws.nthreads, int(ws.memory_limit or 0), len(ws.processing)
+        workers.append({
+            "name": str(ws.name), "address": ws.address, "site": site, "kind": kind, "nthreads": nthreads,
+            "memory_used": mem_used, "memory_limit": memory_limit,
+            "cpu": float(metrics.get("cpu", 0.0) or 0.0), "gpus": gpus, "processing": processing,
+            "resources": resources, "used_resources": dict(ws.used_resources or {}), "jobs": per_job,
+            "cost_per_hour": cost,
+        })
+        n_gpus = max(len(gpus), int(resources.get("GPU", 0)))
+        s = sites.get(site)
+        if s is None:
+            s = sites[site] = SiteTotals(site, kind)
         for agg in (s, totals):
             agg.workers += 1
-            agg.nthreads += w.nthreads
-            agg.memory_used += w.memory_used
-            agg.memory_limit += w.memory_limit
-            agg.gpus += max(len(gpus), int(resources.get("GPU", 0)))
-            agg.processing += w.processing
+            agg.nthreads += nthreads
+            agg.memory_used += mem_used
+            agg.memory_limit += memory_limit
+            agg.gpus += n_gpus
+            agg.processing += processing
             agg.cost_per_hour = round(agg.cost_per_hour + cost, 4)
-    workers.sort(key=lambda w: (w.kind != "cloud", w.site, _natural(w.name)))
-    return Snapshot(
-        cluster=cluster, time=time.time(), scheduler=dask_scheduler.address, workers=workers,
-        sites=sorted(sites.values(), key=lambda s: (s.kind != "cloud", s.name)),
-        jobs=sorted(jobs.values(), key=lambda j: (-j.tasks, j.name)), totals=totals,
-    ).to_dict()
+    workers.sort(key=lambda w: (w["kind"] != "cloud", w["site"], _natural(w["name"])))
+    return {
+        "cluster": cluster, "time": time.time(), "scheduler": dask_scheduler.address, "workers": workers,
+        "sites": _plain(sorted(sites.values(), key=lambda s: (s.kind != "cloud", s.name))),
+        "jobs": _plain(sorted(jobs.values(), key=lambda j: (-j.tasks, j.name))), "totals": _plain(totals),
+    }
 
 
 def _natural(name: str) -> tuple:

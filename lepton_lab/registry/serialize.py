@@ -6,8 +6,11 @@
 - PyTorch ``nn.Module``: the ``state_dict`` via ``torch.save`` plus a
   construction spec (``module:qualname`` and constructor kwargs). A model made
   by :func:`lepton_lab.compress` from a plain chain of layers is rebuilt by
-  ``lepton_lab.ml.compress:build_model`` from its layer spec instead. Whole
-  modules are never pickled: loading uses ``torch.load(weights_only=True)``.
+  ``lepton_lab.ml.modelspec:build_model`` from its layer spec instead. Whole
+  modules are never pickled: loading uses ``torch.load(weights_only=True)``,
+  reading the tensors straight out of the decrypted buffer, and builds the module
+  on the meta device so the loaded tensors become its weights (no initialisation,
+  no second copy).
   Dynamically quantized Linear layers are recorded and re-applied with
   ``quantize_dynamic`` on the rebuilt float module before loading weights.
 - ``bytes`` or a file path: stored as they are (framework ``"bytes"``), loaded
@@ -20,6 +23,7 @@ import functools
 import importlib
 import inspect
 import io
+import itertools
 import math
 import os
 import sys
@@ -53,6 +57,19 @@ class Serialized:
     write: Callable[[Writer], None]
     construction: Construction | None = None
 
+    def to_bytes(self) -> bytes:
+        """The whole payload in memory, for a transport that cannot stream it."""
+        buffer = io.BytesIO()
+        self.write(buffer)
+        return buffer.getvalue()
+
+    def facts(self) -> dict[str, Any]:
+        """What :func:`from_payload` needs, besides the bytes, to make this again."""
+        import dataclasses
+
+        return {"framework": self.framework, "framework_version": self.framework_version, "format": self.format,
+                "construction": dataclasses.asdict(self.construction) if self.construction else None}
+
 
 def records_init_kwargs(cls: type) -> type:
     """Class decorator: instances remember their constructor arguments as ``init_kwargs``.
@@ -60,7 +77,7 @@ def records_init_kwargs(cls: type) -> type:
     The registry uses them to rebuild a PyTorch module before loading its
     weights, so publishing needs no ``init_kwargs=``.
     """
-    init = cls.__init__
+    init = cls.__init__  # type: ignore[misc]  # the class's own, replaced below
     signature = inspect.signature(init)
 
     @functools.wraps(init)
@@ -77,7 +94,7 @@ def records_init_kwargs(cls: type) -> type:
                     recorded[name] = value
             self.init_kwargs = recorded
 
-    cls.__init__ = __init__
+    cls.__init__ = __init__  # type: ignore[misc]
     return cls
 
 
@@ -214,7 +231,7 @@ def _torch_from_spec(module: Any, spec: dict[str, Any], torch: Any) -> Serialize
     The weights are round-tripped through a fresh build now, so a model that would
     not load is refused at publish time rather than at load time.
     """
-    from lepton_lab.ml.compress import build_model
+    from lepton_lab.ml.modelspec import build_model
 
     kwargs = to_plain_json({"spec": spec}, "compressed model spec")
     buffer = io.BytesIO()
@@ -236,12 +253,51 @@ def _torch_from_spec(module: Any, spec: dict[str, Any], torch: Any) -> Serialize
     )
 
 
+class _BufferReader(io.RawIOBase):
+    """A read-only file over a buffer, without copying it (``io.BytesIO`` would).
+
+    torch's zip reader reads each tensor's record straight into the tensor's
+    storage through ``readinto``, so the payload is copied exactly once.
+    """
+
+    def __init__(self, buffer: bytes | bytearray | memoryview):
+        self._view = memoryview(buffer).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        out = memoryview(b).cast("B")
+        n = max(0, min(len(out), len(self._view) - self._pos))
+        out[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._view.release()
+        super().close()
+
+
 def _torch_load(payload: bytes | bytearray, torch: Any) -> dict:
     """A state_dict from bytes, tensors only (``weights_only``): never arbitrary pickles."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _BufferReader(payload) as reader:
         # torch's own loader of quantized packed params uses TypedStorage internally.
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        return torch.load(reader, map_location="cpu", weights_only=True)
 
 
 def _shapes(m: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple]:
@@ -368,17 +424,56 @@ def _load_torch(payload: bytes | bytearray, manifest: Manifest) -> Any:
     if not (is_class or getattr(build, "lepton_model_builder", False) is True):
         raise ConfigError(f"{spec.target} is not a torch.nn.Module or a Lepton model builder")
     state = _torch_load(payload, torch)
-    module = build(**spec.kwargs)
-    if not isinstance(module, torch.nn.Module):
-        raise ConfigError(f"{spec.target} did not build a torch.nn.Module")
-    if spec.quantization is not None:
-        module = _requantize(module, spec.quantization, torch)
+    module = None
+    if is_class and spec.quantization is None:
+        module = _build_on_meta(build, spec.kwargs, state, torch, manifest)
+    if module is None:
+        module = build(**spec.kwargs)
+        if not isinstance(module, torch.nn.Module):
+            raise ConfigError(f"{spec.target} did not build a torch.nn.Module")
+        if spec.quantization is not None:
+            module = _requantize(module, spec.quantization, torch)
+        _load_weights(module, state, manifest, assign=False)
+    return module.eval()
+
+
+def _load_weights(module: Any, state: dict, manifest: Manifest, *, assign: bool) -> None:
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise ConfigError(f"weights of {manifest.ref} do not fit {spec.target}: {first}") from None
-    return module.eval()
+        target = manifest.construction.target if manifest.construction else "its class"
+        raise ConfigError(f"weights of {manifest.ref} do not fit {target}: {first}") from None
+
+
+def _build_on_meta(cls: type, kwargs: dict, state: dict, torch: Any, manifest: Manifest) -> Any:
+    """``cls(**kwargs)`` built on the meta device, the loaded tensors becoming its weights.
+
+    No memory is allocated or initialised for weights that are replaced at once,
+    and none is copied. None when that cannot be done for this class (its
+    constructor computes with tensors, or it keeps state outside its
+    ``state_dict``): the caller then builds it the ordinary way.
+    """
+    try:
+        with torch.device("meta"):
+            module = cls(**kwargs)
+    except Exception:
+        return None
+    if not isinstance(module, torch.nn.Module):
+        return None
+    shared: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), []).append(name)
+    _load_weights(module, state, manifest, assign=True)
+    # Assigning gives each name its own Parameter: tie the ones the class ties again.
+    for names in (n for n in shared.values() if len(n) > 1):
+        first = module.get_parameter(names[0])
+        for other in names[1:]:
+            owner, _, attr = other.rpartition(".")
+            setattr(module.get_submodule(owner), attr, first)
+    if any(t.is_meta for t in itertools.chain(module.parameters(), module.buffers())):
+        return None  # a non-persistent buffer: only a real build fills it in
+    return module
 
 
 def _requantize(module: Any, quantization: Quantization, torch: Any) -> Any:
@@ -413,7 +508,7 @@ def from_payload(payload: bytes, *, framework: str, framework_version: str, form
         try:
             cons = Construction(target=str(construction["target"]), kwargs=dict(construction.get("kwargs") or {}),
                                 quantization=Quantization(**q) if q else None)
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"construction: {e}") from None
     suffix = {"ubj": ".ubj", "state_dict": ".pt"}.get(format, ".bin")
     return Serialized(framework, framework_version, format, suffix, lambda w: w.write(payload), cons)
@@ -421,12 +516,5 @@ def from_payload(payload: bytes, *, framework: str, framework_version: str, form
 
 def to_payload(obj: Any, *, init_kwargs: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any]]:
     """``obj`` in its native format as bytes, plus what :func:`from_payload` needs to rebuild it."""
-    import dataclasses
-    import io
-
     ser = serialize(obj, init_kwargs=init_kwargs)
-    buf = io.BytesIO()
-    ser.write(buf)
-    meta = {"framework": ser.framework, "framework_version": ser.framework_version, "format": ser.format,
-            "construction": dataclasses.asdict(ser.construction) if ser.construction else None}
-    return buf.getvalue(), meta
+    return ser.to_bytes(), ser.facts()

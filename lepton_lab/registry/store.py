@@ -238,7 +238,7 @@ class Registry:
             ):
                 raise NotFound(f"model {index.name!r} has no version {version!r}")
             return version
-        return index.latest().version
+        return max(e.version for e in index.versions)
 
     def _ref(
         self, name: str, version: int | None, alias: str | None
@@ -525,7 +525,7 @@ class Registry:
                 continue
             index = self._read_index(child.name, team)
             latest = index.latest() if index else None
-            if latest is None:
+            if index is None or latest is None:
                 continue
             summaries.append(
                 ModelSummary(
@@ -581,6 +581,7 @@ class Registry:
         with self._lock(name, team):
             index = self._index(name, team)
             entry = index.entry(self._resolve(index, version, None))
+            assert entry is not None  # _resolve found it
             if remove:
                 entry.tags = [t for t in entry.tags if t not in tags]
             else:

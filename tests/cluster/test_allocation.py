@@ -123,3 +123,141 @@ def test_live_view_stops_when_cluster_goes_away():
     while view.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not view.running
+
+
+# Synthetic scheduler state: the scheduler's own WorkerState and TaskState objects,
+# without running workers, so that a snapshot can be checked against a reference.
+
+def _synthetic_scheduler():
+    from types import SimpleNamespace
+
+    from distributed.core import Status
+    from distributed.scheduler import TaskGroup, TaskPrefix, TaskState, WorkerState
+
+    groups: dict[str, TaskGroup] = {}
+
+    def task(key, job=None, restrictions=None):
+        prefix = key.rsplit("-", 1)[0]
+        if prefix not in groups:
+            groups[prefix] = TaskGroup(prefix, TaskPrefix(prefix))
+        ts = TaskState(key, None, "processing", groups[prefix], False)
+        ts.annotations = {"job": job} if job else {}
+        ts.resource_restrictions = restrictions
+        return ts
+
+    layout = [  # name, resources, tasks
+        ("cloud-0", {"cloud": 2, "cloud-0x": 0}, [task("fit-1", "fraud", {"cloud": 1}), task("score-1")]),
+        ("cloud-1", {"cloud": 2, "GPU": 1}, [task("fit-2", "fraud", {"cloud": 1, "GPU": 0.5}),
+                                              task("fit-3", "fraud", {"GPU": 0.25})]),
+        ("edge-hospital-a-0", {"edge": 1, "edge-hospital-a": 1}, [task("fit-4", "fraud", {"edge": 1})]),
+        ("edge-hospital-a-1", {"edge": 1, "edge-hospital-a": 1}, []),
+        ("edge-hospital-b-10", {"edge": 1, "edge-hospital-b": 1}, [task("score-2"), task("agg-1", "federated")]),
+        ("edge-hospital-b-2", {"edge": 1, "edge-hospital-b": 1}, [task("agg-2", "federated", {"edge": 1})]),
+        ("stray", {}, [task("score-3")]),
+    ]
+    workers = {}
+    for i, (name, resources, tasks) in enumerate(layout):
+        address = f"tcp://10.0.0.{i}:4000"
+        ws = WorkerState(address=address, status=Status.running, pid=i, name=name, nthreads=2 if "cloud" in name else 1,
+                         memory_limit=2**30 * (i + 1), local_directory="", nanny=None, server_id=f"s{i}")
+        ws.resources = resources
+        ws.used_resources = {k: v / 2 for k, v in resources.items()}
+        ws.metrics = {"cpu": 10.0 * i, "memory": 2**20 * (i + 3)}
+        if "GPU" in resources:
+            ws.extra = {"gpu": {"name": "Tesla T4", "memory-total": 16 * 2**30}}
+            ws.metrics["gpu"] = {"utilization": 42, "memory-used": 2**30}
+        ws.processing.update(tasks)
+        workers[address] = ws
+    return SimpleNamespace(workers=workers, address="tcp://10.0.0.100:8786")
+
+
+def _reference_snapshot(sched, cluster, costs):
+    """The snapshot computed the plain way: per task, look everything up again."""
+    from dataclasses import asdict
+
+    from lepton_lab.cluster.allocation import GPUUsage, JobAllocation, SiteTotals, Totals, WorkerAllocation
+    from lepton_lab.cluster.workers import site_of
+
+    workers, sites, jobs, totals = [], {}, {}, Totals()
+    for ws in sched.workers.values():
+        site, kind = site_of(ws.name, ws.resources)
+        per_job = {}
+        for ts in ws.processing:
+            name = ts.annotations["job"] if ts.annotations.get("job") else ts.prefix.name
+            per_job[name] = per_job.get(name, 0) + 1
+            job = jobs.setdefault(name, JobAllocation(name))
+            job.tasks += 1
+            if ws.name not in job.workers:
+                job.workers.append(ws.name)
+            if site not in job.sites:
+                job.sites.append(site)
+            job.resources["threads"] = job.resources.get("threads", 0) + 1
+            for res, amount in (ts.resource_restrictions or {}).items():
+                job.resources[res] = job.resources.get(res, 0) + amount
+        gpus = []
+        if "gpu" in ws.extra:
+            gpus = [GPUUsage(0, ws.extra["gpu"]["name"], ws.metrics["gpu"]["utilization"],
+                             ws.metrics["gpu"]["memory-used"], ws.extra["gpu"]["memory-total"])]
+        w = WorkerAllocation(ws.name, ws.address, site, kind, ws.nthreads, ws.metrics["memory"], ws.memory_limit,
+                             ws.metrics["cpu"], gpus, len(ws.processing), dict(ws.resources),
+                             dict(ws.used_resources), per_job, costs.get(site, 0.0))
+        workers.append(w)
+        for agg in (sites.setdefault(site, SiteTotals(site, kind)), totals):
+            agg.workers += 1
+            agg.nthreads += w.nthreads
+            agg.memory_used += w.memory_used
+            agg.memory_limit += w.memory_limit
+            agg.gpus += max(len(gpus), int(ws.resources.get("GPU", 0)))
+            agg.processing += w.processing
+            agg.cost_per_hour = round(agg.cost_per_hour + w.cost_per_hour, 4)
+
+    def natural(name):
+        head, _, tail = name.rpartition("-")
+        return (head, int(tail)) if tail.isdigit() else (name, 0)
+
+    workers.sort(key=lambda w: (w.kind != "cloud", w.site, natural(w.name)))
+    return {"cluster": cluster, "scheduler": sched.address, "workers": [asdict(w) for w in workers],
+            "sites": [asdict(s) for s in sorted(sites.values(), key=lambda s: (s.kind != "cloud", s.name))],
+            "jobs": [asdict(j) for j in sorted(jobs.values(), key=lambda j: (-j.tasks, j.name))],
+            "totals": asdict(totals)}
+
+
+def test_snapshot_equals_reference_on_synthetic_state():
+    from lepton_lab.cluster.allocation import collect
+
+    sched = _synthetic_scheduler()
+    costs = {"cloud": 1.5, "edge-hospital-a": 0.25, "edge-hospital-b": 0.1}
+    data = collect(sched, cluster="synthetic", costs=costs)
+    expected = _reference_snapshot(sched, "synthetic", costs)
+    assert isinstance(data.pop("time"), float)
+    assert data == expected
+    # Same order of keys too: the JSON a client receives does not change.
+    assert json.dumps(data) == json.dumps(expected)
+    fraud = next(j for j in data["jobs"] if j["name"] == "fraud")
+    assert fraud["tasks"] == 4 and fraud["workers"] == ["cloud-0", "cloud-1", "edge-hospital-a-0"]
+    assert fraud["sites"] == ["cloud", "edge-hospital-a"]
+    assert fraud["resources"] == {"threads": 4, "cloud": 2, "GPU": 0.75, "edge": 1}
+    assert [j["name"] for j in data["jobs"]] == ["fraud", "score", "federated"]
+    assert data["totals"]["gpus"] == 1 and data["totals"]["workers"] == 7
+    assert [w["name"] for w in data["workers"]][-3:] == ["edge-hospital-b-2", "edge-hospital-b-10", "stray"]
+
+
+def test_snapshot_of_synthetic_state_round_trips():
+    from lepton_lab.cluster.allocation import collect
+
+    data = collect(_synthetic_scheduler(), cluster="synthetic", costs={"cloud": 1.0})
+    snap = Snapshot.from_dict(data)
+    assert snap.to_dict() == data
+    assert snap.workers[1].gpus[0].name == "Tesla T4" and snap.job("federated").workers == [
+        "edge-hospital-b-10", "edge-hospital-b-2"]  # in the scheduler's order of workers
+
+
+def test_snapshot_lists_a_worker_once_per_job_whatever_its_name():
+    from lepton_lab.cluster.allocation import collect
+
+    sched = _synthetic_scheduler()
+    for i, ws in enumerate(sched.workers.values()):
+        ws.name = i  # a plain ``dask worker`` may carry an integer name
+    jobs = {j["name"]: j for j in collect(sched)["jobs"]}
+    assert jobs["fraud"]["workers"] == ["0", "1", "2"]
+    assert all(len(j["workers"]) == len(set(j["workers"])) for j in jobs.values())

@@ -203,7 +203,10 @@ def test_compressed_chain_round_trip(registry, mlp, data, steps):
     xs = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
     small, _ = compress(mlp, data=(xs, y), force=True, epochs=0, progress=False, **steps)
     manifest = registry.publish(small, name="mlp-small", team="finance", user="bob")
-    assert manifest.construction.target == "lepton_lab.ml.compress:build_model"
+    assert manifest.construction.target == "lepton_lab.ml.modelspec:build_model"
+    # versions published before the builder had a module of its own name it in the compressor
+    assert serialize_module.resolve("lepton_lab.ml.compress:build_model") is serialize_module.resolve(
+        manifest.construction.target)
     assert manifest.construction.kwargs["spec"]["layers"][0]["out_features"] == 8
     model = registry.load("mlp-small", team="finance").model
     if "quantize" in steps:
@@ -667,3 +670,175 @@ def test_input_schema_from_a_dataframe():
         and schema.shape == [None, 30]
     )
     assert Lineage.coerce({"parent_version": 2}).parent_version == 2
+
+
+# ------------------------------------------------------------------ loading without copies
+
+
+class WithScale(torch.nn.Module):
+    """Keeps a buffer outside its state_dict: only a real build fills it in."""
+
+    def __init__(self, n_in: int = 30):
+        super().__init__()
+        self.init_kwargs = {"n_in": n_in}
+        self.fc = torch.nn.Linear(n_in, 2)
+        self.register_buffer("scale", torch.full((2,), 3.0), persistent=False)
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+
+
+class Tied(torch.nn.Module):
+    """Its output layer shares the input layer's weight."""
+
+    def __init__(self, n: int = 30):
+        super().__init__()
+        self.init_kwargs = {"n": n}
+        self.inp = torch.nn.Linear(n, n, bias=False)
+        self.out = torch.nn.Linear(n, n)
+        self.out.weight = self.inp.weight
+
+    def forward(self, x):
+        return self.out(torch.relu(self.inp(x)))
+
+
+def _same_outputs(a, b, x) -> bool:
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        return torch.equal(a(xt), b(xt))
+
+
+def test_loaded_module_owns_real_trainable_weights(registry, mlp, data):
+    x, _ = data
+    registry.publish(mlp, name="mlp", team="finance", user="bob")
+    model = registry.load("mlp", team="finance").model
+    assert _same_outputs(model, mlp, x) and not model.training
+    params = dict(model.named_parameters())
+    assert sorted(params) == sorted(dict(mlp.named_parameters()))
+    for name, p in params.items():
+        assert isinstance(p, torch.nn.Parameter) and p.requires_grad, name
+        assert p.device.type == "cpu" and p.dtype == torch.float32, name
+    # Trainable as built: a step changes the weights.
+    loss = model(torch.from_numpy(x)).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in params.values())
+
+
+def test_a_module_the_meta_device_cannot_fill_in_still_loads(registry, data):
+    x, _ = data
+    torch.manual_seed(3)
+    original = WithScale().eval()
+    registry.publish(original, name="odd", team="finance", user="bob")
+    model = registry.load("odd", team="finance").model
+    assert type(model) is WithScale and _same_outputs(model, original, x)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert torch.equal(model.scale, torch.full((2,), 3.0))
+
+
+def test_weights_of_the_wrong_shape_are_a_config_error(registry, mlp, monkeypatch):
+    registry.publish(mlp, name="mlp", team="finance", user="bob")
+    manifest = registry.manifest("mlp", "finance")
+    monkeypatch.setattr(manifest.construction, "kwargs", {"n_in": 30, "hidden": 8, "n_out": 2})
+    payload = serialize_module.to_payload(mlp)[0]
+    with pytest.raises(ConfigError, match="do not fit"):
+        serialize_module.deserialize(payload, manifest)
+
+
+def test_loaded_tensors_do_not_share_memory_with_the_payload(mlp):
+    payload = bytearray(serialize_module.to_payload(mlp)[0])
+    state = serialize_module._torch_load(payload, torch)
+    payload[:] = bytes(len(payload))  # the decrypted buffer is reused or freed after loading
+    for key, value in mlp.state_dict().items():
+        assert torch.equal(state[key], value), key
+
+
+def test_buffer_reader_reads_seeks_and_stops_at_the_end():
+    reader = serialize_module._BufferReader(bytearray(b"0123456789"))
+    assert reader.read(4) == b"0123" and reader.tell() == 4
+    assert reader.seek(-2, os.SEEK_END) == 8 and reader.read(10) == b"89" and reader.read(1) == b""
+    assert reader.seek(1, os.SEEK_SET) == 1 and reader.seek(2, os.SEEK_CUR) == 3
+    buf = bytearray(3)
+    assert reader.readinto(buf) == 3 and buf == b"345"
+    with pytest.raises(ValueError):
+        reader.seek(-1)
+
+
+def test_changed_bytes_in_a_torch_artifact_never_load(registry, mlp, never_deserialised):
+    registry.publish(mlp, name="mlp", team="finance", user="bob")
+    artifact = version_dir(registry, "mlp", 1) / "artifact.enc"
+    assert artifact.stat().st_size > 3 * 1024
+
+    def must_fail(pos):
+        with pytest.raises(IntegrityError):
+            registry.load("mlp", team="finance")
+
+    flip_each(artifact, random.Random(7).sample(range(artifact.stat().st_size), 60), 4, must_fail)
+    assert never_deserialised == []
+    registry.load("mlp", team="finance")
+    assert never_deserialised == ["mlp@1"]
+
+
+def _traced_peak(fn):
+    """Peak bytes allocated through Python's allocators while ``fn`` runs (torch's own
+    tensor storage is not counted: what is left is copies of the payload)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_load_holds_the_payload_once(registry):
+    big = Recorded(256, depth=4)  # ~1 MB of weights
+    size = sum(t.numel() * t.element_size() for t in big.state_dict().values())
+    registry.publish(big, name="big", team="finance", user="bob")
+    loaded, peak = _traced_peak(lambda: registry.load("big", team="finance").model)
+    assert peak < 1.5 * size, (peak, size)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), big.state_dict().values()))
+
+
+def test_public_publish_streams_into_the_registry(registry, monkeypatch, data):
+    import importlib
+
+    from lepton_lab.session import EmbeddedTransport
+
+    models_module = importlib.import_module("lepton_lab.models")
+
+    transport = EmbeddedTransport.__new__(EmbeddedTransport)
+    transport._registry = registry
+
+    class Local:
+        def __init__(self):
+            self.transport = transport
+
+        def get(self):
+            raise LookupError("no cluster")
+
+    monkeypatch.setattr(models_module, "session", Local)
+
+    def no_copies(self):
+        raise AssertionError("the whole payload was copied into memory")
+
+    monkeypatch.setattr(serialize_module.Serialized, "to_bytes", no_copies)
+    models_module.publish(Recorded(4), "warm-up", team="finance")  # imports are not copies
+    big = Recorded(256, depth=4)
+    size = sum(t.numel() * t.element_size() for t in big.state_dict().values())
+    manifest, peak = _traced_peak(lambda: models_module.publish(big, "streamed", team="finance"))
+    assert manifest["version"] == 1 and manifest["artifact"]["size"] > size
+    assert peak < 0.5 * size, (peak, size)
+    loaded = registry.load("streamed", team="finance").model
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), big.state_dict().values()))
+
+
+def test_tied_weights_stay_tied(registry, data):
+    x, _ = data
+    torch.manual_seed(5)
+    original = Tied().eval()
+    registry.publish(original, name="tied", team="finance", user="bob")
+    model = registry.load("tied", team="finance").model
+    assert model.out.weight is model.inp.weight and _same_outputs(model, original, x)
+    assert len(list(model.parameters())) == len(list(original.parameters())) == 2
