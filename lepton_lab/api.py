@@ -6,9 +6,11 @@ from typing import Any, Callable, Iterable
 
 from . import config
 from .cluster import allocation
+from .cluster.interrupt import stop_job
 from .cluster.remote import RunResult, run_code
 from .cluster.workers import kernel_environment, on_site  # noqa: F401  (re-exported)
-from .errors import ConfigError
+from .errors import ClusterError, ConfigError, NotFound
+from .models import load, models, predict, publish, serve, serve_stop
 from .session import ClusterHandle, connect_client, session
 
 
@@ -21,6 +23,7 @@ def up(
     gpus: int | str | None = None,
     threads: int | None = None,
     memory: int | str | None = None,
+    replace: bool = False,
 ) -> ClusterHandle:
     """Start a cluster from a profile (default ``local``: 2 cloud + 2 edge workers) and connect.
 
@@ -30,15 +33,39 @@ def up(
     ``cloud``/``edge`` set the worker count of every site of that kind, ``gpus``
     the GPU workers of cloud sites (``"auto"``: all GPUs found), ``threads`` and
     ``memory`` the shape of every worker. A running cluster of the same ``name``
-    is reused. Returns a handle whose ``.client`` is a connected ``Client``.
+    is reused when it matches what is asked (the handle's ``reused`` is then True);
+    one that differs is an error naming the difference, unless ``replace`` (stop it,
+    start anew). Returns a handle whose ``.client`` is a connected ``Client``.
     """
     s = session()
     overrides = {k: v for k, v in dict(cloud=cloud, edge=edge, gpus=gpus, threads=threads,
                                        memory=memory).items() if v is not None}
+    if isinstance(memory, str):
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(memory)
+        except ValueError:
+            raise ConfigError(f"memory: not a size such as 2GiB or 512MiB: {memory!r}") from None
     if name is not None:
         known = s.handles.get(name)
-        if known is not None and not known.closed:
-            return s.add(known)
+        known = known if known is not None and not known.closed else None
+        info = known.info if known is not None else next(
+            (c for c in s.transport.list() if c.get("name") == name and c.get("status") != "stopped"), None)
+        if info is not None:
+            differences = _differences(info, profile, overrides)
+            if differences and not replace:
+                raise ConfigError(f"cluster {name} is running with {'; '.join(differences)}; "
+                                  "add --replace (replace=True) to restart it so, or pick another name")
+            if replace:
+                if known is not None:
+                    known.owned = False  # stopped below, whoever started it
+                    known.close()
+                    s.remove(known)
+                s.transport.stop(info["id"])
+            elif known is not None:
+                known.reused = True
+                return s.add(known)
     with kernel_environment():
         info, security, reused = s.transport.create(profile or config.DEFAULT_PROFILE, name=name,
                                                      overrides=overrides)
@@ -48,7 +75,41 @@ def up(
             if not reused:
                 s.transport.stop(info["id"])
             raise
-    return s.add(ClusterHandle(info, client, transport=s.transport))
+    handle = ClusterHandle(info, client, transport=s.transport)
+    handle.reused = reused
+    return s.add(handle)
+
+
+def _differences(info: dict[str, Any], profile: str | dict | None, overrides: dict[str, Any]) -> list[str]:
+    """What a running cluster has that differs from what is asked, one phrase each."""
+    from dask.utils import parse_bytes
+
+    out = []
+    asked_profile = profile.get("name") if isinstance(profile, dict) else profile
+    if asked_profile is not None and asked_profile != info.get("profile"):
+        out.append(f"profile {info.get('profile')} (asked {asked_profile})")
+    sites = info.get("sites", [])
+
+    def size(v: Any) -> int:
+        return parse_bytes(v) if isinstance(v, str) else int(v)
+
+    # option: (site kinds it sets, site field, what it is, how values compare)
+    fields: dict[str, tuple[tuple[str, ...], str, str, Callable[[Any], int]]] = {
+        "cloud": (("cloud",), "workers", "workers per cloud site", int),
+        "edge": (("edge",), "workers", "workers per edge site", int),
+        "gpus": (("cloud",), "gpus", "GPU workers per cloud site", int),
+        "threads": (("cloud", "edge"), "threads", "threads per worker", int),
+        "memory": (("cloud", "edge"), "memory", "memory per worker", size),
+    }
+    for option, (kinds, field, noun, norm) in fields.items():
+        asked = overrides.get(option)
+        if asked is None or asked == "auto":
+            continue
+        have = [s[field] for s in sites if s["kind"] in kinds]
+        if {norm(v) for v in have} != {norm(asked)}:
+            shown = "/".join(sorted({str(v) for v in have})) or "no"
+            out.append(f"{shown} {noun} (asked {asked})")
+    return out
 
 
 def connect(address: str, *, name: str | None = None, timeout: float | None = None,
@@ -145,9 +206,13 @@ def run_on(
     if callable(code):
         import dask
 
-        with dask.annotate(job=job or getattr(code, "__name__", "task")):
-            return handle.client.submit(code, *args, resources=on_site(site, gpus), pure=False,
-                                        **kwargs).result()
+        label = str(job or getattr(code, "__name__", "task"))
+        with dask.annotate(job=label):
+            future = handle.client.submit(code, *args, resources=on_site(site, gpus), pure=False, **kwargs)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            raise stop_job(handle.client, label, futures=[future]) from None
     if not isinstance(code, str):
         raise ConfigError("run_on: code must be a function or Python source text")
     return run_code(handle.client, code, site=site, namespace=namespace, gpus=gpus, job=job,
@@ -165,21 +230,38 @@ def compress(model: Any, **kwargs: Any):
     return _compress(inner, **kwargs)
 
 
-def train(kind: str, **kwargs: Any):
-    """Train XGBoost (``xgboost.dask``) or PyTorch on the cluster; see :func:`lepton_lab.ml.train.train`."""
+def train(kind: str, *, client: Any = None, **kwargs: Any):
+    """Train XGBoost (``xgboost.dask``) or PyTorch on the cluster; see :func:`lepton_lab.ml.train.train`.
+
+    ``client`` defaults to the current cluster's.
+    """
     from .ml.train import train as _train
 
-    return _train(kind, **kwargs)
+    return _train(kind, client=current().client if client is None else client, **kwargs)
 
 
-def federate(model: Any, **kwargs: Any):
-    """Federated training across edge sites; see :func:`lepton_lab.ml.federated.federate`."""
+def federate(model: Any, *, client: Any = None, **kwargs: Any):
+    """Federated training across edge sites; see :func:`lepton_lab.ml.federated.federate`.
+
+    ``client`` defaults to the current cluster's, else to the process's default Dask client.
+    """
     from .ml.federated import federate as _federate
 
-    return _federate(model, **kwargs)
+    return _federate(model, client=_default_client() if client is None else client, **kwargs)
 
 
-from .models import load, models, predict, publish, serve, serve_stop  # noqa: E402
+def _default_client() -> Any:
+    """The current cluster's client, else the process's default ``distributed`` client."""
+    try:
+        return current().client
+    except NotFound:
+        pass
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        raise ClusterError("no cluster to run on; start one with lepton_lab.up() or pass client=") from None
 
 __all__ = ["up", "connect", "connect_cluster", "current", "clusters", "status", "scale", "down", "run_on", "on_site",
            "RunResult", "ClusterHandle", "compress", "train", "federate", "publish", "load", "models", "serve",

@@ -21,11 +21,20 @@ from .ml.serve import Served, predict_with
 from .session import session
 
 
-def _team(team: str | None) -> str:
+def _team(team: str | None, ref: str | None = None) -> str:
+    """``team``, else ``LEPTON_TEAM``, else the one team of those the user may read that has model ``ref``."""
     team = team or os.environ.get("LEPTON_TEAM")
-    if not team:
-        raise ConfigError("which team? pass team=... (or --team, or set LEPTON_TEAM)")
-    return team
+    if team:
+        return team
+    if ref:
+        name = ref.split("@")[0]
+        teams = sorted({m["team"] for m in session().transport.models(None) if m["name"] == name})
+        if len(teams) == 1:
+            return teams[0]
+        if teams:
+            raise ConfigError(f"model {name} is in teams {', '.join(teams)}; pass team=... (or --team)")
+        raise NotFound(f"no model {name} in the teams you may read; see lepton_lab.models()")
+    raise ConfigError("which team? pass team=... (or --team, or set LEPTON_TEAM)")
 
 
 def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
@@ -55,7 +64,7 @@ def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
 
 def _registry_schema(schema: Any) -> Any:
     """The registry's ``{names, dtypes, shape}`` from what training records (``features``, dtypes by name)."""
-    if dataclasses.is_dataclass(schema):
+    if dataclasses.is_dataclass(schema) and not isinstance(schema, type):
         return dataclasses.asdict(schema)
     if isinstance(schema, dict) and "features" in schema:
         names = [str(n) for n in schema["features"]]
@@ -94,10 +103,12 @@ def publish(model: Any, name: str, *, team: str | None = None, alias: str | None
     ``model`` may be a model or what ``train``/``compress``/``federate`` returned;
     metrics, compression report, input schema and lineage are taken from it.
     """
-    from .registry.serialize import to_payload
+    from .registry.serialize import serialize
 
     obj, meta = _unwrap(model)
-    payload, fmt = to_payload(obj, init_kwargs=init_kwargs)
+    # Streamed by the transport: the model is written in its format only as it is sealed.
+    payload = serialize(obj, init_kwargs=init_kwargs)
+    fmt = payload.facts()
     lineage = {**_cell_lineage(), "data_fingerprint": meta.get("data_fingerprint"),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "parent_version": parent_version, "extra": meta.get("lineage_extra") or {}}
@@ -114,7 +125,7 @@ def publish(model: Any, name: str, *, team: str | None = None, alias: str | None
 
 def load(ref: str, *, team: str | None = None) -> Any:
     """The model ``ref`` (``"fraud"``, ``"fraud@3"``, ``"fraud@production"``), verified; ``.manifest`` set."""
-    model, manifest = session().transport.load(_team(team), ref)
+    model, manifest = session().transport.load(_team(team, ref), ref)
     try:
         model.lepton_manifest = manifest
     except (AttributeError, TypeError):
@@ -129,10 +140,8 @@ def models(team: str | None = None) -> list[dict[str, Any]]:
 
 def serve(ref: str, *, site: str = "edge", team: str | None = None, name: str | None = None) -> Served:
     """Load a published model onto every worker of ``site``, ready for :func:`predict`."""
-    from .api import current
-
-    handle = current(name)
-    model, manifest = session().transport.load(_team(team), ref)
+    handle = session().get(name)
+    model, manifest = session().transport.load(_team(team, ref), ref)
     workers = [addr for addr, w in handle.client.scheduler_info(n_workers=-1)["workers"].items()
                if w.get("resources", {}).get(site, 0) > 0]
     if not workers:
@@ -145,16 +154,20 @@ def serve(ref: str, *, site: str = "edge", team: str | None = None, name: str | 
 
 def predict(name: str, inputs: Any) -> dict[str, Any]:
     """Predictions from a served model, computed on a worker of its site; latency recorded."""
-    from .api import current
+    from .cluster.interrupt import stop_job
     from .cluster.workers import on_site
 
     served = session().served.get(name.split("@")[0])
     if served is None:
         raise NotFound(f"{name} is not being served; start it with serve({name!r}, site=...)")
-    client = current().client
+    client = session().get().client
     start = time.perf_counter()
-    out = client.submit(predict_with, served.future, inputs, served.manifest,
-                        resources=on_site(served.site), pure=False).result()
+    future = client.submit(predict_with, served.future, inputs, served.manifest,
+                           resources=on_site(served.site), pure=False)
+    try:
+        out = future.result()
+    except KeyboardInterrupt:
+        raise stop_job(client, f"predict {served.ref}", futures=[future]) from None
     out["round_trip_ms"] = round((time.perf_counter() - start) * 1000, 3)
     served.latencies_ms.append(out["round_trip_ms"])
     out["median_round_trip_ms"] = round(statistics.median(served.latencies_ms), 3)

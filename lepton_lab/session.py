@@ -9,6 +9,7 @@ cluster's description plus a ``distributed.Client`` connected to it.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from typing import Any, Protocol
 
@@ -24,10 +25,16 @@ from .errors import ClusterError, ConfigError, NotFound
 class Transport(Protocol):
     """What the kernel needs from the cluster service."""
 
-    def create(self, profile: str, *, name: str | None, overrides: dict[str, Any]) -> tuple[dict, Security | None, bool]: ...
+    def create(self, profile: str | dict, *, name: str | None,
+               overrides: dict[str, Any]) -> tuple[dict, Security | None, bool]: ...
     def scale(self, cluster_id: str, n: int, site: str) -> dict: ...
     def stop(self, cluster_id: str) -> None: ...
     def list(self) -> list[dict]: ...
+    def info(self, cluster_id: str) -> dict: ...
+    def security(self, cluster_id: str) -> Security | None: ...
+    def publish(self, team: str, name: str, payload: Any, meta: dict) -> dict: ...
+    def load(self, team: str, ref: str) -> tuple[Any, dict]: ...
+    def models(self, team: str | None) -> builtins.list[dict]: ...  # `list` here is the verb above
 
 
 class EmbeddedTransport:
@@ -38,6 +45,11 @@ class EmbeddedTransport:
 
     def create(self, profile, *, name, overrides):
         prof = resolve_profile(profile).with_overrides(**overrides)
+        if name is None:
+            from .security.identity import local_user
+            from .services import default_cluster_name
+
+            name = default_cluster_name(prof.name, local_user(), {c.name for c in self.manager.list()})
         managed, started = self.manager.start(prof, name=name, reuse=True)
         return managed.info().to_dict(), managed.security, not started
 
@@ -68,15 +80,17 @@ class EmbeddedTransport:
             self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"))
         return self._registry
 
-    def publish(self, team: str, name: str, payload: bytes, meta: dict) -> dict:
+    def publish(self, team: str, name: str, payload: Any, meta: dict) -> dict:
+        """``payload``: bytes in the model's format, or a ``Serialized`` streamed straight in."""
         import json
 
-        from .registry.serialize import from_payload
+        from .registry.serialize import Serialized, from_payload
         from .security.identity import local_user
 
         fields = ("metrics", "input_schema", "lineage", "compression", "description", "tags", "alias")
-        ser = from_payload(payload, framework=meta["framework"], framework_version=meta["framework_version"],
-                           format=meta["format"], construction=meta.get("construction"))
+        ser = payload if isinstance(payload, Serialized) else from_payload(
+            payload, framework=meta["framework"], framework_version=meta["framework_version"],
+            format=meta["format"], construction=meta.get("construction"))
         manifest = self.registry.publish(ser, name=name, team=team, user=local_user(),
                                          **{k: meta.get(k) for k in fields if meta.get(k) is not None})
         return json.loads(manifest.to_json())
@@ -90,8 +104,8 @@ class EmbeddedTransport:
     def models(self, team: str | None):
         import dataclasses
 
-        from .security.policy import default_policy
         from .security.identity import local_user
+        from .security.policy import default_policy
 
         teams = [team] if team else list(default_policy(local_user()).teams)
         return [{**dataclasses.asdict(m), "team": t} for t in teams for m in self.registry.models(t)]
@@ -102,6 +116,9 @@ class EmbeddedTransport:
 
 class ClusterHandle:
     """A cluster as this kernel sees it: ``.client`` is connected; ``.view()`` shows it live."""
+
+    #: True when ``up`` found it already running with the options asked.
+    reused: bool = False
 
     def __init__(self, info: dict[str, Any], client: Client, *, transport: Transport | None,
                  adopted: bool = False, owned: bool = True):

@@ -84,6 +84,10 @@ export interface ICluster {
   scheduler_address: string;
   dashboard_link: string;
   cost_per_hour: number;
+  /** Why a stopped cluster stopped, e.g. `"the Jupyter server stopped"`. */
+  stopped_reason?: string;
+  /** When a stopped cluster stopped (ISO 8601). */
+  stopped_at?: string;
   /** The code "Use in notebook" inserts; the server decides it. */
   connect_code: string;
   sites: IClusterSite[];

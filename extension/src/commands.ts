@@ -15,6 +15,7 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import { APIError, ICluster, INewCluster } from './api';
+import { scaleUntilAccepted } from './form';
 import { LeptonModel } from './model';
 import { insertAndRun } from './notebook';
 
@@ -23,6 +24,8 @@ export namespace CommandIDs {
   export const newCluster = 'lepton:new-cluster';
   export const scaleCluster = 'lepton:scale-cluster';
   export const shutdownCluster = 'lepton:shutdown-cluster';
+  export const removeCluster = 'lepton:remove-cluster';
+  export const clearStopped = 'lepton:clear-stopped';
   export const useInNotebook = 'lepton:use-in-notebook';
   export const openDashboard = 'lepton:open-dashboard';
   export const openTemplate = 'lepton:open-template';
@@ -78,7 +81,7 @@ export function registerCommands(context: ICommandContext): void {
   commands.addCommand(CommandIDs.newCluster, {
     label: 'New Lepton Cluster…',
     caption:
-      'Start a cluster; with `team` and `profile` arguments it starts at once, otherwise the form opens',
+      'Start a cluster; with `team` and `profile` arguments it starts at once, otherwise the form opens (`quiet`: the caller shows a refusal)',
     execute: async args => {
       if (typeof args.team !== 'string' || typeof args.profile !== 'string') {
         app.shell.activateById(panelId);
@@ -102,6 +105,9 @@ export function registerCommands(context: ICommandContext): void {
         });
         return cluster.id;
       } catch (error) {
+        if (args.quiet === true) {
+          throw error;
+        }
         report(error);
       }
     }
@@ -133,23 +139,31 @@ export function registerCommands(context: ICommandContext): void {
       const current =
         cluster.sites.find(s => s.name === site || s.kind === site)?.workers ??
         0;
-      let workers: number;
-      if (typeof args.workers === 'number') {
-        workers = args.workers;
-      } else if (typeof args.delta === 'number') {
-        workers = current + args.delta;
-      } else {
-        const answer = await InputDialog.getNumber({
-          title: `Workers on ${site}`,
-          value: current
-        });
-        if (!answer.button.accept || answer.value === null) {
-          return;
+      if (typeof args.workers === 'number' || typeof args.delta === 'number') {
+        const workers =
+          typeof args.workers === 'number'
+            ? args.workers
+            : current + (args.delta as number);
+        try {
+          await model.scaleCluster(cluster.id, site, workers);
+        } catch (error) {
+          report(error);
         }
-        workers = answer.value;
+        return;
       }
       try {
-        await model.scaleCluster(cluster.id, site, Math.max(0, workers));
+        await scaleUntilAccepted(
+          async (value, refusal) => {
+            const answer = await InputDialog.getNumber({
+              title: `Workers on ${site}`,
+              label: refusal,
+              value
+            });
+            return { accept: answer.button.accept, value: answer.value };
+          },
+          workers => model.scaleCluster(cluster.id, site!, workers),
+          current
+        );
       } catch (error) {
         report(error);
       }
@@ -182,6 +196,33 @@ export function registerCommands(context: ICommandContext): void {
         });
       } catch (error) {
         report(error);
+      }
+    }
+  });
+
+  commands.addCommand(CommandIDs.removeCluster, {
+    label: 'Remove Stopped Lepton Cluster',
+    isEnabled: args => clusterOf(model, args)?.status === 'stopped',
+    execute: async args => {
+      const cluster = clusterOf(model, args);
+      if (!cluster || cluster.status !== 'stopped') {
+        return;
+      }
+      try {
+        await model.shutdownCluster(cluster.id);
+      } catch (error) {
+        report(error);
+      }
+    }
+  });
+
+  commands.addCommand(CommandIDs.clearStopped, {
+    label: 'Clear Stopped Lepton Clusters',
+    isEnabled: () => model.clusters.some(c => c.status === 'stopped'),
+    execute: async () => {
+      const kept = await model.clearStopped();
+      if (kept.length > 0) {
+        report(new Error(`Not removed: ${kept.join('; ')}`));
       }
     }
   });
@@ -245,6 +286,8 @@ export function registerCommands(context: ICommandContext): void {
       CommandIDs.newCluster,
       CommandIDs.scaleCluster,
       CommandIDs.shutdownCluster,
+      CommandIDs.removeCluster,
+      CommandIDs.clearStopped,
       CommandIDs.useInNotebook,
       CommandIDs.openDashboard,
       CommandIDs.openTemplate,

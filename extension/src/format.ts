@@ -64,6 +64,11 @@ export function formatCost(perHour: number | null | undefined): string {
   return `$${perHour.toFixed(digits)}/h`;
 }
 
+/** A cost to show, or null where none is set (a cost of 0 is no cost set). */
+export function costText(perHour: number | null | undefined): string | null {
+  return perHour && isFinite(perHour) ? formatCost(perHour) : null;
+}
+
 /**
  * The age of something created at `created` (ISO 8601) seen at `now` (ms):
  * `"42s"`, `"5m"`, `"3h 20m"`, `"2d 4h"`.

@@ -190,6 +190,30 @@ export class LeptonModel implements IDisposable {
     void this._poll.refresh();
   }
 
+  /**
+   * Forget every stopped cluster's record; resolves to the one-line reasons of
+   * those the server kept (empty when all went).
+   */
+  async clearStopped(): Promise<string[]> {
+    const stopped = this._clusters.filter(c => c.status === 'stopped');
+    const kept: string[] = [];
+    const gone = new Set<string>();
+    await Promise.all(
+      stopped.map(async c => {
+        try {
+          await this.api.shutdownCluster(c.id);
+          gone.add(c.id);
+        } catch (error) {
+          kept.push(`${c.name}: ${error instanceof Error ? error.message : String(error)}`);
+        }
+      })
+    );
+    this._clusters = this._clusters.filter(c => !gone.has(c.id));
+    this._stateChanged.emit();
+    void this._poll.refresh();
+    return kept;
+  }
+
   /** Copy a team template into the user's space; resolves to its path. */
   copyTemplate(team: string, name: string): Promise<string> {
     return this.api.copyTemplate(team, name);
@@ -236,9 +260,9 @@ export class LeptonModel implements IDisposable {
       throw error; // Poll backs off
     }
     this._setError(null);
-    if (!this.selected) {
-      const first =
-        this._clusters.find(c => c.status !== 'stopped') ?? this._clusters[0];
+    if (!this.selected || this.selected.status === 'stopped') {
+      // A stopped cluster has no live view: follow the first running one, if any.
+      const first = this._clusters.find(c => c.status !== 'stopped');
       this._selectedId = null;
       this.select(first?.id ?? null);
     }

@@ -68,6 +68,10 @@ export class LeptonPanel extends ReactWidget {
       ),
     shutdown: id =>
       void this._run(CommandIDs.shutdownCluster, { id }).catch(() => undefined),
+    remove: id =>
+      void this._run(CommandIDs.removeCluster, { id }).catch(() => undefined),
+    clearStopped: () =>
+      void this._run(CommandIDs.clearStopped).catch(() => undefined),
     useInNotebook: id =>
       void this._run(CommandIDs.useInNotebook, { id }).catch(() => undefined),
     openDashboard: id => void this._run(CommandIDs.openDashboard, { id })
@@ -127,7 +131,8 @@ export class LeptonPanel extends ReactWidget {
                   profiles={model.profiles}
                   defaultProfile={this.defaultProfile}
                   onSubmit={request =>
-                    this._run(CommandIDs.newCluster, { ...request })
+                    // The form shows a refusal at its field: no toast as well.
+                    this._run(CommandIDs.newCluster, { ...request, quiet: true })
                   }
                   onCancel={() => (model.formOpen = false)}
                 />

@@ -97,9 +97,3 @@ export function quotaWarnings(bounds: IBounds, request: IRequestSize): string[] 
   check('gpus', request.gpus, 'GPU');
   return warnings;
 }
-
-/** A non-negative integer from an input's text; empty or invalid → 0. */
-export function parseCount(text: string): number {
-  const n = Math.floor(Number(text));
-  return isFinite(n) && n > 0 ? n : 0;
-}

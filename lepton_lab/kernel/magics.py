@@ -1,7 +1,9 @@
 """``%lepton`` and ``%%lepton``: parse, call the Python API, display.
 
 Every subcommand is a thin door onto a function of :mod:`lepton_lab.api`. Bad input
-and refused requests surface as IPython ``UsageError``: one line, no traceback.
+and refused requests surface as IPython ``UsageError``: one line, no traceback. An
+interrupted subcommand ends the cell as an error too, shown as one ``interrupted: ...``
+line (the verb has cancelled its cluster work by then).
 """
 
 from __future__ import annotations
@@ -11,23 +13,14 @@ import shlex
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from .. import api
-from ..errors import LeptonError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting."""
-
-    def error(self, message: str):  # type: ignore[override]
-        valid = sorted(o for a in self._actions for o in a.option_strings if o.startswith("--"))
-        hint = f" (valid options: {', '.join(valid)})" if valid and ("unrecognized" in message) else ""
-        raise UsageError(f"%lepton {self.prog}: {message}{hint}")
-
-    def exit(self, status: int = 0, message: str | None = None):  # type: ignore[override]
-        raise UsageError(message or self.format_usage())
+from ..errors import Interrupted, LeptonError
+from . import federate_magics, model_magics, train_magics
+from .parsing import MagicParser as _Parser
 
 
 def _count(text: str) -> int:
@@ -40,6 +33,16 @@ def _count(text: str) -> int:
     return n
 
 
+def _size(text: str) -> str:
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"not a size such as 2GiB or 512MiB: {text!r}") from None
+    return text
+
+
 def _gpus(text: str) -> int | str:
     return "auto" if text == "auto" else _count(text)
 
@@ -50,12 +53,15 @@ def _parsers() -> dict[str, _Parser]:
     up = p["up"] = _Parser(prog="up", add_help=False,
                            description="start (or reuse) a cluster and bind `client`")
     up.add_argument("--profile", default=None, help="local (default), hybrid, edge-fleet or a profile of yours")
-    up.add_argument("--name", default=None, help="a running cluster of this name is reused")
+    up.add_argument("--name", default=None,
+                    help="a running cluster of this name is reused when the options match")
     up.add_argument("--cloud", type=_count, help="workers per cloud site")
     up.add_argument("--edge", type=_count, help="workers per edge site")
     up.add_argument("--gpus", type=_gpus, help="GPU workers on cloud sites (a number or auto)")
     up.add_argument("--threads", type=_count, help="threads per worker")
-    up.add_argument("--memory", help="memory per worker, e.g. 2GiB")
+    up.add_argument("--memory", type=_size, help="memory per worker, e.g. 2GiB")
+    up.add_argument("--replace", action="store_true",
+                    help="stop a running cluster of this --name and start it with these options")
     up.add_argument("--no-view", action="store_true", help="do not show the live view")
 
     connect = p["connect"] = _Parser(prog="connect", add_help=False,
@@ -96,6 +102,8 @@ def _parsers() -> dict[str, _Parser]:
 class LeptonMagics(Magics):
     """The ``%lepton`` line magic and ``%%lepton`` cell magic."""
 
+    shell: InteractiveShell  # load() always passes the kernel's shell
+
     def __init__(self, shell):
         super().__init__(shell)
         self.parsers = _parsers()
@@ -105,17 +113,15 @@ class LeptonMagics(Magics):
         }
         self.cell_commands: dict[str, Callable[[argparse.Namespace, str], Any]] = {"run": self._run}
         self.views: list[Any] = []
-        self.pending: list[str] = []
+        self.pending: list[Callable[[LeptonMagics], None]] = []
 
     def _register_pending(self) -> None:
-        import importlib
-
         while self.pending:
-            importlib.import_module(self.pending.pop(0)).register_magics(self)
+            self.pending.pop(0)(self)
 
     def register(self, name: str, parser: _Parser, *, line: Callable | None = None,
                  cell: Callable | None = None) -> None:
-        """Add a subcommand (used by the training, registry and federated modules)."""
+        """Add a subcommand (used by the model, training and federated subcommand groups)."""
         self.parsers[name] = parser
         if line:
             self.line_commands[name] = line
@@ -145,10 +151,15 @@ class LeptonMagics(Magics):
         args = self.parsers[command].parse_args(rest)
         try:
             if cell is not None:
-                return table[command](args, cell)
-            return table[command](args)
+                return self.cell_commands[command](args, cell)
+            return self.line_commands[command](args)
         except LeptonError as e:
             raise UsageError(f"%lepton {command}: {e}") from None
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            # One no verb turned into a cancelled job: a compression runs in this kernel, say.
+            raise Interrupted(f"%lepton {command} stopped") from None
 
     # -- line subcommands ------------------------------------------------------------------
 
@@ -162,9 +173,10 @@ class LeptonMagics(Magics):
 
     def _up(self, a):
         handle = api.up(a.profile, name=a.name, cloud=a.cloud, edge=a.edge, gpus=a.gpus,
-                        threads=a.threads, memory=a.memory)
+                        threads=a.threads, memory=a.memory, replace=a.replace)
         self._bind(handle)
-        print(f"cluster {handle.name} at {handle.address}; `client` is connected")
+        how = " (already running with these options)" if getattr(handle, "reused", False) else ""
+        print(f"cluster {handle.name} at {handle.address}{how}; `client` is connected")
         if not a.no_view:
             self._show(handle)
 
@@ -181,13 +193,17 @@ class LeptonMagics(Magics):
             self._show(handle)
 
     def _clusters(self, a):
+        handles = api.clusters()
+        # A cost column only where a profile sets a price: "$0.00/h" everywhere says nothing.
+        costed = any(h.info.get("cost_per_hour") for h in handles)
         rows = [[h.name, h.address, h.info.get("profile", ""),
                  ", ".join(f"{s['name']}×{s['workers']}" for s in h.info.get("sites", [])),
-                 "adopted" if h.adopted else "started", f"${h.info.get('cost_per_hour', 0):.2f}/h"]
-                for h in api.clusters()]
+                 "adopted" if h.adopted else "started"]
+                + ([f"${h.info.get('cost_per_hour', 0):.2f}/h"] if costed else [])
+                for h in handles]
         from .widgets import _table
 
-        head = ["name", "scheduler", "profile", "workers", "how", "cost"]
+        head = ["name", "scheduler", "profile", "workers", "how"] + (["cost"] if costed else [])
         if not rows:
             print("no clusters; start one with %lepton up")
             return
@@ -200,10 +216,12 @@ class LeptonMagics(Magics):
         print(f"cluster {handle.name}: {counts}")
 
     def _down(self, a):
-        for view in self.views:
-            view.close()
-        self.views.clear()
         names = api.down(a.name, all=a.all)
+        # The views of stopped clusters stay on the page with their last snapshot: a notebook
+        # that ends with `%lepton down` still shows what ran.
+        for view in [v for v in self.views if v.handle.name in names]:
+            view.freeze(f"cluster {view.handle.name} stopped")
+            self.views.remove(view)
         live = api.clusters()
         if live:
             self.shell.user_ns["client"] = live[-1].client
@@ -227,7 +245,7 @@ class LeptonMagics(Magics):
         try:
             result = api.run_on(a.site, cell, namespace=self.shell.user_ns, gpus=a.gpus, job=a.job,
                                 returns=returns, name=a.name, filename=filename, timeout=a.timeout)
-        except LeptonError:
+        except (LeptonError, KeyboardInterrupt):
             raise
         except BaseException as e:
             raise e.with_traceback(_from_cell(e.__traceback__, filename)) from None
@@ -243,19 +261,17 @@ def _from_cell(tb, filename: str):
     return start or tb
 
 
-#: Modules that add subcommands; each has ``register_magics(magics)``.
-SUBCOMMAND_MODULES = ("lepton_lab.kernel.model_magics",)
-#: The same, for modules that import torch or XGBoost: registered on first need, so that
-#: ``%load_ext lepton_lab`` stays quick.
-HEAVY_SUBCOMMAND_MODULES = ("lepton_lab.ml.train", "lepton_lab.ml.federated")
+#: What adds the other subcommands to a ``LeptonMagics``.
+SUBCOMMANDS = (model_magics.register_magics,)
+#: The same, for subcommands whose options come from the training modules (torch, XGBoost):
+#: registered on first need, so that ``%load_ext lepton_lab`` stays quick.
+HEAVY_SUBCOMMANDS = (train_magics.register_magics, federate_magics.register_magics)
 
 
 def load(shell) -> LeptonMagics:
-    import importlib
-
     magics = LeptonMagics(shell)
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).register_magics(magics)
-    magics.pending = list(HEAVY_SUBCOMMAND_MODULES)
+    for register in SUBCOMMANDS:
+        register(magics)
+    magics.pending = list(HEAVY_SUBCOMMANDS)
     shell.register_magics(magics)
     return magics

@@ -79,7 +79,7 @@ class RestTransport:
                 message = json.loads(e.read()).get("message") or e.reason
             except ValueError:
                 message = e.reason
-            raise _BY_STATUS.get(e.code, LeptonError)(f"{message} (HTTP {e.code})") from None
+            raise _BY_STATUS.get(e.code, LeptonError)(message) from None
         except urllib.error.URLError as e:
             raise ClusterError(f"the Jupyter server at {self.server.url} did not answer ({e.reason})") from None
 
@@ -141,10 +141,12 @@ class RestTransport:
 
     # -- models --------------------------------------------------------------------------------
 
-    def publish(self, team: str, name: str, payload: bytes, meta: dict) -> dict:
+    def publish(self, team: str, name: str, payload: Any, meta: dict) -> dict:
         import base64
 
         header = base64.b64encode(json.dumps(meta).encode()).decode()
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = payload.to_bytes()  # a Serialized: one request body
         return self.call("POST", f"models/{team}/{name}/versions", raw=payload,
                          headers={"X-Lepton-Manifest": header})
 
@@ -159,7 +161,7 @@ class RestTransport:
                                      want_response=True)
         text = base64.b64decode(headers.get("X-Lepton-Manifest", "")).decode()
         manifest = Manifest.from_json(text)
-        return deserialize(bytearray(content), manifest), json.loads(text)
+        return deserialize(content, manifest), json.loads(text)
 
     def models(self, team: str | None):
         return self.call("GET", "models" + (f"?team={team}" if team else ""))["models"]

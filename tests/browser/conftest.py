@@ -13,6 +13,7 @@ Screenshots, console logs and the server log go to ``tests/artifacts/browser/``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +45,8 @@ quotas:
     finance: {{max_gpus: 0, max_workers: 4, max_clusters: 1}}
   default_user: {{max_gpus: 1, max_workers: 12, max_clusters: 2}}
 terminals: [admin]
+# The medical analyst runs notebooks on this one shared server (no JupyterHub here).
+trusted: [{MEDICAL_USER}]
 """
 
 @pytest.fixture(scope="session")
@@ -52,6 +55,35 @@ def lab_server() -> JupyterProcess:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="lepton-browser-"))
     server = start_jupyter(tmp, TEST_POLICY, log=ARTIFACTS / "jupyter-lab.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Clusters that ran, by the records a Jupyter server that went away left in its LEPTON_HOME.
+LEFT_RUNNING = {
+    cid: {"id": cid, "name": name, "owner": ADMIN_USER, "team": "medical", "profile": "local",
+          "created": "2026-01-02T03:04:05+00:00", "status": "running",
+          "scheduler_address": "tls://127.0.0.1:45678", "dashboard_link": "http://127.0.0.1:45679/status",
+          "cost_per_hour": 0.0, "tls": True, "ca_dir": "",
+          "sites": [{"name": "cloud", "kind": "cloud", "workers": 2, "gpus": 0, "threads": 1,
+                     "memory": "1 GiB", "cost_per_hour": 0.0},
+                    {"name": "edge", "kind": "edge", "workers": 2, "gpus": 0, "threads": 1,
+                     "memory": "1 GiB", "cost_per_hour": 0.0}]}
+    for cid, name in (("0a1b2c3d4e5f", "local"), ("5f4e3d2c1b0a", "ward"))
+}
+
+
+@pytest.fixture(scope="module")
+def restarted_lab_server() -> JupyterProcess:
+    """A ``jupyter lab`` started where a previous one left two clusters marked running."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="lepton-browser-restarted-"))
+    (tmp / "home").mkdir()
+    (tmp / "home" / "clusters.json").write_text(json.dumps(LEFT_RUNNING))
+    server = start_jupyter(tmp, TEST_POLICY, log=ARTIFACTS / "jupyter-lab-restarted.log")
     try:
         yield server
     finally:
@@ -162,13 +194,15 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def open_lab(request, browser, lab_server):
-    """``open_lab(token=None, name=...)`` → a ``Lab`` with JupyterLab loaded; closed after the test,
-    with a ``<name>-failed.png`` screenshot when the test failed."""
+def open_lab(request, browser):
+    """``open_lab(token=None, name=..., server=None)`` → a ``Lab`` with JupyterLab loaded (on the
+    session's ``lab_server`` unless ``server`` is given); closed after the test, with a
+    ``<name>-failed.png`` screenshot when the test failed."""
     opened: list[Lab] = []
 
-    def _open(token: str | None = None, name: str = "lab") -> Lab:
-        lab = Lab(browser, lab_server, token or lab_server.token, name)
+    def _open(token: str | None = None, name: str = "lab", server: JupyterProcess | None = None) -> Lab:
+        server = server or request.getfixturevalue("lab_server")
+        lab = Lab(browser, server, token or server.token, name)
         opened.append(lab)
         return lab.open()
 

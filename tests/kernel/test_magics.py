@@ -65,7 +65,8 @@ def test_run_cell_on_edge_worker_streams_output_and_returns(shell, up, capsys):
 
 def test_run_cell_reads_futures_on_the_worker(shell, up, capsys):
     shell.run_cell("fut = client.submit(lambda: list(range(5)), pure=False)")
-    result, _, _ = run(shell, capsys, "%%lepton run --site edge-0 --return total\ntotal = sum(fut.result() if hasattr(fut, 'result') else fut)\n")
+    result, _, _ = run(shell, capsys, "%%lepton run --site edge-0 --return total\n"
+                                      "total = sum(fut.result() if hasattr(fut, 'result') else fut)\n")
     # a site name that is not a site is refused clearly
     assert not result.success and "no worker on site 'edge-0'" in str(result.error_in_exec)
     result, _, _ = run(shell, capsys, "%%lepton run --site edge --return total\ntotal = sum(fut)\n")
@@ -117,6 +118,7 @@ def test_status_clusters_scale_help(shell, up, capsys):
     assert result.success
     result, out, _ = run(shell, capsys, "%lepton clusters")
     assert result.success and "magic-test" in out
+    assert "/h" not in out and "cost" not in out  # the local profile sets no price
     result, out, _ = run(shell, capsys, "%lepton scale 3 --site edge")
     assert result.success and "edge=3" in out
     assert lepton_lab.status().site("edge").workers == 3
@@ -126,8 +128,15 @@ def test_status_clusters_scale_help(shell, up, capsys):
 
 def test_down_stops_and_unbinds(shell, up, capsys):
     nannies = set(up.client.run(os.getpid).values())
+    magics = shell.magics_manager.registry["LeptonMagics"]
+    views = [v for v in magics.views if v.handle.name == "magic-test"]
+    assert views
     result, out, _ = run(shell, capsys, "%lepton down magic-test")
     assert result.success and "stopped magic-test" in out
+    # the live view stays, frozen on its last snapshot, and says why
+    for view in views:
+        assert not view.running and view.widget.comm is not None and view not in magics.views
+        assert "cluster magic-test stopped" in view.header.value
     assert "client" not in shell.user_ns
     import time
 

@@ -99,7 +99,8 @@ def with_parameters(source: str, values: dict[str, object]) -> str:
 
 
 #: A log record's first line, as distributed's workers print them on stderr.
-LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - (?P<logger>[\w.]+) - (?P<level>[A-Z]+) - (?P<message>.*)$",
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ - "
+                        r"(?P<logger>[\w.]+) - (?P<level>[A-Z]+) - (?P<message>.*)$",
                         re.MULTILINE)
 #: Known teardown noise, accepted in the last cell only (`%lepton down`): a worker that has
 #: not yet exited (torch makes worker processes slow to exit, and the nanny kills them after

@@ -1,5 +1,5 @@
 import type { IWhoAmI } from '../api';
-import { describeBound, parseCount, quotaBounds, quotaWarnings } from '../quota';
+import { describeBound, quotaBounds, quotaWarnings } from '../quota';
 
 const whoami: IWhoAmI = {
   name: 'alice',
@@ -42,9 +42,5 @@ describe('quotaWarnings', () => {
     ]);
     const roomy = quotaBounds({ ...whoami, user_quota: { ...whoami.user_quota, max_clusters: 3 } }, 'medical');
     expect(quotaWarnings(roomy, { workers: 3, gpus: 1 })).toEqual([]);
-  });
-
-  it('parses counts from inputs', () => {
-    expect([parseCount('3'), parseCount(''), parseCount('-2'), parseCount('2.7'), parseCount('x')]).toEqual([3, 0, 0, 2, 0]);
   });
 });

@@ -4,7 +4,7 @@ import { ICluster, ISnapshot, IWorkerSnapshot } from '../api';
 import {
   barWidth,
   formatBytes,
-  formatCost,
+  costText,
   formatMemory,
   formatMemoryShort,
   formatPercent,
@@ -117,7 +117,8 @@ function AllocationBody(props: { snapshot: ISnapshot }): JSX.Element {
       <div className="lepton-Totals" data-testid="lepton-totals">
         {t.workers} workers · {t.nthreads} threads ·{' '}
         {formatMemory(t.memory_used, t.memory_limit)} · {t.gpus} GPU ·{' '}
-        {t.processing} tasks · {formatCost(t.cost_per_hour)}
+        {t.processing} tasks
+        {costText(t.cost_per_hour) ? ` · ${costText(t.cost_per_hour)}` : ''}
       </div>
       {groupWorkersBySite(snapshot).map(group => (
         <div
@@ -134,8 +135,10 @@ function AllocationBody(props: { snapshot: ISnapshot }): JSX.Element {
             <span className="lepton-SiteBlock-name">{group.name}</span>
             <span className="lepton-SiteBlock-summary">
               {group.summary.workers} w · {group.summary.processing} tasks ·{' '}
-              {formatBytes(group.summary.memory_used)} ·{' '}
-              {formatCost(group.summary.cost_per_hour)}
+              {formatBytes(group.summary.memory_used)}
+              {costText(group.summary.cost_per_hour)
+                ? ` · ${costText(group.summary.cost_per_hour)}`
+                : ''}
             </span>
           </div>
           <table className="lepton-Table lepton-WorkerTable">

@@ -1,13 +1,17 @@
 import * as React from 'react';
 
 import { ICluster, IClusterSite } from '../api';
-import { formatAge, formatCost } from '../format';
+import { costText, formatAge } from '../format';
 import { groupSitesByKind } from '../sites';
 
 export interface IClusterActions {
   select(id: string): void;
   scale(id: string, site: string, workers: number): void;
   shutdown(id: string): void;
+  /** Forget a stopped cluster's record. */
+  remove(id: string): void;
+  /** Forget every stopped cluster's record. */
+  clearStopped(): void;
   useInNotebook(id: string): void;
   openDashboard(id: string): void;
 }
@@ -36,7 +40,8 @@ function SiteRow(props: {
           <span className="lepton-Badge lepton-Badge-gpu">{site.gpus} GPU</span>
         )}
         <div className="lepton-SiteRow-detail">
-          {site.threads} thr · {site.memory} · {formatCost(site.cost_per_hour)}
+          {site.threads} thr · {site.memory}
+          {costText(site.cost_per_hour) ? ` · ${costText(site.cost_per_hour)}` : ''}
         </div>
       </div>
       <span className="lepton-Scale">
@@ -90,9 +95,11 @@ function ClusterItem(props: {
         <span className={`lepton-Status lepton-Status-${cluster.status}`}>
           {cluster.status}
         </span>
-        <span className="lepton-ClusterItem-cost">
-          {formatCost(cluster.cost_per_hour)}
-        </span>
+        {costText(cluster.cost_per_hour) && (
+          <span className="lepton-ClusterItem-cost">
+            {costText(cluster.cost_per_hour)}
+          </span>
+        )}
       </div>
       <div className="lepton-ClusterItem-meta">
         {cluster.owner} · {cluster.team} · {cluster.profile} ·{' '}
@@ -124,7 +131,6 @@ function ClusterItem(props: {
           className="jp-mod-styled jp-mod-accept"
           data-testid="lepton-use-in-notebook"
           onClick={act(actions.useInNotebook)}
-          disabled={cluster.status === 'stopped'}
         >
           Use in notebook
         </button>
@@ -148,7 +154,64 @@ function ClusterItem(props: {
   );
 }
 
-/** The clusters the user may see; clicking one selects it for the live view. */
+/** When and why a stopped cluster stopped: `"stopped 5m ago: the Jupyter server stopped"`. */
+export function stoppedText(cluster: ICluster, now: number = Date.now()): string {
+  const when = cluster.stopped_at
+    ? `stopped ${formatAge(cluster.stopped_at, now)} ago`
+    : 'stopped';
+  return cluster.stopped_reason ? `${when}: ${cluster.stopped_reason}` : when;
+}
+
+/** A stopped cluster: what it was, when and why it stopped, and "Remove". */
+function StoppedItem(props: {
+  cluster: ICluster;
+  now: number;
+  actions: IClusterActions;
+}): JSX.Element {
+  const { cluster, now, actions } = props;
+  const workers = groupSitesByKind(cluster.sites)
+    .map(g => `${g.workers} ${g.kind}`)
+    .join(' + ');
+  return (
+    <li
+      className="lepton-ClusterItem lepton-mod-stopped"
+      data-testid="lepton-cluster-item"
+      data-cluster-id={cluster.id}
+      data-status={cluster.status}
+    >
+      <div className="lepton-ClusterItem-header">
+        <span className="lepton-ClusterItem-name" title={cluster.id}>
+          {cluster.name}
+        </span>
+        <span className="lepton-Status lepton-Status-stopped">stopped</span>
+        <button
+          className="jp-mod-styled lepton-RemoveButton"
+          data-testid="lepton-remove"
+          title="Forget this stopped cluster"
+          onClick={() => actions.remove(cluster.id)}
+        >
+          Remove
+        </button>
+      </div>
+      <div className="lepton-ClusterItem-meta">
+        {cluster.owner} · {cluster.team} · {cluster.profile}
+        {workers ? ` · ${workers} workers` : ''}
+      </div>
+      <div
+        className="lepton-ClusterItem-meta lepton-StoppedReason"
+        data-testid="lepton-stopped-reason"
+        title={cluster.stopped_at ? new Date(cluster.stopped_at).toString() : undefined}
+      >
+        {stoppedText(cluster, now)}
+      </div>
+    </li>
+  );
+}
+
+/**
+ * The clusters the user may see; clicking a running one selects it for the
+ * live view. Stopped ones are collapsed under "Stopped (n)".
+ */
 export function ClusterList(props: {
   clusters: ICluster[];
   selectedId: string | null;
@@ -156,24 +219,55 @@ export function ClusterList(props: {
   now?: number;
 }): JSX.Element {
   const now = props.now ?? Date.now();
-  if (props.clusters.length === 0) {
-    return (
-      <div className="lepton-Empty" data-testid="lepton-no-clusters">
-        No clusters yet. Start one with “New cluster”.
-      </div>
-    );
-  }
+  const running = props.clusters.filter(c => c.status !== 'stopped');
+  const stopped = props.clusters.filter(c => c.status === 'stopped');
   return (
-    <ul className="lepton-ClusterList" data-testid="lepton-cluster-list">
-      {props.clusters.map(cluster => (
-        <ClusterItem
-          key={cluster.id}
-          cluster={cluster}
-          selected={cluster.id === props.selectedId}
-          now={now}
-          actions={props.actions}
-        />
-      ))}
-    </ul>
+    <>
+      {running.length === 0 ? (
+        <div className="lepton-Empty" data-testid="lepton-no-clusters">
+          No running cluster. Start one with “New cluster”.
+        </div>
+      ) : (
+        <ul className="lepton-ClusterList" data-testid="lepton-cluster-list">
+          {running.map(cluster => (
+            <ClusterItem
+              key={cluster.id}
+              cluster={cluster}
+              selected={cluster.id === props.selectedId}
+              now={now}
+              actions={props.actions}
+            />
+          ))}
+        </ul>
+      )}
+      {stopped.length > 0 && (
+        <details className="lepton-Stopped" data-testid="lepton-stopped">
+          <summary>
+            <span className="lepton-Stopped-title">Stopped ({stopped.length})</span>
+            <button
+              className="jp-mod-styled lepton-RemoveButton"
+              data-testid="lepton-clear-stopped"
+              title="Forget every stopped cluster"
+              onClick={event => {
+                event.preventDefault();
+                props.actions.clearStopped();
+              }}
+            >
+              Clear stopped
+            </button>
+          </summary>
+          <ul className="lepton-ClusterList">
+            {stopped.map(cluster => (
+              <StoppedItem
+                key={cluster.id}
+                cluster={cluster}
+                now={now}
+                actions={props.actions}
+              />
+            ))}
+          </ul>
+        </details>
+      )}
+    </>
   );
 }

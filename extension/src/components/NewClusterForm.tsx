@@ -1,8 +1,14 @@
 import * as React from 'react';
 
 import { APIError, INewCluster, IProfile, IWhoAmI, SiteKind } from '../api';
-import { formatCost } from '../format';
-import { describeBound, parseCount, quotaBounds, quotaWarnings } from '../quota';
+import { costText } from '../format';
+import {
+  FieldName,
+  defaultText,
+  fieldOfError,
+  formRequest
+} from '../form';
+import { describeBound, quotaBounds, quotaWarnings } from '../quota';
 import { profileShape, requestedWorkers } from '../sites';
 
 export interface INewClusterFormProps {
@@ -15,10 +21,20 @@ export interface INewClusterFormProps {
 
 const KINDS: SiteKind[] = ['cloud', 'edge'];
 
+/** A refusal under the field it is about. */
+function FieldError(props: { error?: string | null }): JSX.Element | null {
+  return props.error ? (
+    <div className="lepton-Error" data-testid="lepton-form-error">
+      {props.error}
+    </div>
+  ) : null;
+}
+
 /**
- * Team, profile, workers per site kind and GPUs. Inputs are bounded by the
- * tighter of the team's and the user's quota, with the limit shown; the server
- * still decides, and its message is shown here when it refuses.
+ * Team, profile, workers per site kind and GPUs. The limits left by the
+ * tighter of the team's and the user's quota are shown; numbers are sent as
+ * typed and an empty field sends nothing (the profile's default). The server
+ * decides, and its one-line reason is shown under the field it is about.
  */
 export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
   const { whoami, profiles } = props;
@@ -33,30 +49,35 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
   const [workers, setWorkers] = React.useState<{ [k in SiteKind]?: string }>(
     {}
   );
-  const [gpus, setGpus] = React.useState<string | null>(null);
+  const [gpus, setGpus] = React.useState('');
   const [busy, setBusy] = React.useState(false);
   const [error, setError] = React.useState<string | null>(null);
+  const [errorField, setErrorField] = React.useState<FieldName | null>(null);
 
   const shownKinds = KINDS.filter(k => shape.kinds[k] !== undefined);
-  // Untouched fields follow the profile and are not sent.
-  const workerText = (kind: SiteKind) => {
-    const perSite = shape.kinds[kind]?.perSite;
-    return workers[kind] ?? (perSite === null || perSite === undefined ? '' : String(perSite));
+  const { request, errors } = formRequest(
+    { team, profile, name, workers, gpus },
+    shownKinds
+  );
+  const shownFields: FieldName[] = [
+    'name',
+    ...shownKinds.map(k => `workers-${k}` as FieldName),
+    'gpus'
+  ];
+  const editedFields = shownFields.filter(f =>
+    f === 'name'
+      ? !!name.trim()
+      : f === 'gpus'
+        ? !!gpus.trim()
+        : !!workers[f.slice('workers-'.length) as SiteKind]?.trim()
+  );
+  // A field's own error (no number at all), else the server's reason for it.
+  const errorOf = (field: FieldName) =>
+    errors[field] ?? (errorField === field ? error : null);
+  const clearError = () => {
+    setError(null);
+    setErrorField(null);
   };
-  const gpuText = gpus ?? (shape.gpus === 'auto' ? '' : String(shape.gpus));
-
-  const request: INewCluster = { team, profile };
-  for (const kind of shownKinds) {
-    if (workers[kind] !== undefined) {
-      request.workers = { ...request.workers, [kind]: parseCount(workers[kind]!) };
-    }
-  }
-  if (gpus !== null) {
-    request.gpus = parseCount(gpus);
-  }
-  if (name.trim()) {
-    request.name = name.trim();
-  }
 
   const bounds = quotaBounds(whoami, team);
   const warnings = quotaWarnings(bounds, {
@@ -71,12 +92,18 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
 
   const submit = async (event: React.FormEvent) => {
     event.preventDefault();
+    if (Object.keys(errors).length > 0) {
+      return;
+    }
     setBusy(true);
-    setError(null);
+    clearError();
     try {
       await props.onSubmit(request);
     } catch (e) {
-      setError(e instanceof APIError || e instanceof Error ? e.message : String(e));
+      const message =
+        e instanceof APIError || e instanceof Error ? e.message : String(e);
+      setError(message);
+      setErrorField(fieldOfError(message, editedFields, shownFields));
     } finally {
       setBusy(false);
     }
@@ -96,7 +123,10 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
           className="jp-mod-styled"
           name="team"
           value={team}
-          onChange={e => setTeam(e.target.value)}
+          onChange={e => {
+            setTeam(e.target.value);
+            clearError();
+          }}
         >
           {whoami.teams.map(t => (
             <option key={t} value={t}>
@@ -114,7 +144,8 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
           onChange={e => {
             setProfile(e.target.value);
             setWorkers({});
-            setGpus(null);
+            setGpus('');
+            clearError();
           }}
         >
           {profiles.map(p => (
@@ -126,7 +157,8 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
       </label>
       {selected?.description && (
         <div className="lepton-Hint">
-          {selected.description} · about {formatCost(cost)}
+          {selected.description}
+          {costText(cost) ? ` · about ${costText(cost)}` : ''}
         </div>
       )}
       <label>
@@ -136,32 +168,37 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
           name="name"
           placeholder="optional"
           value={name}
-          onChange={e => setName(e.target.value)}
+          onChange={e => {
+            setName(e.target.value);
+            clearError();
+          }}
         />
       </label>
+      <FieldError error={errorOf('name')} />
       {shownKinds.map(kind => (
-        <label
-          key={kind}
-          title={`Workers on each ${kind} site (${shape.kinds[kind]!.sites} site${
-            shape.kinds[kind]!.sites === 1 ? '' : 's'
-          })`}
-        >
-          Workers per {kind} site
-          <input
-            className="jp-mod-styled"
-            type="number"
-            min={0}
-            max={
-              bounds.workers.remaining === null
-                ? undefined
-                : Math.floor(bounds.workers.remaining / shape.kinds[kind]!.sites)
-            }
-            name={`workers-${kind}`}
-            placeholder="as profile"
-            value={workerText(kind)}
-            onChange={e => setWorkers({ ...workers, [kind]: e.target.value })}
-          />
-        </label>
+        <React.Fragment key={kind}>
+          <label
+            title={`Workers on each ${kind} site (${shape.kinds[kind]!.sites} site${
+              shape.kinds[kind]!.sites === 1 ? '' : 's'
+            }); empty: the profile's default`}
+          >
+            Workers per {kind} site
+            <input
+              className="jp-mod-styled"
+              type="number"
+              step={1}
+              name={`workers-${kind}`}
+              placeholder={defaultText(shape, kind)}
+              value={workers[kind] ?? ''}
+              aria-invalid={!!errorOf(`workers-${kind}`)}
+              onChange={e => {
+                setWorkers({ ...workers, [kind]: e.target.value });
+                clearError();
+              }}
+            />
+          </label>
+          <FieldError error={errorOf(`workers-${kind}`)} />
+        </React.Fragment>
       ))}
       <div className="lepton-Hint" data-testid="lepton-limit-workers">
         workers: {describeBound(bounds.workers)}
@@ -171,14 +208,18 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
         <input
           className="jp-mod-styled"
           type="number"
-          min={0}
-          max={bounds.gpus.remaining ?? undefined}
+          step={1}
           name="gpus"
-          placeholder={shape.gpus === 'auto' ? 'auto' : undefined}
-          value={gpuText}
-          onChange={e => setGpus(e.target.value)}
+          placeholder={defaultText(shape, 'gpus')}
+          value={gpus}
+          aria-invalid={!!errorOf('gpus')}
+          onChange={e => {
+            setGpus(e.target.value);
+            clearError();
+          }}
         />
       </label>
+      <FieldError error={errorOf('gpus')} />
       <div className="lepton-Hint" data-testid="lepton-limit-gpus">
         GPUs: {describeBound(bounds.gpus)}
       </div>
@@ -190,11 +231,7 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
           {w}
         </div>
       ))}
-      {error && (
-        <div className="lepton-Error" data-testid="lepton-form-error">
-          {error}
-        </div>
-      )}
+      {error && errorField === null && <FieldError error={error} />}
       <div className="lepton-FormButtons">
         <button
           type="button"
@@ -207,7 +244,9 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
           type="submit"
           className="jp-mod-styled jp-mod-accept"
           data-testid="lepton-create-cluster"
-          disabled={busy || !team || !profile}
+          disabled={
+            busy || !team || !profile || Object.keys(errors).length > 0
+          }
         >
           {busy ? 'Starting…' : 'Create'}
         </button>

@@ -1,6 +1,31 @@
 import * as React from 'react';
 
 import { ITemplate } from '../api';
+import { ISegment, inlineMarkdown, plainText, shortDescription } from '../markdown';
+
+/** A template's description: its first sentence, Markdown rendered, the whole paragraph on hover. */
+export function Description(props: { markdown: string }): JSX.Element {
+  const segments = inlineMarkdown(props.markdown);
+  const render = (s: ISegment, i: number) =>
+    s.code ? (
+      <code key={i}>{s.text}</code>
+    ) : s.bold ? (
+      <strong key={i}>{s.text}</strong>
+    ) : s.italic ? (
+      <em key={i}>{s.text}</em>
+    ) : (
+      <React.Fragment key={i}>{s.text}</React.Fragment>
+    );
+  return (
+    <div
+      className="lepton-TemplateItem-description"
+      data-testid="lepton-template-description"
+      title={plainText(segments)}
+    >
+      {shortDescription(segments).map(render)}
+    </div>
+  );
+}
 
 /** The team templates the user may copy, grouped by team. */
 export function Templates(props: {
@@ -43,9 +68,7 @@ export function Templates(props: {
                 <span className="lepton-Badge lepton-Badge-team">{t.team}</span>
                 {t.title || t.name}
               </div>
-              {t.description && (
-                <div className="lepton-Hint">{t.description}</div>
-              )}
+              {t.description && <Description markdown={t.description} />}
             </div>
             <button
               className="jp-mod-styled"
