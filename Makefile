@@ -43,6 +43,7 @@ browser-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing from apt:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -53,22 +54,26 @@ setup-test: setup browser-deps
 
 # The lab starts with the server extension and an embedded `local` cluster (2 cloud +
 # 2 edge workers) owned by you, the admin of every team in the default policy.
+# The notebooks open as copies under work/ (git-ignored, kept between runs): running them
+# leaves the repository clean.
 lab: setup
-	mkdir -p $(LAB_HOME)
+	mkdir -p $(LAB_HOME) work
+	@for nb in notebooks/*.ipynb; do [ -e "work/$${nb##*/}" ] || cp "$$nb" work/; done
 	LEPTON_HOME=$(LAB_HOME) LEPTON_AUTOSTART=local $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
-		--ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) notebooks/quickstart.ipynb
+		--ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) work/quickstart.ipynb
 
-# Three runs: pytest-jupyter's plugin (server tests) and Playwright's sync API (browser
-# tests) each need a pytest process of their own.
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+# Every suite runs even when one before it is red: lint (ruff), types (mypy), jest, the
+# Python tests, then the server and browser tests, which each need a pytest process of
+# their own. A table of counts ends the run. `make test SUITES=lint,types` runs a selection.
+SUITES ?=
 test: setup-test
-	cd extension && PATH="$(CURDIR)/$(BIN):$$PATH" jlpm test
-	$(PYTEST) tests --ignore=tests/server --ignore=tests/browser
-	$(PYTEST) tests/server
-	$(PYTEST) tests/browser
+	$(BIN)/python tools/run_suites.py $(if $(SUITES),--only $(SUITES))
 
-bench: setup
-	$(BIN)/python bench/cluster.py
+# Every benchmark, one after another; each prints what it compares and writes JSON to
+# bench/results/. The browser benchmark needs what `make test` installs (Chromium).
+BENCHES := cluster server registry startup ml train federated sidebar
+bench: setup-test
+	@for b in $(BENCHES); do echo "=== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info lepton_lab/labextension extension/lib extension/node_modules

@@ -462,14 +462,16 @@ def print_table(results: dict) -> None:
                      f"p99 ~ {r['serial_floor_p99_ms']} ms; load avg {r['load_avg_1min']}"))
     r = rest["reference_api_status"]
     rows.append((f"reference GET {REFERENCE} p50 / p99 (ms)", f"{r['p50_ms']} / {r['p99_ms']}",
-                 f"{r['requests_per_s']} req/s, {r['requests']} req; server CPU {r['server_cpu_ms_per_request']} ms/req, "
+                 f"{r['requests_per_s']} req/s, {r['requests']} req; "
+                 f"server CPU {r['server_cpu_ms_per_request']} ms/req, "
                  f"floor p99 ~ {r['serial_floor_p99_ms']} ms"))
     for c in authz["cases"]:
         rows.append((f"decide: {c['case']}", f"{c['decide_us']} us",
                      f"is_authorized p50 {c['is_authorized_p50_ms']} ms, mean {c['is_authorized_mean_ms']} ms, "
                      f"p99 {c['is_authorized_p99_ms']} ms; 100 at once p99 "
                      f"{c['is_authorized_100_at_once_p99_ms']} ms" + (" (audited)" if c["audited"] else "")))
-    rows.append(("audit append alone p50 / p99 (ms)", f"{authz['audit_append_p50_ms']} / {authz['audit_append_p99_ms']}",
+    rows.append(("audit append alone p50 / p99 (ms)",
+                 f"{authz['audit_append_p50_ms']} / {authz['audit_append_p99_ms']}",
                  f"AuditLog.record: flock, tail read, append + fsync, head write + fsync + rename; "
                  f"p50 {authz['audit_append_without_fsync_p50_ms']} ms with fsync stubbed (diagnosis)"))
     rows.append(("decision, worst case (ms)", f"{authz['worst_decide_ms']}",

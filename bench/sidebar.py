@@ -333,7 +333,8 @@ def one_load(browser, lab: Lab, cluster_id: str) -> dict[str, Any]:
         m = page.bench_state()["marks"]
         rest = page.page.evaluate("""() => performance.getEntriesByType('resource')
             .filter(e => e.name.includes('/lepton/api/'))
-            .map(e => ({url: e.name.split('/lepton/api/')[1].split('?')[0], start: e.startTime, end: e.responseEnd}))""")
+            .map(e => ({url: e.name.split('/lepton/api/')[1].split('?')[0],
+                        start: e.startTime, end: e.responseEnd}))""")
         rest = [x for x in rest if x["start"] >= m["tab_press"] - 1]
         # The panel's first load: the first whoami, clusters, profiles and templates calls.
         first_load = [next(x for x in rest if x["url"] == u) for u in
@@ -425,7 +426,8 @@ def measure_load(browser, lab: Lab, loads: int) -> dict[str, Any]:
 # -- 2. CPU of the live view ------------------------------------------------------------------
 
 METRICS = ("Timestamp", "TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration",
-           "TaskOtherDuration", "ThreadTime", "ProcessTime", "LayoutCount", "RecalcStyleCount", "JSHeapUsedSize", "Nodes")
+           "TaskOtherDuration", "ThreadTime", "ProcessTime", "LayoutCount", "RecalcStyleCount", "JSHeapUsedSize",
+           "Nodes")
 
 
 def metrics(cdp) -> dict[str, float]:

@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     n_train, n_test = (100_000, 20_000) if args.quick else (500_000, 100_000)
     load_start = os.getloadavg()
 
-    import lepton_lab
-
     import tempfile
+
+    import lepton_lab
 
     # Checkpoints and the like go to a scratch home unless the caller chose one.
     os.environ.setdefault("LEPTON_HOME", tempfile.mkdtemp(prefix="lepton-bench-train-"))

@@ -22,16 +22,16 @@ def _describe(path: Path) -> tuple[str, str]:
         if cell.get("cell_type") != "markdown":
             continue
         text = "".join(cell.get("source", []))
-        lines = [l.strip() for l in text.splitlines()]
-        title = next((l.lstrip("#").strip() for l in lines if l.startswith("#")), path.stem)
-        body = [l for l in lines if l and not l.startswith("#")]
+        lines = [ln.strip() for ln in text.splitlines()]
+        title = next((ln.lstrip("#").strip() for ln in lines if ln.startswith("#")), path.stem)
+        body = [ln for ln in lines if ln and not ln.startswith("#")]
         return title, body[0] if body else ""
     return path.stem, ""
 
 
 def list_templates(root: Path) -> list[dict[str, Any]]:
     """Every template under ``root``, as ``{team, name, title, description, path}``."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not root.is_dir():
         return out
     for team_dir in sorted(p for p in root.iterdir() if p.is_dir()):

@@ -109,18 +109,24 @@ def plan(jobs: list[Job], sites: list[SiteCapacity], *, move_penalty_per_gb: flo
             cost[j, s] = job.threads * job.hours * site.cost_per_thread_hour + move_penalty_per_gb * moved
     c = cost.ravel()
 
-    rows, lo, hi = [], [], []
+    rows: list[np.ndarray] = []
+    lo: list[float] = []
+    hi: list[float] = []
     for j in range(J):  # each job exactly once
         row = np.zeros(J * S)
         row[j * S:(j + 1) * S] = 1
-        rows.append(row), lo.append(1), hi.append(1)
+        rows.append(row)
+        lo.append(1)
+        hi.append(1)
     for s, site in enumerate(sites):  # capacity per site
         for attr, cap in (("threads", site.threads), ("memory", site.memory), ("gpus", site.gpus)):
             row = np.zeros(J * S)
             for j, job in enumerate(jobs):
                 row[j * S + s] = getattr(job, attr)
             if row.any():
-                rows.append(row), lo.append(-np.inf), hi.append(cap)
+                rows.append(row)
+                lo.append(-np.inf)
+                hi.append(cap)
     upper = allowed.ravel()
     res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=np.ones(J * S),
                bounds=Bounds(np.zeros(J * S), upper), options={"time_limit": time_limit})

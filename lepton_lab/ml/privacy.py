@@ -94,7 +94,7 @@ def rdp_sampled_gaussian(q: float, noise_multiplier: float, order: int) -> float
     return log_a / (order - 1)
 
 
-def epsilon(rdp: Sequence[float], orders: Sequence[int], delta: float) -> tuple[float, int]:
+def epsilon(rdp: Sequence[float] | np.ndarray, orders: Sequence[int], delta: float) -> tuple[float, int]:
     """(ε, best order) for ``delta`` from RDP values at ``orders`` (Canonne-Kamath-Steinke conversion)."""
     best, best_order = math.inf, orders[0]
     for r, a in zip(rdp, orders):

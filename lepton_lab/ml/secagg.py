@@ -215,7 +215,7 @@ class SiteSecAgg:
         self.roster: Roster | None = None
         self._b: dict[int, bytes] = {}  # round -> self-mask seed
         self._mask_keys: dict[str, bytes] = {}  # peer -> X25519 shared secret of the s keys
-        self._own: dict[str, object] = {}  # this site's shares of its own secrets
+        self._own: dict = {}  # this site's shares of its own secrets
         self._inbox: dict[str, dict] = {}  # peer -> decrypted shares of that peer's secrets
         self._revealed: dict[tuple[int, str], str] = {}  # (round, peer) -> "b" | "sk"
         self._burned: set[str] = set()  # peers whose s key this site has helped rebuild

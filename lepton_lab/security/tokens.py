@@ -9,6 +9,7 @@ file does not let anyone act as a user. Tokens are shown once, by ``add``.
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import hmac
 import json
@@ -149,7 +150,8 @@ class TokenStore:
         if key != self._cache_key:
             self._cache, self._cache_key = {}, key
 
-    def _read(self) -> list[TokenRecord]:
+    # `builtins.list`: inside the class, `list` is the method above.
+    def _read(self) -> builtins.list[TokenRecord]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             return [TokenRecord(**item) for item in data["tokens"]]
@@ -160,7 +162,7 @@ class TokenStore:
                 f"{self.path}: not a token file; move it aside (its tokens stop working) and add new tokens"
             ) from None
 
-    def _write(self, records: list[TokenRecord]) -> None:
+    def _write(self, records: builtins.list[TokenRecord]) -> None:
         data = {"version": 1, "tokens": [asdict(r) for r in records]}
         write_atomic(self.path, json.dumps(data, indent=1).encode(), mode=0o600)
 

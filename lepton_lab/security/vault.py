@@ -621,7 +621,7 @@ def _open_into(
     team: str,
     *,
     expected_header: EnvelopeHeader | None,
-    dst: BinaryIO | None = None,
+    dst: BinaryIO | _Discard | None = None,
     into: bytearray | None = None,
 ) -> StreamDigest:
     """Decrypt ``src`` chunk by chunk into the file ``dst`` or the buffer ``into``.
@@ -658,6 +658,7 @@ def _open_into(
                 raise IntegrityError(f"the artifact is truncated at chunk {index}")
             stored_size += len(current)
             nonce, aad = _nonce(nonce_prefix, index), _aad(header_digest, index, final)
+            chunk: bytes | memoryview
             try:
                 if out is not None:
                     n = len(current) - TAG_SIZE
@@ -667,6 +668,7 @@ def _open_into(
                     aead.decrypt_into(nonce, current, aad, chunk)
                 else:
                     chunk = aead.decrypt(nonce, current, aad)
+                    assert dst is not None, "either dst or into is given"
                     dst.write(chunk)
             except InvalidTag:
                 raise IntegrityError(

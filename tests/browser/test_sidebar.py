@@ -9,7 +9,6 @@ from playwright.sync_api import expect
 
 def test_smoke_sidebar_opens(open_lab, lab_server):
     lab = open_lab(name="smoke")
-    page = lab.page
 
     # The Lepton icon is a tab of the left sidebar, drawn from our LabIcon.
     expect(lab.sidebar_tab).to_have_count(1)
