@@ -239,8 +239,10 @@ def test_magic_shows_an_interrupt_of_kernel_side_work_as_one_line(capsys):
     assert (out.out + out.err).strip() == "interrupted: %lepton nap stopped"
 
 
-def _interrupt_when_running(client: Client, worker: str, key: str = "", timeout: float = 180) -> threading.Thread:
-    """A thread that sends SIGINT to this process once ``worker`` runs a task whose key has ``key`` in it."""
+def _interrupt_when_running(client: Client, worker: str, key: str = "", timeout: float = 180,
+                            alone: bool = False) -> threading.Thread:
+    """A thread that sends SIGINT to this process once ``worker`` runs a task whose key has ``key`` in it
+    (with ``alone``: once no other worker runs one)."""
     main = threading.main_thread().ident
 
     def watch():
@@ -249,12 +251,18 @@ def _interrupt_when_running(client: Client, worker: str, key: str = "", timeout:
             try:
                 names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
                 running = client.run(_probe())
-            except Exception:  # the cluster is gone: the test has ended without us
-                return
-            if any(names.get(a) == worker and any(key in k for k in keys) for a, keys in running.items()):
-                signal.pthread_kill(main, signal.SIGINT)
-                return
+            except Exception:  # a busy machine: a slow or dropped answer; ask again
+                if client.status in ("closing", "closed"):
+                    return  # the test has ended without us
+                time.sleep(0.2)
+                continue
+            busy = {names.get(a) for a, keys in running.items() if any(key in k for k in keys)}
+            if worker in busy and (not alone or busy == {worker}):
+                break
             time.sleep(0.1)
+        # Interrupt even when the task was never seen running: the test then fails on its own
+        # assertions instead of waiting for the ten-minute task.
+        signal.pthread_kill(main, signal.SIGINT)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -323,7 +331,8 @@ def test_interrupt_cancels_a_federated_round_and_frees_the_hung_site():
             return X, y
 
         fed.inject_fault(client, "edge-a", "train", rounds=[1], mode="hang", seconds=600)
-        watcher = _interrupt_when_running(client, "edge-a-0", key="federated-round-")
+        # once edge-b has sent its update: the round then waits on the hung site alone
+        watcher = _interrupt_when_running(client, "edge-a-0", key="federated-round-", alone=True)
         with pytest.raises(Interrupted) as info:
             fed.federate(nn.Linear(4, 1), loader=load_site, sites=["edge-a", "edge-b"], rounds=3, secure=False,
                          client=client, progress=False, round_timeout=120, name="hung")
