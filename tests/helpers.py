@@ -91,3 +91,61 @@ def checked_cluster(slot: dict, name: str, names: set[str], **up_kwargs):
             pass
     slot["handle"] = lepton_lab.up(name=name, **up_kwargs)
     return slot["handle"]
+
+
+def sh(*cmd: str, check: bool = True):
+    """Run a command; its CompletedProcess (stdout and stderr as text)."""
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=check)
+
+
+def netns_host(prefix: str, seed: int, third_octet: int = 0):
+    """A network namespace joined to this host by a veth pair, both ends in 127/8 with
+    ``route_localnet`` on both sides (Linux drops 127/8 on other links otherwise).
+
+    A context manager yielding ``{"ns", "outside", "inside", "host_ip", "ns_ip", "ip"}``;
+    the namespace, the link and ``route_localnet`` are put back on exit, even on failure.
+    Fails (never skips) without ``ip`` or root.
+    """
+    import contextlib
+    import os
+    import random
+    import shutil
+
+    import pytest
+
+    @contextlib.contextmanager
+    def host():
+        ip = shutil.which("ip")
+        if ip is None:
+            pytest.fail("the `ip` command (iproute2) is missing: `apt-get install iproute2` "
+                        "(the Makefile installs it); this test needs a network namespace", pytrace=False)
+        if os.geteuid() != 0:
+            pytest.fail("this test makes a network namespace and must run as root", pytrace=False)
+        tag = f"{os.getpid() % 100000}"
+        ns, outside, inside = f"lep{prefix}{tag}", f"l{prefix[:2]}o{tag}", f"l{prefix[:2]}i{tag}"
+        net = random.Random(os.getpid() + seed).randint(64, 250)
+        host_ip, ns_ip = f"127.{net}.{third_octet}.1", f"127.{net}.{third_octet}.2"
+        saved = sh("sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip()
+        try:
+            sh(ip, "netns", "add", ns)
+            sh(ip, "link", "add", outside, "type", "veth", "peer", "name", inside)
+            sh(ip, "link", "set", inside, "netns", ns)
+            sh(ip, "addr", "add", f"{host_ip}/24", "dev", outside)
+            sh(ip, "link", "set", outside, "up")
+            sh(ip, "netns", "exec", ns, ip, "addr", "add", f"{ns_ip}/24", "dev", inside)
+            sh(ip, "netns", "exec", ns, ip, "link", "set", inside, "up")
+            sh(ip, "netns", "exec", ns, ip, "link", "set", "lo", "up")
+            sh("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", f"net.ipv4.conf.{outside}.route_localnet=1")
+            sh(ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
+               f"net.ipv4.conf.{inside}.route_localnet=1")
+            yield {"ns": ns, "outside": outside, "inside": inside, "host_ip": host_ip, "ns_ip": ns_ip, "ip": ip}
+        finally:
+            sh(ip, "link", "del", outside, check=False)
+            sh(ip, "netns", "del", ns, check=False)
+            sh("sysctl", "-qw", f"net.ipv4.conf.all.route_localnet={saved or 0}", check=False)
+            left = sh(ip, "netns", "list", check=False).stdout
+            assert ns not in left.split(), f"namespace {ns} left behind"
+
+    return host()

@@ -11,8 +11,6 @@ dropped. Namespace, veth and ``route_localnet`` are put back in teardown, even o
 from __future__ import annotations
 
 import os
-import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,15 +29,13 @@ from lepton_lab.cluster.launcher import ManagedCluster
 from lepton_lab.cluster.profiles import profile_from_dict
 from lepton_lab.ml.federated import federate, get_vector
 from lepton_lab.security.certs import ClusterCA
+from tests.helpers import netns_host, sh
 
 SITES = ["edge-hospital-a", "edge-hospital-b", "edge-hospital-c"]
 REMOTE = "edge-hospital-c"
 
 pytestmark = pytest.mark.timeout(170)
 
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=check)
 
 
 # -- the second host --------------------------------------------------------------------------
@@ -48,37 +44,8 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def netns():
     """A namespace joined to this host by a veth pair, both ends in 127/8 with route_localnet on."""
-    ip = shutil.which("ip")
-    if ip is None:
-        pytest.fail("the `ip` command (iproute2) is missing: `apt-get install iproute2` "
-                    "(the Makefile installs it); this test needs a network namespace", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("this test makes a network namespace and must run as root", pytrace=False)
-    tag = f"{os.getpid() % 100000}"
-    ns, outside, inside = f"lepfed{tag}", f"lfo{tag}", f"lfi{tag}"
-    net = random.Random(os.getpid()).randint(64, 250)
-    host_ip, ns_ip = f"127.{net}.0.1", f"127.{net}.0.2"
-    saved = sh("sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip()
-    try:
-        sh(ip, "netns", "add", ns)
-        sh(ip, "link", "add", outside, "type", "veth", "peer", "name", inside)
-        sh(ip, "link", "set", inside, "netns", ns)
-        sh(ip, "addr", "add", f"{host_ip}/24", "dev", outside)
-        sh(ip, "link", "set", outside, "up")
-        sh(ip, "netns", "exec", ns, ip, "addr", "add", f"{ns_ip}/24", "dev", inside)
-        sh(ip, "netns", "exec", ns, ip, "link", "set", inside, "up")
-        sh(ip, "netns", "exec", ns, ip, "link", "set", "lo", "up")
-        # Linux drops 127/8 on non-loopback links unless route_localnet is on, on both sides.
-        sh("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", f"net.ipv4.conf.{outside}.route_localnet=1")
-        sh(ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
-           f"net.ipv4.conf.{inside}.route_localnet=1")
-        yield {"ns": ns, "outside": outside, "inside": inside, "host_ip": host_ip, "ns_ip": ns_ip, "ip": ip}
-    finally:
-        sh(ip, "link", "del", outside, check=False)
-        sh(ip, "netns", "del", ns, check=False)
-        sh("sysctl", "-qw", f"net.ipv4.conf.all.route_localnet={saved or 0}", check=False)
-        left = sh(ip, "netns", "list", check=False).stdout
-        assert ns not in left, f"namespace {ns} left behind"
+    with netns_host("fed", seed=0, third_octet=0) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")

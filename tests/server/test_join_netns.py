@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,46 +21,19 @@ import pytest
 from distributed import Client
 
 from lepton_lab.security.certs import IssuedCert
+from tests.helpers import netns_host
 
 SITE = "edge-hospital-z"
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=check)
-
 
 @pytest.fixture
 def netns():
     """A namespace joined to this host by a veth pair, both ends in 127/8 with route_localnet on."""
-    ip = shutil.which("ip")
-    if ip is None:
-        pytest.fail("the `ip` command (iproute2) is missing: `apt-get install iproute2`", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("this test makes a network namespace and must run as root", pytrace=False)
-    tag = f"{os.getpid() % 100000}"
-    ns, outside, inside = f"lepjoin{tag}", f"ljo{tag}", f"lji{tag}"
-    net = random.Random(os.getpid() + 1).randint(64, 250)
-    host_ip, ns_ip = f"127.{net}.1.1", f"127.{net}.1.2"
-    saved = sh("sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip()
-    try:
-        sh(ip, "netns", "add", ns)
-        sh(ip, "link", "add", outside, "type", "veth", "peer", "name", inside)
-        sh(ip, "link", "set", inside, "netns", ns)
-        sh(ip, "addr", "add", f"{host_ip}/24", "dev", outside)
-        sh(ip, "link", "set", outside, "up")
-        sh(ip, "netns", "exec", ns, ip, "addr", "add", f"{ns_ip}/24", "dev", inside)
-        sh(ip, "netns", "exec", ns, ip, "link", "set", inside, "up")
-        sh(ip, "netns", "exec", ns, ip, "link", "set", "lo", "up")
-        sh("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", f"net.ipv4.conf.{outside}.route_localnet=1")
-        sh(ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
-           f"net.ipv4.conf.{inside}.route_localnet=1")
-        yield {"ns": ns, "host_ip": host_ip, "ns_ip": ns_ip, "ip": ip}
-    finally:
-        sh(ip, "link", "del", outside, check=False)
-        sh(ip, "netns", "del", ns, check=False)
-        sh("sysctl", "-qw", f"net.ipv4.conf.all.route_localnet={saved or 0}", check=False)
+    with netns_host("join", seed=1, third_octet=1) as host:
+        yield host
 
 
 class Relay:
