@@ -36,6 +36,7 @@ from lepton_lab.ml.secagg import (
     quantize,
     threshold_for,
 )
+from tests.helpers import checked_cluster
 
 SITES = ["edge-hospital-a", "edge-hospital-b", "edge-hospital-c"]
 CLUSTER = "fedtest-mod"
@@ -68,22 +69,34 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def _cluster_slot(tmp_path_factory):
     path = tmp_path_factory.mktemp("fedprofiles") / "profiles.yaml"
     path.write_text(PROFILES)
     old = os.environ.get("LEPTON_PROFILES")
     os.environ["LEPTON_PROFILES"] = str(path)
+    slot: dict = {}
     try:
-        handle = lepton_lab.up("fedtest", name=CLUSTER)
-        yield handle
+        yield slot
     finally:
         try:
-            lepton_lab.down(CLUSTER)
+            if slot.get("handle") is not None and not slot["handle"].closed:
+                lepton_lab.down(CLUSTER)
         finally:
             if old is None:
                 os.environ.pop("LEPTON_PROFILES", None)
             else:
                 os.environ["LEPTON_PROFILES"] = old
+
+
+def _checked(slot: dict):
+    return checked_cluster(slot, CLUSTER, {"cloud-0", *(f"{s}-0" for s in SITES)}, profile="fedtest")
+
+
+@pytest.fixture
+def cluster(_cluster_slot):
+    """One cloud worker and three hospitals for the module, checked before each test (a hung
+    site's task must have let go) and rebuilt if a test left it damaged."""
+    return _checked(_cluster_slot)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +173,9 @@ def data_placement(client) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def secure_run(cluster, loader, data):
+def secure_run(_cluster_slot, loader, data):
     """FedAvg, logistic regression, secure aggregation, 20 rounds; the data placement seen mid-run."""
+    cluster = _checked(_cluster_slot)
     seen = []
 
     def inspect(record):
