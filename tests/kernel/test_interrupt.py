@@ -1,9 +1,8 @@
 """Kernel → Interrupt during cluster work: the work is cancelled, its workers freed, one line shown.
 
-The ``%%lepton run`` and ``%lepton train`` cases go through a real kernel (``jupyter_client``):
-the interrupt is the SIGINT Jupyter sends to the kernel's whole process group, workers
-included. ``predict`` is interrupted in this process, from a thread that waits until its
-task runs on the worker.
+``%%lepton run``, ``%lepton train``, ``predict`` and ``federate`` go through a real kernel
+(``jupyter_client``): the interrupt is the SIGINT Jupyter sends to the kernel's whole process
+group, workers included, sent once the test sees the job's task running on its worker.
 """
 
 from __future__ import annotations
@@ -11,15 +10,11 @@ from __future__ import annotations
 import os
 import queue
 import re
-import signal
-import threading
 import time
 
-import pytest
 from distributed import Client
 from jupyter_client.manager import start_new_kernel
 
-import lepton_lab
 from lepton_lab.errors import Interrupted
 
 LINE = re.compile(r"^interrupted: cancelled job (?P<job>.+?) on (?P<workers>[\w-]+(, [\w-]+)*)"
@@ -239,111 +234,89 @@ def test_magic_shows_an_interrupt_of_kernel_side_work_as_one_line(capsys):
     assert (out.out + out.err).strip() == "interrupted: %lepton nap stopped"
 
 
-def _interrupt_when_running(client: Client, worker: str, key: str = "", timeout: float = 180,
-                            alone: bool = False) -> threading.Thread:
-    """A thread that sends SIGINT to this process once ``worker`` runs a task whose key has ``key`` in it
-    (with ``alone``: once no other worker runs one)."""
-    main = threading.main_thread().ident
-
-    def watch():
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
-                running = client.run(_probe())
-            except Exception:  # a busy machine: a slow or dropped answer; ask again
-                if client.status in ("closing", "closed"):
-                    return  # the test has ended without us
-                time.sleep(0.2)
-                continue
-            busy = {names.get(a) for a, keys in running.items() if any(key in k for k in keys)}
-            if worker in busy and (not alone or busy == {worker}):
-                break
-            time.sleep(0.1)
-        # Interrupt even when the task was never seen running: the test then fails on its own
-        # assertions instead of waiting for the ten-minute task.
-        signal.pthread_kill(main, signal.SIGINT)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+def _busy_workers(outside: Client, key: str = "") -> set[str]:
+    """Names of the workers whose threads run a task whose key has ``key`` in it."""
+    names = {a: str(w["name"]) for a, w in outside.scheduler_info(n_workers=-1)["workers"].items()}
+    return {names.get(a, a) for a, keys in outside.run(_probe()).items() if any(key in k for k in keys)}
 
 
-class Sleepy:
-    """Stands for a model whose predictions take ten minutes (a torch module, to be served)."""
+SLEEPY = """\
+import time, torch
+import lepton_lab
+from lepton_lab.ml.serve import Served
+from lepton_lab.session import session
 
-    @staticmethod
-    def make():
-        import torch
+class Sleepy(torch.nn.Module):  # a model whose predictions take ten minutes
+    def forward(self, x):
+        time.sleep(600)
+        return x
 
-        class _Sleepy(torch.nn.Module):
-            def forward(self, x):
-                time.sleep(600)
-                return x
+handle = lepton_lab.current("k")
+edge = [a for a, w in handle.client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "edge-0"]
+model = handle.client.scatter(Sleepy(), workers=edge, broadcast=True, hash=False)
+session().served["sleepy"] = Served("sleepy@1", "edge", edge, model, {})
+"""
 
-        return _Sleepy()
 
-
-def test_interrupt_cancels_predict_and_frees_its_worker():
-    from lepton_lab.ml.serve import Served
-    from lepton_lab.session import session
-
-    handle = lepton_lab.up(name="interrupt-predict", cloud=0, edge=1)
+def test_interrupt_cancels_predict_and_frees_its_worker(tmp_path):
+    kernel = Kernel(tmp_path)
     try:
-        client = handle.client
-        workers = list(client.scheduler_info(n_workers=-1)["workers"])
-        model = client.scatter(Sleepy.make(), workers=workers, broadcast=True, hash=False)
-        session().served["sleepy"] = Served("sleepy@1", "edge", workers, model, {})
-        watcher = _interrupt_when_running(client, "edge-0")
-        with pytest.raises(Interrupted) as info:
-            lepton_lab.predict("sleepy", [[1.0, 2.0]])
-        watcher.join(5)
-        assert info.value._render_traceback_() == [f"interrupted: {info.value}"]
-        assert LINE.match(f"interrupted: {info.value}"), str(info.value)
-        assert str(info.value).startswith("cancelled job predict sleepy@1 on edge-0")
-        end = time.monotonic() + 60
-        while any(client.run(_probe()).values()):
-            assert time.monotonic() < end, "edge-0 still runs the cancelled prediction"
-            time.sleep(0.2)
-        assert lepton_lab.run_on("edge", lambda: 6 * 7) == 42
+        address = _up(kernel)
+        reply, out = kernel.run(SLEEPY)
+        assert reply["status"] == "ok", (reply, out)
+        with Client(address, timeout=30) as outside:
+            reply, msgs = kernel.interrupt_after("lepton_lab.predict('sleepy', [[1.0, 2.0]])",
+                                                 lambda m: "edge-0" in _busy_workers(outside))
+        match = _assert_one_line(reply, msgs, job="predict sleepy@1", worker="edge-0")
+        assert match
+        _wait_free(kernel, address, "edge-0")
+        _run_returns(kernel, "edge")
     finally:
-        session().served.pop("sleepy", None)
-        lepton_lab.down("interrupt-predict")
+        kernel.close()
 
 
-def test_interrupt_cancels_a_federated_round_and_frees_the_hung_site():
-    import numpy as np
-    from torch import nn
+FEDERATE = """\
+import numpy as np
+from torch import nn
+from lepton_lab.ml import federated as fed
 
-    from lepton_lab.ml import federated as fed
+rng = np.random.default_rng(0)
+X = rng.normal(size=(200, 4)).astype("float32")
+y = (X[:, 0] > 0).astype("float32")
 
-    profile = {"name": "interrupt-fl", "sites": [
-        {"name": "edge-a", "kind": "edge", "workers": 1, "memory": "512MiB"},
-        {"name": "edge-b", "kind": "edge", "workers": 1, "memory": "512MiB"}]}
-    handle = lepton_lab.up(profile, name="interrupt-fl")
+def load_site(site):
+    return X, y
+
+client = lepton_lab.current("fl").client
+fed.inject_fault(client, "edge-a", "train", rounds=[1], mode="hang", seconds=600)
+"""
+
+
+def test_interrupt_cancels_a_federated_round_and_frees_the_hung_site(tmp_path):
+    kernel = Kernel(tmp_path)
     try:
-        client = handle.client
-        rng = np.random.default_rng(0)
-        X = rng.normal(size=(200, 4)).astype("float32")
-        y = (X[:, 0] > 0).astype("float32")
-
-        def load_site(site):
-            return X, y
-
-        fed.inject_fault(client, "edge-a", "train", rounds=[1], mode="hang", seconds=600)
-        # once edge-b has sent its update: the round then waits on the hung site alone
-        watcher = _interrupt_when_running(client, "edge-a-0", key="federated-round-", alone=True)
-        with pytest.raises(Interrupted) as info:
-            fed.federate(nn.Linear(4, 1), loader=load_site, sites=["edge-a", "edge-b"], rounds=3, secure=False,
-                         client=client, progress=False, round_timeout=120, name="hung")
-        watcher.join(5)
-        match = LINE.match(f"interrupted: {info.value}")
-        assert match and match["job"] == "federated-hung" and match["workers"] == "edge-a-0", str(info.value)
-        end = time.monotonic() + 60
-        while any(client.run(_probe()).values()):
-            assert time.monotonic() < end, "a site still runs the cancelled round"
-            time.sleep(0.2)
-        assert lepton_lab.status("interrupt-fl").job("federated-hung") is None
-        assert lepton_lab.run_on("edge-a", lambda: 6 * 7) == 42
+        reply, _ = kernel.run("%load_ext lepton_lab")
+        assert reply["status"] == "ok", reply
+        reply, out = kernel.run(
+            "import lepton_lab\n"
+            "handle = lepton_lab.up({'name': 'interrupt-fl', 'sites': ["
+            "{'name': 'edge-a', 'kind': 'edge', 'workers': 1, 'memory': '512MiB'}, "
+            "{'name': 'edge-b', 'kind': 'edge', 'workers': 1, 'memory': '512MiB'}]}, name='fl')\n"
+            "print(handle.address)")
+        assert reply["status"] == "ok", (reply, out)
+        address = out.strip().splitlines()[-1]
+        reply, out = kernel.run(FEDERATE)
+        assert reply["status"] == "ok", (reply, out)
+        with Client(address, timeout=30) as outside:
+            # once edge-b has sent its update: the round then waits on the hung site alone
+            reply, msgs = kernel.interrupt_after(
+                "fed.federate(nn.Linear(4, 1), loader=load_site, sites=['edge-a', 'edge-b'], rounds=3, "
+                "secure=False, client=client, progress=False, round_timeout=120, name='hung')",
+                lambda m: _busy_workers(outside, "federated-round-") == {"edge-a-0"})
+        _assert_one_line(reply, msgs, job="federated-hung", worker="edge-a-0")
+        _wait_free(kernel, address, "edge-a-0")
+        reply, out = kernel.run("print(lepton_lab.status('fl').job('federated-hung'))\n"
+                                "print(lepton_lab.run_on('edge-a', lambda: 6 * 7))")
+        assert reply["status"] == "ok" and out.split() == ["None", "42"], (reply, out)
     finally:
-        lepton_lab.down("interrupt-fl")
+        kernel.close()
