@@ -5,8 +5,8 @@
     result.strategy       # which path ran, and why
 
 **XGBoost** trains either in one worker process with all the threads of its host
-(``xgboost.train``; on one machine this beats spreading the work, see
-/work/shared/ML-NOTES.md) or across the site's workers with ``xgboost.dask``;
+(``xgboost.train``; on one machine this beats spreading the work, as
+``bench/train.py`` measures) or across the site's workers with ``xgboost.dask``;
 ``strategy="auto"`` picks the first when the data fits one worker's memory.
 **PyTorch** trains a user's ``nn.Module`` on one worker, or data-parallel
 (``DistributedDataParallel``, gloo on CPU, nccl on GPU) with one rank per
