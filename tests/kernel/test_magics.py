@@ -4,17 +4,8 @@ import os
 import re
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 import lepton_lab
-
-
-@pytest.fixture(scope="module")
-def shell():
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "lepton_lab")
-    yield sh
-    sh.run_cell("%lepton down --all")
 
 
 def run(shell, capsys, code):

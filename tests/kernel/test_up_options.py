@@ -2,7 +2,6 @@
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 
 import lepton_lab
 from lepton_lab.api import _differences
@@ -21,14 +20,6 @@ def test_differences_name_each_option_that_differs():
     assert _differences(RUNNING, "hybrid", {"edge": 3, "memory": "2GiB"}) == [
         "profile local (asked hybrid)", "1 workers per edge site (asked 3)", "1.00 GiB memory per worker (asked 2GiB)"]
     assert _differences(RUNNING, None, {"gpus": "auto"}) == []
-
-
-@pytest.fixture(scope="module")
-def shell():
-    sh = InteractiveShell.instance()
-    sh.run_line_magic("load_ext", "lepton_lab")
-    yield sh
-    sh.run_cell("%lepton down --all")
 
 
 def run(shell, capsys, code):
