@@ -207,7 +207,7 @@ def bench_snapshot_scale(n: int, sizes=(250, 500, 1000)) -> dict:
 
 def bench_view_overhead(tasks: int, rounds: int) -> dict:
     import lepton_lab
-    from lepton_lab.kernel.widgets import AllocationView
+    from lepton_lab.views import AllocationView
 
     handle = lepton_lab.up(name="bench-view")
     client = handle.client

@@ -125,3 +125,28 @@ def gc_freeze() -> bool:
     """Whether the server freezes its start-up objects out of the garbage collector's
     sight (``LEPTON_GC_FREEZE=0`` keeps every object collectable)."""
     return os.environ.get("LEPTON_GC_FREEZE", "1") != "0"
+
+
+def deployment() -> str:
+    """Which part of which deployment this process is.
+
+    ``personal`` (the default): the services run inside this Jupyter server.
+    ``control-plane``: the team deployment's JupyterHub service, which alone holds them
+    (``LEPTON_ROLE=control-plane``, set by ``python -m lepton_lab.hub.control_plane``).
+    ``client``: a user's own server of the team deployment, which forwards to the
+    control plane at ``$LEPTON_CONTROL_PLANE_URL``.
+    """
+    if os.environ.get("LEPTON_ROLE") == "control-plane":
+        return "control-plane"
+    return "client" if control_plane_url() else "personal"
+
+
+def control_plane_url() -> str:
+    """The team deployment's control plane (``$LEPTON_CONTROL_PLANE_URL``, e.g.
+    ``http://127.0.0.1:8090/services/lepton/``), or empty in a personal deployment."""
+    url = os.environ.get("LEPTON_CONTROL_PLANE_URL", "").strip()
+    if url and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        from .errors import ConfigError
+
+        raise ConfigError(f"LEPTON_CONTROL_PLANE_URL must be an http(s) URL, got {url!r}")
+    return url.rstrip("/") + "/" if url else ""

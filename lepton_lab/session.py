@@ -176,7 +176,7 @@ class ClusterHandle:
 
     def view(self, interval: float = config.REFRESH_INTERVAL):
         """The live allocation view (ipywidgets + plotly), refreshed every ``interval`` seconds."""
-        from .kernel.widgets import AllocationView
+        from .views import AllocationView
 
         return AllocationView(self, interval=interval)
 
@@ -186,7 +186,7 @@ class ClusterHandle:
         return f"<LeptonCluster {self.name!r} {self.address} [{sites}] {state}>"
 
     def _repr_html_(self) -> str:
-        from .kernel.widgets import snapshot_html
+        from .views import snapshot_html
 
         try:
             return snapshot_html(self.snapshot(), title=f"Lepton cluster {self.name}",
@@ -202,7 +202,7 @@ def default_transport() -> Transport:
     """
     import os
 
-    from .kernel.rest import RestTransport, find_server
+    from .rest import RestTransport, find_server
 
     choice = os.environ.get("LEPTON_TRANSPORT", "auto")
     if choice not in ("auto", "embedded", "rest"):

@@ -201,7 +201,7 @@ class LeptonMagics(Magics):
                  "adopted" if h.adopted else "started"]
                 + ([f"${h.info.get('cost_per_hour', 0):.2f}/h"] if costed else [])
                 for h in handles]
-        from .widgets import _table
+        from ..views import _table
 
         head = ["name", "scheduler", "profile", "workers", "how"] + (["cost"] if costed else [])
         if not rows:

@@ -127,7 +127,7 @@ MODEL_HEAD = ["team", "name", "versions", "aliases", "framework", "updated"]
 
 def models_table(models: list[dict[str, Any]]) -> dict[str, str]:
     """The models as a table (HTML and plain text): latest version, aliases, last update."""
-    from .widgets import _table
+    from ..views import _table
 
     rows = []
     for m in sorted(models, key=lambda m: (m.get("team", ""), m.get("name", ""))):

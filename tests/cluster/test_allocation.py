@@ -9,7 +9,7 @@ from distributed import Event
 
 import lepton_lab
 from lepton_lab.cluster.allocation import Snapshot
-from lepton_lab.kernel.widgets import AllocationView, snapshot_html, snapshot_text
+from lepton_lab.views import AllocationView, snapshot_html, snapshot_text
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import lepton_lab
 from lepton_lab import session as session_mod
 from lepton_lab.errors import NotFound, PermissionDenied
-from lepton_lab.kernel.rest import RestTransport, ServerInfo, find_server
+from lepton_lab.rest import RestTransport, ServerInfo, find_server
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Imports run one way: the package's import graph, read with ``ast``, has no circle and no import up.
 
-Layers, top down: front doors (``kernel/``, ``server/``, ``cli.py``) → client (``api.py``,
-``session.py``, ``models.py``) → ``services.py`` → domain (``cluster/``, ``ml/``, ``registry/``,
+Layers, top down: front doors (``kernel/``, ``server/``, ``hub/``, ``cli.py``) → client (``api.py``,
+``session.py``, ``rest.py``, ``views.py``, ``models.py``) → ``services.py`` → domain (``cluster/``, ``ml/``, ``registry/``,
 ``security/``) → base (``config.py``, ``errors.py``). Every import counts, including those
 inside functions: they run later, but they still tie the two modules together.
 """
@@ -18,8 +18,8 @@ PACKAGE = "lepton_lab"
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / PACKAGE
 
-CLIENT_AND_DOORS = ("kernel", "server", "api", "session", "models", "services", "cli")
-DOORS = ("kernel", "server", "api", "cli")
+CLIENT_AND_DOORS = ("kernel", "server", "hub", "api", "session", "rest", "views", "models", "services", "cli")
+DOORS = ("kernel", "server", "hub", "api", "cli")
 #: module prefix → the package modules it must never import (each also covers its submodules)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     **{f"{PACKAGE}.{domain}": CLIENT_AND_DOORS for domain in ("ml", "registry", "cluster", "security")},

@@ -3,7 +3,7 @@
 import re
 
 from lepton_lab.cluster.allocation import JobAllocation, SiteTotals, Snapshot, Totals, WorkerAllocation
-from lepton_lab.kernel.widgets import snapshot_html, snapshot_text
+from lepton_lab.views import snapshot_html, snapshot_text
 
 GiB = 1024 ** 3
 

@@ -5,6 +5,8 @@ server (which owns clusters, checks the policy and issues certificates), as the
 user who owns the kernel. The server and the credential are found the way
 Jupyter tools find them:
 
+* the team deployment: the control plane at ``LEPTON_CONTROL_PLANE_URL``, with this
+  kernel's own ``JUPYTERHUB_API_TOKEN`` (the Hub says whose it is);
 * JupyterHub: ``JUPYTERHUB_API_TOKEN`` and ``JUPYTERHUB_SERVICE_URL``;
 * a plain server: the runtime file of the server that started this kernel
   (``JPY_PARENT_PID``), as listed by ``jupyter_server.serverapp.list_running_servers``;
@@ -20,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AlreadyExists, ClusterError, ConfigError, LeptonError, NotFound, PermissionDenied
+from .errors import AlreadyExists, ClusterError, ConfigError, LeptonError, NotFound, PermissionDenied
 
 _BY_STATUS = {400: ConfigError, 403: PermissionDenied, 404: NotFound, 409: AlreadyExists}
 
@@ -36,6 +38,10 @@ def find_server() -> ServerInfo | None:
     """The Jupyter server this kernel belongs to, or None (plain IPython, scripts, tests)."""
     if os.environ.get("LEPTON_SERVER_URL"):
         return ServerInfo(os.environ["LEPTON_SERVER_URL"], os.environ.get("LEPTON_TOKEN", ""), "environment")
+    from . import config
+
+    if config.control_plane_url() and os.environ.get("JUPYTERHUB_API_TOKEN"):
+        return ServerInfo(config.control_plane_url(), os.environ["JUPYTERHUB_API_TOKEN"], "control plane")
     if os.environ.get("JUPYTERHUB_API_TOKEN") and os.environ.get("JUPYTERHUB_SERVICE_URL"):
         return ServerInfo(os.environ["JUPYTERHUB_SERVICE_URL"], os.environ["JUPYTERHUB_API_TOKEN"], "jupyterhub")
     parent = os.environ.get("JPY_PARENT_PID")
@@ -122,7 +128,7 @@ class RestTransport:
         cred = self.call("GET", f"clusters/{cluster_id}/credentials")
         if not cred.get("tls"):
             return None
-        from ..security.certs import IssuedCert
+        from .security.certs import IssuedCert
 
         return IssuedCert.from_dict({k: cred[k] for k in
                                      ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")}).security()
@@ -153,8 +159,8 @@ class RestTransport:
     def load(self, team: str, ref: str):
         import base64
 
-        from ..registry import Manifest
-        from ..registry.serialize import deserialize
+        from .registry import Manifest
+        from .registry.serialize import deserialize
 
         name, _, which = ref.partition("@")
         content, headers = self.call("GET", f"models/{team}/{name}/versions/{which or 'latest'}/artifact",

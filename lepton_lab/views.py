@@ -10,8 +10,8 @@ from typing import Any
 
 from dask.utils import format_bytes
 
-from .. import config
-from ..cluster.allocation import Snapshot
+from . import config
+from .cluster.allocation import Snapshot
 
 SITE_COLOURS = {"cloud": "#3b6fb6", "edge": "#2f9e6e", "unknown": "#888888"}
 
