@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from distributed import Client, LocalCluster, Security
+from distributed import Client, LocalCluster, Security, SpecCluster
 
 from ..errors import AlreadyExists, ClusterError, ConfigError, NotFound
+from . import accounts
 from . import gpus as gpu_discovery
 from .ledger import LEDGER, GPULedger
 from .profiles import Profile, SiteSpec
@@ -75,13 +76,15 @@ class ManagedCluster:
     # Kept here by the services: the cluster's CA folder and the server's own client.
     ca_dir: Path | None = None
     server_client: Client | None = None
+    #: The OS account the scheduler and workers run under, when not this process's own.
+    run_as: str | None = None
 
     def __init__(
         self,
         cluster_id: str,
         name: str,
         profile: Profile,
-        cluster: LocalCluster,
+        cluster: LocalCluster | SpecCluster,
         gpus: list[gpu_discovery.GPU],
         *,
         owner: str = "",
@@ -122,6 +125,7 @@ class ManagedCluster:
         ledger: GPULedger | None = None,
         timeout: float = START_TIMEOUT,
         ca_dir: Path | None = None,
+        run_as: str | None = None,
     ) -> "ManagedCluster":
         """Start the scheduler and every site's workers; return when all have joined.
 
@@ -133,8 +137,12 @@ class ManagedCluster:
         gives its GPUs back: no orphaned processes, no lost devices.
         Workers of ``launch: ssh`` sites start on their hosts with certificates
         from the cluster's CA in ``ca_dir`` (see :mod:`lepton_lab.cluster.ssh`).
+        With ``run_as``, the scheduler and the local workers are processes of that
+        OS account (see :mod:`lepton_lab.cluster.accounts`), never of this one.
         """
         check_ssh_sites(profile, tls=security is not None, ca_dir=ca_dir)
+        if run_as is not None and (security is None or ca_dir is None):
+            raise ConfigError(f"a cluster run as {run_as} needs TLS and its own CA (start it through the server)")
         gpus = gpu_discovery.discover() if gpus is None else gpus
         ledger = ledger if ledger is not None else LEDGER
         cluster_id = uuid.uuid4().hex[:12]
@@ -142,26 +150,37 @@ class ManagedCluster:
         grants = ledger.reserve(cluster_id, name or cluster_id, team, profile.sites, gpus)
         try:
             plans = [p for site in profile.sites for p in plan_site(site, grants.get(site.name, []))]
-            with kernel_environment():
-                cluster = LocalCluster(
-                    name=name or cluster_id,
-                    n_workers=0,
-                    threads_per_worker=1,
-                    processes=True,
-                    host=host,
-                    # The dashboard stays on loopback whatever the scheduler listens on: it has no login.
-                    dashboard_address="127.0.0.1:0",
-                    worker_class=SiteNanny,
-                    security=security,
-                    protocol="tls://" if security is not None and security.require_encryption else None,
-                )
-        except BaseException:
+            if run_as is not None:
+                assert ca_dir is not None
+                cluster: LocalCluster | SpecCluster = SpecCluster(
+                    workers={},
+                    scheduler=accounts.scheduler_spec(name=name or cluster_id, account=run_as, ca_dir=ca_dir,
+                                                      host=host, timeout=timeout),
+                    security=security, name=name or cluster_id)
+            else:
+                with kernel_environment():
+                    cluster = LocalCluster(
+                        name=name or cluster_id,
+                        n_workers=0,
+                        threads_per_worker=1,
+                        processes=True,
+                        host=host,
+                        # The dashboard stays on loopback whatever the scheduler listens on: it has no login.
+                        dashboard_address="127.0.0.1:0",
+                        worker_class=SiteNanny,
+                        security=security,
+                        protocol="tls://" if security is not None and security.require_encryption else None,
+                    )
+        except BaseException as e:
             ledger.release(cluster_id)
+            if isinstance(e.__cause__, ClusterError):
+                raise e.__cause__ from None  # distributed wraps why the scheduler did not start
             raise
         managed = cls(cluster_id, name or cluster_id, profile, cluster, gpus, owner=owner, team=team,
                       security=security, ledger=ledger, advertise=advertise)
         managed.gpu_of = {p.name: p.gpu for p in plans if p.gpu is not None}
         managed.ca_dir = ca_dir
+        managed.run_as = run_as
         with kernel_environment():
             try:
                 managed._apply(plans_add=plans, timeout=timeout)
@@ -178,14 +197,20 @@ class ManagedCluster:
         """Change the worker spec and wait until the scheduler sees exactly that set."""
         with self._lock, kernel_environment():
             # A worker on another host is done once its processes and files there are gone.
-            remote = {n for n in names_remove if isinstance(self.cluster.workers.get(n), SSHSiteWorker)}
+            remote = {n for n in names_remove
+                      if isinstance(self.cluster.workers.get(n), (SSHSiteWorker, accounts.AccountWorker))}
             for name in names_remove:
                 self.cluster.worker_spec.pop(name, None)
             for plan in plans_add:
                 site = self.profile.site(plan.site)
-                self.cluster.worker_spec[plan.name] = (
-                    ssh_worker_spec(plan, site, self.address, self.ca_dir, timeout) if site.launch == "ssh"
-                    else worker_spec(plan, self._base_options()))
+                if site.launch == "ssh":
+                    spec = ssh_worker_spec(plan, site, self.address, self.ca_dir, timeout)
+                elif self.run_as is not None:
+                    assert self.ca_dir is not None
+                    spec = accounts.worker_spec(plan, account=self.run_as, ca_dir=self.ca_dir, timeout=timeout)
+                else:
+                    spec = worker_spec(plan, self._base_options())
+                self.cluster.worker_spec[plan.name] = spec
             self.cluster.scale(len(self.cluster.worker_spec))
             want = set(self.cluster.worker_spec)
             end = time.monotonic() + timeout
@@ -254,7 +279,7 @@ class ManagedCluster:
 
     def gpu_workers_of(self, site: str) -> int:
         return sum(1 for n in self.workers_of(site)
-                   if "GPU" in self.cluster.worker_spec[n]["options"].get("resources", {}))
+                   if "GPU" in self.cluster.worker_spec[n]["options"].get("resources", {}) or n in self.gpu_of)
 
     def gpus_held(self) -> int:
         """Physical devices (GPUs or MIG instances) this cluster holds in the ledger."""
