@@ -38,12 +38,16 @@ $(STAMP): pyproject.toml extension/package.json extension/yarn.lock $(BIN)/pytho
 setup: $(STAMP)
 
 # Chromium for the browser tests comes from Debian (never from playwright's downloader);
-# iproute2 gives the network namespaces that stand in for edge hosts.
+# iproute2 gives the network namespaces that stand in for edge hosts. The hub tests build
+# their users' venv from Debian's python3 (python3-venv) and the control plane starts
+# clusters as users through sudo.
 browser-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	[ -x /usr/bin/sudo ] || missing="$$missing sudo"; \
+	/usr/bin/python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing from apt:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -46,10 +46,12 @@ class Services:
 
     def __init__(self, policy: Policy, *, home: Path | None = None, audit: AuditLog | None = None,
                  tokens: TokenStore | None = None, manager: ClusterManager | None = None,
-                 templates_dir: Path | None = None, tls: bool = True):
+                 templates_dir: Path | None = None, tls: bool = True, run_as_owner: bool = False):
         self.policy = policy
         self.home = Path(home or config.home())
         self.audit = audit or AuditLog(config.audit_path())
+        # The team deployment: each cluster's processes run under its owner's OS account.
+        self.run_as_owner = run_as_owner
         self.tokens = tokens or TokenStore(config.tokens_path())
         self.manager = manager or ClusterManager()
         self.templates_dir = Path(templates_dir or config.templates_path())
@@ -182,7 +184,8 @@ class Services:
             try:
                 managed, _ = self.manager.start(prof, name=name, reuse=False, owner=who.name, team=team,
                                                 security=security, gpus=found, host=config.scheduler_host(),
-                                                advertise=config.scheduler_advertise(), ca_dir=ca_dir)
+                                                advertise=config.scheduler_advertise(), ca_dir=ca_dir,
+                                                run_as=who.name if self.run_as_owner else None)
             except BaseException:
                 if ca_dir is not None:
                     shutil.rmtree(ca_dir, ignore_errors=True)
@@ -316,12 +319,31 @@ class Services:
 
     @property
     def registry(self):
+        self._require_own_code(who, c)
         if getattr(self, "_registry", None) is None:
             from .registry import Registry
             from .security.vault import KeyRing
 
             self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"))
         return self._registry
+
+    def _require_own_code(self, who: Actor, c: ManagedCluster) -> None:
+        """A client certificate runs tasks as the account the cluster's workers run under:
+        ``who``'s own (team deployment), or this server's, for its owner and trusted users only."""
+        from .security.authz import runs_code_here, untrusted_reason
+        from .security.identity import server_owner
+
+        if c.run_as is not None:
+            if c.run_as == who.name:
+                return
+            reason = (f"cluster {c.name} runs as {c.run_as}'s account: {who.name} may run tasks only on "
+                      "clusters that run as their own")
+        elif runs_code_here(self.policy, who.name, server_owner()):
+            return
+        else:
+            reason = untrusted_reason(self.policy, who.name, "obtain cluster credentials")
+        self.audit.record(who.name, "clusters:use", f"clusters:{c.id}", "deny", reason=reason)
+        raise PermissionDenied(reason)
 
     def _model_team(self, who: Actor, team: str, permission: str, ref: str) -> None:
         """Models of a team the user may not read do not exist for them (404, never 403)."""

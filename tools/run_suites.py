@@ -5,7 +5,8 @@
     python tools/run_suites.py --only python --paths tests/unit/test_profiles.py
 
 Suites: lint (ruff), types (mypy), jest (the sidebar), python (tests/ without the
-server and browser tests), server and browser (each needs a pytest process of its own).
+server, browser and hub tests), server and browser (each needs a pytest process of its own),
+and hub (a real JupyterHub with real Linux accounts: needs root).
 Exits 1 if any suite failed, errored or ran nothing; the last line is `N passed, N failed`.
 Run it with the project's venv python: ruff, mypy, pytest and jlpm come from that venv.
 """
@@ -144,6 +145,22 @@ def pytest_suite(name: str, targets: list[str]) -> Suite:
     return Suite(name, lambda s: [*PYTEST, f"--junitxml={s / report}", *targets], pytest_reader(report))
 
 
+def hub_suite(targets: list[str]) -> Suite:
+    """The JupyterHub tests: they create Linux accounts, so a run without root fails and says why."""
+    suite = pytest_suite("hub", targets)
+    if os.geteuid() == 0:
+        return suite
+    read = suite.read
+
+    def needs_root(scratch: Path, code: int, out: str) -> Result:
+        r = read(scratch, code, out)
+        r.note = "needs root: it creates Linux accounts"
+        return r
+
+    suite.read = needs_root
+    return suite
+
+
 def make_suites(paths: list[str] | None) -> list[Suite]:
     """Every suite in run order; `paths` replaces the targets of the pytest suites."""
     return [
@@ -152,9 +169,11 @@ def make_suites(paths: list[str] | None) -> list[Suite]:
         Suite("types", lambda _s: [*MYPY, "lepton_lab"], read_mypy, capture=True),
         Suite("jest", lambda s: ["jlpm", "test", "--json", f"--outputFile={s / 'jest.json'}"], read_jest,
               cwd=ROOT / "extension"),
-        pytest_suite("python", paths or ["tests", "--ignore=tests/server", "--ignore=tests/browser"]),
+        pytest_suite("python", paths or ["tests", "--ignore=tests/server", "--ignore=tests/browser",
+                                         "--ignore=tests/hub"]),
         pytest_suite("server", paths or ["tests/server"]),
         pytest_suite("browser", paths or ["tests/browser"]),
+        hub_suite(paths or ["tests/hub"]),
     ]
 
 
@@ -221,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     suites = [s for s in make_suites(args.paths) if (not only or s.name in only) and s.name not in skip]
     if not suites:
         parser.error("no suite selected")
-    if args.paths and sum(s.name in ("python", "server", "browser") for s in suites) != 1:
-        parser.error("--paths needs exactly one of python,server,browser in the selection")
+    if args.paths and sum(s.name in ("python", "server", "browser", "hub") for s in suites) != 1:
+        parser.error("--paths needs exactly one of python,server,browser,hub in the selection")
 
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="lepton-suites-") as tmp:

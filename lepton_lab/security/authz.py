@@ -390,7 +390,9 @@ class LeptonAuthorizer(Authorizer):
         name = user.username
         target = resource
         status = 403
-        if resource in ("contents", "files", "nbconvert") or _is_resolve_path(handler, resource):
+        if handler.settings.get("lepton_control_plane") and not resource.startswith("lepton:"):
+            decision = Decision(False, "the Lepton control plane serves the Lepton API only")
+        elif resource in ("contents", "files", "nbconvert") or _is_resolve_path(handler, resource):
             checks, transfers = request_paths(handler, resource, action)
             if _is_resolve_path(handler, resource):
                 checks = [("read", handler.get_query_argument("path", ""))]

@@ -17,6 +17,14 @@ from .routes import setup_route_handlers
 
 
 def load_server_extension(server_app) -> None:
+    role = config.deployment()
+    if role == "client":
+        # A user's own server in the team deployment: the control plane holds every service.
+        from ..hub.forward import setup_forwarding
+
+        setup_forwarding(server_app.web_app, config.control_plane_url())
+        server_app.log.info(f"Lepton Lab: client of the control plane at {config.control_plane_url()}")
+        return
     path = config.policy_path()
     try:
         if path.exists():
@@ -29,19 +37,22 @@ def load_server_extension(server_app) -> None:
         # Running with no policy would mean running open: stop instead.
         raise SystemExit(f"Lepton Lab: invalid policy, server not started: {e}") from None
     set_current_policy(policy)
-    services = Services(policy)
+    # In the control plane, every cluster runs under its owner's OS account, never under this one.
+    services = Services(policy, run_as_owner=role == "control-plane")
     web_app = server_app.web_app
     web_app.settings["lepton"] = services
+    web_app.settings["lepton_control_plane"] = role == "control-plane"
     setup_route_handlers(web_app)
-    owners = KernelOwners(server_owner())
-    web_app.settings["lepton_kernel_owners"] = owners
-    watch_kernels(server_app, owners)
+    if role == "personal":
+        owners = KernelOwners(server_owner())
+        web_app.settings["lepton_kernel_owners"] = owners
+        watch_kernels(server_app, owners)
     trace_audit(services)
     atexit.register(services.close)
     if not _uses_lepton_auth(server_app):
         server_app.log.warning("Lepton Lab: ServerApp.authorizer_class is not LeptonAuthorizer; "
                                "Jupyter's own resources are not checked against the policy")
-    if config.AUTOSTART_PROFILE:
+    if config.AUTOSTART_PROFILE and role == "personal":
         def start() -> None:
             try:
                 c = services.create_cluster(Actor(local_user()), team=policy.teams[0],

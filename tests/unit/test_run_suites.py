@@ -64,4 +64,4 @@ def test_unknown_suite_is_one_clear_error(capsys):
     with pytest.raises(SystemExit) as e:
         run_suites.main(["--only", "nope"])
     assert e.value.code == 2
-    assert "unknown suite(s) nope; choose from lint,types,jest,python,server,browser" in capsys.readouterr().err
+    assert "unknown suite(s) nope; choose from lint,types,jest,python,server,browser,hub" in capsys.readouterr().err

@@ -1,0 +1,153 @@
+"""A user's own server in the team deployment: the Lepton API, forwarded to the control plane.
+
+The sidebar talks to its own Jupyter server as everywhere else (``<base>/lepton/api/...``).
+In a team deployment that server holds no policy, key or cluster: each request
+goes on to the control plane with the token the Hub gave this server, which is
+its owner's identity. Only the owner's own requests are forwarded; anyone else
+the Hub lets reach this server (an admin, a shared-server guest) is refused here
+and must use their own server. Answers, errors included, come back unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.utils import url_path_join
+from tornado import httpclient, web, websocket
+
+from ..security.identity import server_owner
+
+#: Request headers passed on to the control plane, and answer headers passed back.
+REQUEST_HEADERS = ("Content-Type", "X-Lepton-Manifest", "X-Request-Id", "Accept")
+ANSWER_HEADERS = ("Content-Type", "X-Lepton-Manifest", "Content-Disposition", "X-Request-Id")
+#: Seconds a forwarded request may take (publishing a large model included).
+TIMEOUT = 600.0
+
+
+def _token() -> str:
+    return os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+
+def _check_owner(handler: JupyterHandler) -> None:
+    user = handler.current_user
+    owner = server_owner()
+    if user is None:
+        raise web.HTTPError(403, "sign in first")
+    if user.username != owner:
+        raise web.HTTPError(403, f"this is {owner}'s server: {user.username} reaches the Lepton control plane "
+                                 "from their own server")
+
+
+class ForwardHandler(APIHandler):
+    """Every method of ``/lepton/api/<path>``, answered by the control plane."""
+
+    def initialize(self, control_plane: str) -> None:
+        self.control_plane = control_plane
+
+    def check_xsrf_cookie(self) -> None:
+        # The sidebar sends Jupyter's XSRF token; token-authenticated calls need none.
+        if self.request.headers.get("Authorization"):
+            return None
+        return super().check_xsrf_cookie()
+
+    async def _forward(self, path: str) -> None:
+        _check_owner(self)
+        url = url_path_join(self.control_plane, "lepton", "api", path)
+        if self.request.query:
+            url += "?" + self.request.query
+        headers = {k: v for k in REQUEST_HEADERS if (v := self.request.headers.get(k))}
+        headers["Authorization"] = f"token {_token()}"
+        method = self.request.method or "GET"
+        body = self.request.body if method in ("POST", "PUT", "PATCH") else None
+        request = httpclient.HTTPRequest(url, method=method, headers=headers, body=body,
+                                         allow_nonstandard_methods=True, request_timeout=TIMEOUT,
+                                         follow_redirects=False)
+        try:
+            response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+        except OSError as e:
+            raise web.HTTPError(502, f"the Lepton control plane at {self.control_plane} did not answer ({e})") \
+                from None
+        if response.code == 599:
+            raise web.HTTPError(502, f"the Lepton control plane at {self.control_plane} did not answer "
+                                     f"({response.error})")
+        self.set_status(response.code, response.reason)
+        for name in ANSWER_HEADERS:
+            if name in response.headers:
+                self.set_header(name, response.headers[name])
+        if response.body:
+            self.write(response.body)
+        await self.finish()
+
+    @web.authenticated
+    async def get(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def post(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def patch(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def put(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    async def delete(self, path: str) -> None:
+        await self._forward(path)
+
+
+class ForwardSocket(JupyterHandler, websocket.WebSocketHandler):
+    """A cluster's live allocation stream, relayed from the control plane."""
+
+    def initialize(self, control_plane: str) -> None:
+        self.control_plane = control_plane
+        self.upstream: websocket.WebSocketClientConnection | None = None
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.current_user is None:
+            raise web.HTTPError(403, "sign in first")
+        _check_owner(self)
+        await super().get(*args, **kwargs)
+
+    async def open(self, cluster_id: str) -> None:  # type: ignore[override]
+        base = url_path_join(self.control_plane, "lepton", "api", "clusters", cluster_id, "stream")
+        url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        if self.request.query:
+            url += "?" + self.request.query
+        request = httpclient.HTTPRequest(url, headers={"Authorization": f"token {_token()}"}, request_timeout=30)
+        try:
+            self.upstream = await websocket.websocket_connect(request, on_message_callback=self._relay)
+        except (httpclient.HTTPClientError, OSError) as e:
+            self.close(1011, f"the Lepton control plane refused the stream: {e}"[:120])
+
+    def _relay(self, message: str | bytes | None) -> None:
+        if message is None:
+            self.close()
+        else:
+            try:
+                self.write_message(message, binary=isinstance(message, bytes))
+            except websocket.WebSocketClosedError:
+                pass
+
+    def on_message(self, message: str | bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write_message(message, binary=isinstance(message, bytes))
+
+    def on_close(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+def setup_forwarding(web_app: Any, control_plane: str) -> None:
+    """Route ``<base>/lepton/api/...`` of this server to ``control_plane``."""
+    base = url_path_join(web_app.settings["base_url"], "lepton", "api")
+    options = {"control_plane": control_plane}
+    web_app.add_handlers(".*$", [
+        (url_path_join(base, r"clusters/([^/]+)/stream") + "/?", ForwardSocket, options),
+        (base + r"/(.*)", ForwardHandler, options),
+    ])
