@@ -11,7 +11,7 @@ LAB_PORT ?= 8888
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test setup setup-test browser-deps bench clean
+.PHONY: lab test hub setup setup-test browser-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ lab: setup
 	@for nb in notebooks/*.ipynb; do [ -e "work/$${nb##*/}" ] || cp "$$nb" work/; done
 	LEPTON_HOME=$(LAB_HOME) LEPTON_AUTOSTART=local $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
 		--ServerApp.root_dir=$(CURDIR) $(ROOT_FLAG) work/quickstart.ipynb
+
+# The team deployment on this machine (root): JupyterHub, the Lepton control plane as a Hub
+# service and two analysts in two teams, all with throwaway accounts removed on Ctrl-C.
+# Asks before creating accounts (HUB_YES=1 skips the question); HUB_PORT sets the port.
+hub: setup-test
+	$(BIN)/python tools/hub_demo.py
 
 # Every suite runs even when one before it is red: lint (ruff), types (mypy), jest, the
 # Python tests, then the server and browser tests, which each need a pytest process of
