@@ -45,7 +45,9 @@ def find_server() -> ServerInfo | None:
     if os.environ.get("JUPYTERHUB_API_TOKEN") and os.environ.get("JUPYTERHUB_SERVICE_URL"):
         return ServerInfo(os.environ["JUPYTERHUB_SERVICE_URL"], os.environ["JUPYTERHUB_API_TOKEN"], "jupyterhub")
     parent = os.environ.get("JPY_PARENT_PID")
-    if not parent:
+    if not parent or os.environ.get("LEPTON_KERNEL_USER"):
+        # A kernel started for someone other than the server's owner gets its own token
+        # (above); the server's runtime file holds the owner's.
         return None
     try:
         from jupyter_server.serverapp import list_running_servers

@@ -80,6 +80,10 @@ class LeptonIdentityProvider(PasswordIdentityProvider):
     async def get_user_token(self, handler) -> User | None:  # type: ignore[override]
         token = self.get_token(handler) or ""
         services = self._services(handler)
+        kernel_tokens = handler.settings.get("lepton_kernel_tokens")
+        if services is not None and kernel_tokens is not None and token.startswith(kernel_tokens.PREFIX):
+            name = kernel_tokens.user_of(token)
+            return make_user(services.policy, name, via="kernel-token") if name else None
         if services is not None and token.startswith("lpt_"):
             import asyncio
 

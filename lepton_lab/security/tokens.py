@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -187,3 +188,47 @@ def _derive(token: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 
 __all__ = ["TOKEN_PREFIX", "TokenInfo", "TokenRecord", "TokenStore"]
+
+
+class KernelTokens:
+    """Tokens a server hands the kernels it starts for users other than its owner.
+
+    Such a kernel must reach the server as the user who started it, never with the
+    server's own token (its owner's identity). Each token lives in this process's memory
+    only, for as long as its kernel runs.
+    """
+
+    PREFIX = "lkt_"
+
+    def __init__(self) -> None:
+        self._users: dict[str, str] = {}  # sha256(token) -> user
+        self._by_kernel: dict[str, str] = {}  # kernel id -> sha256(token)
+        self._lock = threading.Lock()
+
+    def issue(self, user: str) -> tuple[str, str]:
+        """A new token for ``user``: ``(token, handle)``; bind the handle to a kernel with :meth:`bind`."""
+        token = self.PREFIX + secrets.token_urlsafe(32)
+        handle = _digest(token)
+        with self._lock:
+            self._users[handle] = user
+        return token, handle
+
+    def bind(self, handle: str, kernel_id: str) -> None:
+        with self._lock:
+            self._by_kernel[kernel_id] = handle
+
+    def user_of(self, token: str) -> str | None:
+        if not token.startswith(self.PREFIX):
+            return None
+        with self._lock:
+            return self._users.get(_digest(token))
+
+    def revoke(self, handle: str) -> None:
+        with self._lock:
+            self._users.pop(handle, None)
+
+    def revoke_kernel(self, kernel_id: str) -> None:
+        with self._lock:
+            handle = self._by_kernel.pop(kernel_id, None)
+            if handle is not None:
+                self._users.pop(handle, None)

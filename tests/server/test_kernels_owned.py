@@ -125,3 +125,33 @@ def test_the_hub_user_owns_their_own_server(monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_USER", "alice")
     assert server_owner() == "alice"
     assert runs_code_here(policy, "alice", server_owner()) and not runs_code_here(policy, "bob", server_owner())
+
+
+async def test_a_kernel_started_for_another_user_reaches_the_server_as_that_user(as_user, jp_fetch, jp_serverapp):
+    import psutil
+
+    async def whoami(token):
+        try:
+            r = await jp_fetch("lepton", "api", "whoami", headers={"Authorization": f"token {token}"})
+            return r.code, json.loads(r.body)["name"]
+        except HTTPClientError as e:
+            return e.code, None
+
+    code, kernel = await as_user("alice", "api", "kernels", method="POST", body={"name": "python3"})
+    assert code == 201, kernel
+    code, own = await as_user("admin", "api", "kernels", method="POST", body={"name": "python3"})
+    assert code == 201, own
+    km = jp_serverapp.kernel_manager
+    try:
+        env = psutil.Process(km.get_kernel(kernel["id"]).provisioner.pid).environ()
+        assert env["LEPTON_KERNEL_USER"] == "alice"
+        assert env["LEPTON_TOKEN"].startswith("lkt_") and env["LEPTON_SERVER_URL"]
+        token = env["LEPTON_TOKEN"]
+        assert await whoami(token) == (200, "alice")  # alice's own identity, not the owner's
+        # The owner's kernel finds the server the usual way and gets no token of another's.
+        owner_env = psutil.Process(km.get_kernel(own["id"]).provisioner.pid).environ()
+        assert "LEPTON_TOKEN" not in owner_env and "LEPTON_KERNEL_USER" not in owner_env
+    finally:
+        await as_user("alice", "api", "kernels", kernel["id"], method="DELETE")
+        await as_user("admin", "api", "kernels", own["id"], method="DELETE")
+    assert (await whoami(token))[0] == 401  # the token died with its kernel: no one
