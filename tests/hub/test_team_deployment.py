@@ -263,3 +263,31 @@ def test_the_control_planes_state_is_its_own(team):
     cp_uid = pwd.getpwnam(team.users["cp"].name).pw_uid
     names = {" ".join(p.cmdline()) for p in processes_of({cp_uid})}
     assert all("lepton_lab.hub.control_plane" in n or "sudo" in n for n in names), names
+
+
+def test_the_sidebar_in_a_hub_users_lab_shows_their_own_identity_and_team(team):
+    """Chromium logs in to the Hub as alice; her lab's Lepton panel answers from the control plane."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from lepton_lab.testing import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.goto(f"{team.hub.url}/hub/login", timeout=60_000)
+            page.fill("input[name=username]", team.alice)
+            page.fill("input[name=password]", team.hub.password)
+            page.click("[type=submit]")
+            page.wait_for_url(f"**/user/{team.alice}/**", timeout=60_000)
+            page.goto(f"{team.hub.url}/user/{team.alice}/lab?reset", timeout=60_000)
+            page.wait_for_selector(".jp-LabShell", timeout=60_000)
+            tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="lepton-lab-panel"]')
+            tab.wait_for(timeout=60_000)
+            tab.click()
+            whoami = page.locator('[data-testid="lepton-whoami"]')
+            expect(whoami).to_contain_text(team.alice, timeout=30_000)
+            expect(whoami).to_contain_text("alpha")
+            expect(page.locator('[data-testid="lepton-clusters"]')).to_be_visible()
+        finally:
+            browser.close()
