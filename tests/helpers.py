@@ -24,6 +24,16 @@ def dask_children() -> list[psutil.Process]:
     return out
 
 
+def eventually(predicate, timeout: float = 20.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` s pass (its last value)."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= end:
+            return value
+        time.sleep(interval)
+
+
 def wait_no_dask_children(timeout: float = 15.0) -> list[psutil.Process]:
     end = time.monotonic() + timeout
     left = dask_children()

@@ -1,7 +1,6 @@
 """Snapshots of a real cluster: who holds which resources, for which job."""
 
 import json
-import time
 
 import dask
 import pytest
@@ -10,6 +9,7 @@ from distributed import Event
 import lepton_lab
 from lepton_lab.cluster.allocation import Snapshot
 from lepton_lab.views import AllocationView, snapshot_html, snapshot_text
+from tests.helpers import eventually
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,8 @@ def test_running_job_holds_resources_on_the_right_site(costed):
         held = client.submit(wait_event, "release-train", resources={"edge-hospital-a": 1}, pure=False)
     plain = client.submit(wait_event, "release-train", key="score-batch-1", resources={"cloud": 1}, pure=False)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            snap = costed.snapshot()
-            if snap.job("fraud-train") and snap.job("score-batch"):
-                break
-            time.sleep(0.1)
+        snap = eventually(lambda: (s := costed.snapshot()).job("fraud-train") and s.job("score-batch") and s) \
+            or costed.snapshot()
         job = snap.job("fraud-train")
         assert job is not None, snap.jobs
         assert job.tasks == 1 and job.sites == ["edge-hospital-a"]
@@ -102,27 +98,21 @@ def test_live_view_refreshes_and_stops_when_closed(costed):
     view = AllocationView(costed, interval=0.2)
     try:
         first = view.updates
-        time.sleep(1.0)
-        assert view.updates >= first + 2
+        assert eventually(lambda: view.updates >= first + 2), (first, view.updates)
         assert list(view.figure.data[0].x[1]) == ["cloud-0", "edge-hospital-a-0", "edge-hospital-a-1"]
         assert "alloc-test" in view.header.value
     finally:
         view.close()
-    time.sleep(0.5)
-    assert not view.running
-    n = view.updates
-    time.sleep(0.5)
-    assert view.updates == n
+    assert view._thread is not None
+    view._thread.join(timeout=10)  # closing ends the refresh thread: nothing refreshes the view after it
+    assert not view._thread.is_alive() and not view.running
 
 
 def test_live_view_stops_when_cluster_goes_away():
     handle = lepton_lab.up(name="view-gone", cloud=1, edge=0)
     view = AllocationView(handle, interval=0.1)
     lepton_lab.down("view-gone")
-    deadline = time.monotonic() + 5
-    while view.running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not view.running
+    assert eventually(lambda: not view.running, timeout=5)
 
 
 # Synthetic scheduler state: the scheduler's own WorkerState and TaskState objects,
