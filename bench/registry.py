@@ -59,6 +59,10 @@ try:
 
         def forward(self, x):
             return self.layers(x)
+
+    from lepton_lab.registry import allow_builder
+
+    allow_builder(Wide)  # each child process loads what another published: it names its class
 except ImportError:  # the parent process needs no torch
     torch = None
 

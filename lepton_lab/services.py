@@ -324,7 +324,9 @@ class Services:
             from .registry import Registry
             from .security.vault import KeyRing
 
-            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"))
+            # Publishing itself asks the policy, and the alias log records the grant.
+            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"),
+                                      authorize=lambda *asked: self.policy.allows(*asked))
         return self._registry
 
     def _require_own_code(self, who: Actor, c: ManagedCluster) -> None:
@@ -397,18 +399,18 @@ class Services:
             ser, name=name, team=team, user=who.name, metrics=meta.get("metrics"),
             input_schema=meta.get("input_schema"), lineage=meta.get("lineage"),
             compression=meta.get("compression"), description=meta.get("description") or "",
-            tags=meta.get("tags") or (), alias=meta.get("alias"))
+            tags=meta.get("tags") or (), alias=meta.get("alias"), groups=who.groups)
         self.audit.record(who.name, "models:publish", f"models:{team}/{name}@{manifest.version}", "allow")
         return manifest
 
     def set_alias(self, who: Actor, team: str, name: str, alias: str, version: int) -> None:
         self._model_team(who, team, "models:publish", name)
-        self.registry.set_alias(name, team, alias, version)
+        self.registry.set_alias(name, team, alias, version, user=who.name)
         self.audit.record(who.name, "models:publish", f"models:{team}/{name}", "allow", alias=alias, version=version)
 
     def delete_model_version(self, who: Actor, team: str, name: str, version: int) -> None:
         self._model_team(who, team, "models:delete", name)
-        self.registry.delete_version(name, team, version)
+        self.registry.delete_version(name, team, version, user=who.name)
         self.audit.record(who.name, "models:delete", f"models:{team}/{name}@{version}", "allow")
 
     def predict(self, who: Actor, team: str, ref: str, inputs: Any) -> dict[str, Any]:

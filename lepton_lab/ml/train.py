@@ -1513,7 +1513,7 @@ class _XGBoostJob(_Job):
             "history": [], "resume": None, "seed": ctx.seed,
         }
         if resume:
-            spec["resume"] = Path(resume["path"]).read_bytes()
+            spec["resume"] = ctx.checkpoints.read(resume)
             spec["history"] = [r for r in resume.get("history", []) if r.get("round", 0) <= resume["step"]]
         return spec
 
@@ -1765,7 +1765,7 @@ class _TorchJob(_Job):
         t = ctx.table
         spec = dict(self.common, model=self.model_spec, resume=None, attempt=ctx.attempt)
         if resume:
-            spec["resume"] = Path(resume["path"]).read_bytes()
+            spec["resume"] = ctx.checkpoints.read(resume)
         X_tr, y_tr = t.X[self.train_idx], t.y[self.train_idx]
         X_te, y_te = t.X[self.test_idx], t.y[self.test_idx]
         holds: list[Any] = []

@@ -4,6 +4,7 @@
 version; ``load("fraud@production", team=...)`` gets it back verified.
 """
 
+from lepton_lab.registry.builders import allow_builder
 from lepton_lab.registry.manifest import (
     ArtifactInfo,
     Construction,
@@ -34,6 +35,7 @@ __all__ = [
     "Quantization",
     "Registry",
     "VersionEntry",
+    "allow_builder",
     "parse_ref",
     "records_init_kwargs",
 ]

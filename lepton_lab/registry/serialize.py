@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import io
 import itertools
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton_lab.errors import ConfigError
+from lepton_lab.registry.builders import allow_builder, resolve_builder
 from lepton_lab.registry.manifest import Construction, Manifest, Quantization, to_plain_json
 
 #: Write ``bytes`` into a stream (the encrypting writer).
@@ -95,7 +95,7 @@ def records_init_kwargs(cls: type) -> type:
             self.init_kwargs = recorded
 
     cls.__init__ = __init__  # type: ignore[misc]
-    return cls
+    return allow_builder(cls)
 
 
 def _loaded(module: str):
@@ -143,17 +143,17 @@ def _target(obj: type | Callable) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
-def resolve(target: str) -> Any:
-    """The object named ``module:qualname``; ConfigError saying what to fix if it cannot."""
+def resolve(target: str, framework: str = "torch") -> Any:
+    """The allowed builder named ``module:qualname`` (see :mod:`.builders`); ConfigError if not."""
+    return resolve_builder(target, framework)
+
+
+def _importable(target: str) -> Any:
+    """The object at ``target`` if its module is already imported (None otherwise)."""
     module_name, _, qualname = target.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(
-            f"cannot import {target} to rebuild the model ({err}); make that module importable"
-        ) from None
+    obj = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
     return obj
 
 
@@ -205,7 +205,8 @@ def _torch_module(module: Any, init_kwargs: dict[str, Any] | None, torch: Any) -
             f"{cls.__qualname__} is defined inside a function; define it at module level "
             "so the registry can rebuild it"
         )
-    if resolve(target) is not cls:
+    allow_builder(cls)  # the live class is here already: rebuilding it imports nothing new
+    if _importable(target) is not cls:
         raise ConfigError(
             f"{target} does not import as the class of this module; was it redefined?"
         )
@@ -404,9 +405,7 @@ def _load_xgboost(payload: bytes | bytearray, manifest: Manifest) -> Any:
         booster = xgb.Booster()
         booster.load_model(raw)
         return booster
-    cls = resolve(manifest.construction.target)
-    if not (isinstance(cls, type) and issubclass(cls, xgb.XGBModel)):
-        raise ConfigError(f"{manifest.construction.target} is not an XGBoost estimator")
+    cls = resolve(manifest.construction.target, "xgboost")
     model = cls(**manifest.construction.kwargs)
     model.load_model(raw)
     return model
@@ -418,11 +417,8 @@ def _load_torch(payload: bytes | bytearray, manifest: Manifest) -> Any:
     spec = manifest.construction
     if spec is None:
         raise ConfigError(f"{manifest.ref} has no construction spec; it cannot be rebuilt")
-    build = resolve(spec.target)
+    build = resolve(spec.target, "torch")  # allow-listed before anything is imported
     is_class = isinstance(build, type) and issubclass(build, torch.nn.Module)
-    # Besides module classes, only functions marked as model builders are called.
-    if not (is_class or getattr(build, "lepton_model_builder", False) is True):
-        raise ConfigError(f"{spec.target} is not a torch.nn.Module or a Lepton model builder")
     state = _torch_load(payload, torch)
     module = None
     if is_class and spec.quantization is None:
@@ -498,18 +494,21 @@ __all__ = ["Serialized", "deserialize", "records_init_kwargs", "resolve", "seria
 def from_payload(payload: bytes, *, framework: str, framework_version: str, format: str,
                  construction: dict[str, Any] | None = None) -> Serialized:
     """A :class:`Serialized` for bytes already in a framework's format (sent by a kernel)."""
+    from .formats import check_facts, check_payload
     from .manifest import Construction, Quantization
 
-    if framework not in ("bytes", "xgboost", "torch"):
-        raise ConfigError(f"unknown framework {framework!r} (bytes, xgboost, torch)")
     cons = None
     if construction:
-        q = construction.get("quantization")
+        q = construction.get("quantization") if isinstance(construction, dict) else None
         try:
-            cons = Construction(target=str(construction["target"]), kwargs=dict(construction.get("kwargs") or {}),
+            cons = Construction(target=construction["target"], kwargs=dict(construction.get("kwargs") or {}),
                                 quantization=Quantization(**q) if q else None)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"construction: {e}") from None
+        cons.kwargs = to_plain_json(cons.kwargs, "construction kwargs")
+    # The claim is checked against the bytes now: a mismatch is the publisher's error, not a reader's.
+    check_facts(framework, format, cons)
+    check_payload(payload, framework, format)
     suffix = {"ubj": ".ubj", "state_dict": ".pt"}.get(format, ".bin")
     return Serialized(framework, framework_version, format, suffix, lambda w: w.write(payload), cons)
 

@@ -2,7 +2,8 @@
 
 Layout::
 
-    <root>/<team>/<model>/index.json                    versions, aliases, tags
+    <root>/<team>/<model>/index.json                    versions, aliases, tags (a listing)
+    <root>/<team>/<model>/alias.log                     signed, hash-chained history (see ledger)
     <root>/<team>/<model>/versions/<n>/manifest.json    canonical JSON, signed
     <root>/<team>/<model>/versions/<n>/manifest.sig     Ed25519 signature
     <root>/<team>/<model>/versions/<n>/artifact.enc     envelope (see security.vault)
@@ -12,7 +13,11 @@ Layout::
 A version is written into ``.staging`` and renamed into ``versions/`` in one
 step, then added to the index under the model's lock: readers see a complete
 version or none. The registry takes a ``team`` from its caller and trusts it;
-permission checks belong to the server.
+permission checks belong to the server, which may hand the registry an
+``authorize`` function so that publishing itself refuses a user without
+``models:publish`` in the team. What a reader trusts is the alias log: which
+versions exist, where aliases point, who published each version and under
+which permission; ``index.json`` must agree with it or nothing loads.
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,8 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from lepton_lab import config
-from lepton_lab.errors import ConfigError, IntegrityError, NotFound
+from lepton_lab.errors import ConfigError, IntegrityError, NotFound, PermissionDenied
 from lepton_lab.registry import serialize as _serialize
+from lepton_lab.registry.formats import check_facts
+from lepton_lab.registry.layout import (
+    ARTIFACT,
+    MANIFEST,
+    SIGNATURE,
+    ModelIndex,
+    VersionEntry,
+    fsync_dir,
+    sweep_stale,
+    write_synced,
+)
+from lepton_lab.registry.ledger import AliasLog, LogState, manifest_digest
 from lepton_lab.registry.manifest import (
     ArtifactInfo,
     InputSchema,
@@ -50,7 +66,6 @@ from lepton_lab.security.vault import (
     CHUNK_SIZE,
     KeyRing,
     SealedWriter,
-    canonical_json,
     decrypt_bytes,
     decrypt_file,
     sign_manifest,
@@ -58,94 +73,9 @@ from lepton_lab.security.vault import (
     verify_stream,
 )
 
-INDEX_FORMAT = "lepton-index/1"
-#: Seconds after which a staging directory is a crash leftover (no live publish takes a day).
-STALE_STAGING = 24 * 3600
-ARTIFACT = "artifact.enc"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _sweep_stale(staging_root: Path) -> None:
-    """Remove what publishes killed long ago left in the staging area (never visible)."""
-    try:
-        entries = list(staging_root.iterdir())
-    except FileNotFoundError:
-        return
-    cutoff = time.time() - STALE_STAGING
-    for entry in entries:
-        try:
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
-        except FileNotFoundError:
-            pass
-
-
-@dataclass
-class VersionEntry:
-    """One version as listed in ``index.json``."""
-
-    version: int
-    created: str
-    signer: str
-    framework: str
-    format: str
-    size: int
-    sha256: str
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ModelIndex:
-    """The shape of ``index.json``: a model's versions, aliases and tags."""
-
-    name: str
-    team: str
-    versions: list[VersionEntry] = field(default_factory=list)
-    aliases: dict[str, int] = field(default_factory=dict)
-    last_version: int = 0  # never reused, even after the newest version is deleted
-    format: str = INDEX_FORMAT
-
-    @classmethod
-    def from_bytes(cls, data: bytes, where: Path) -> ModelIndex:
-        try:
-            raw = json.loads(data)
-            raw["versions"] = [VersionEntry(**v) for v in raw["versions"]]
-            index = cls(**raw)
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{where} is damaged; restore it from a backup") from None
-        if index.format != INDEX_FORMAT:
-            raise ConfigError(f"{where} has format {index.format!r}; upgrade Lepton Lab")
-        return index
-
-    def to_bytes(self) -> bytes:
-        return canonical_json(dataclasses.asdict(self))
-
-    def entry(self, version: int) -> VersionEntry | None:
-        return next((e for e in self.versions if e.version == version), None)
-
-    def latest(self) -> VersionEntry | None:
-        return max(self.versions, key=lambda e: e.version, default=None)
 
 
 @dataclass
@@ -178,10 +108,13 @@ class Registry:
         keyring: KeyRing | None = None,
         *,
         chunk_size: int = CHUNK_SIZE,
+        authorize: Callable[[str, tuple[str, ...], str, str], bool] | None = None,
     ):
         self.root = Path(root) if root is not None else config.registry_path()
         self.keyring = keyring if keyring is not None else KeyRing()
         self.chunk_size = chunk_size
+        #: ``authorize(user, groups, permission, team)``: the policy, when the caller has one.
+        self.authorize = authorize
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
@@ -211,16 +144,56 @@ class Registry:
         except FileNotFoundError:
             return None
 
-    def _index(self, name: str, team: str) -> ModelIndex:
+    def _log(self, name: str, team: str) -> AliasLog:
+        return AliasLog(self._model_dir(name, team), self.keyring.root, self.root, team, name)
+
+    def _checked(self, name: str, team: str) -> tuple[ModelIndex, LogState]:
+        """The index and the verified log of a model, which must agree; NotFound if it has no versions."""
         index = self._read_index(name, team)
-        if index is None or not index.versions:
+        state = self._log(name, team).read()
+        if index is None and not state.seq:
             raise NotFound(f"no model {name!r} in team {team}")
+        if not state.seq:
+            raise IntegrityError(
+                f"{team}/{name} has no signed alias log: it was not published through this "
+                "registry, or its log was removed"
+            )
+        if (
+            index is None
+            or sorted(e.version for e in index.versions) != sorted(state.versions)
+            or index.aliases != state.aliases
+            or index.last_version != state.last_version
+        ):
+            raise IntegrityError(
+                f"index.json of {team}/{name} disagrees with its signed alias log (versions "
+                f"{sorted(state.versions)}, aliases {state.aliases}); it was edited"
+            )
+        if not index.versions:
+            raise NotFound(f"no model {name!r} in team {team}")
+        return index, state
+
+    def _index(self, name: str, team: str) -> ModelIndex:
+        return self._checked(name, team)[0]
+
+    def _sync(self, index: ModelIndex, state: LogState) -> ModelIndex:
+        """``index`` brought in line with the log (after a crash between the two writes)."""
+        known = {e.version: e for e in index.versions}
+        index.versions = [known.get(v) or self._entry_of(index.name, index.team, v, state)
+                          for v in sorted(state.versions)]
+        index.aliases = dict(state.aliases)
+        index.last_version = state.last_version
         return index
+
+    def _entry_of(self, name: str, team: str, version: int, state: LogState) -> VersionEntry:
+        m = self._verified_manifest(name, team, version, state)
+        return VersionEntry(version=version, created=m.lineage.created, signer=m.signer,
+                            framework=m.framework, format=m.format, size=m.artifact.size,
+                            sha256=m.artifact.sha256, tags=list(m.tags))
 
     def _write_index(self, index: ModelIndex) -> None:
         model_dir = self._model_dir(index.name, index.team)
         write_atomic(model_dir / "index.json", index.to_bytes())
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
 
     @staticmethod
     def _resolve(index: ModelIndex, version: int | None, alias: str | None) -> int:
@@ -269,6 +242,7 @@ class Registry:
         tags: Iterable[str] = (),
         alias: str | None = None,
         init_kwargs: dict[str, Any] | None = None,
+        groups: Iterable[str] = (),
     ) -> Manifest:
         """Store a new version of ``name`` for ``team``; returns its signed manifest.
 
@@ -279,10 +253,14 @@ class Registry:
         fresh data key wrapped by the team key, and signed by ``user``. The
         version number is the next free one; on any error nothing is left
         behind. ``init_kwargs`` rebuilds a PyTorch module whose class does not
-        record its constructor arguments.
+        record its constructor arguments. With ``authorize`` set, ``user`` (in
+        ``groups``) must hold ``models:publish`` in ``team``; the alias log
+        records that they did.
         """
         team_dir = self._team_dir(team)
         check_name(name)
+        if self.authorize is not None and not self.authorize(user, tuple(groups), "models:publish", team):
+            raise PermissionDenied(f"{user} may not publish models to {team}")
         if alias is not None:
             check_alias(alias)
         tags = [check_tag(t) for t in ([tags] if isinstance(tags, str) else tags)]
@@ -297,8 +275,9 @@ class Registry:
         self.keyring.signing_key(user)  # refuse a bad user name before any work
         ser = (model_or_path if isinstance(model_or_path, _serialize.Serialized)
                else _serialize.serialize(model_or_path, init_kwargs=init_kwargs))
+        check_facts(ser.framework, ser.format, ser.construction)
 
-        _sweep_stale(team_dir / ".staging")
+        sweep_stale(team_dir / ".staging")
         staging = team_dir / ".staging" / secrets.token_hex(8)
         staging.mkdir(parents=True, mode=0o700)
         try:
@@ -345,27 +324,39 @@ class Registry:
         name, team, user = draft.name, draft.team, draft.signer
         model_dir = self._model_dir(name, team)
         versions_dir = model_dir / "versions"
+        log = self._log(name, team)
+        before = log.read()
         index = self._read_index(name, team) or ModelIndex(name=name, team=team)
+        if index.versions and not before.seq:
+            raise IntegrityError(f"{team}/{name} has no signed alias log; it was not published "
+                                 "through this registry, or its log was removed")
         on_disk = (
             [int(p.name) for p in versions_dir.iterdir() if p.name.isdigit()]
             if versions_dir.is_dir()
             else []
         )
         # A directory left by a crash between rename and index update keeps its number.
-        version = max([index.last_version, *on_disk]) + 1
+        version = max([before.last_version, index.last_version, *on_disk]) + 1
         manifest = dataclasses.replace(
             draft, version=version, lineage=dataclasses.replace(draft.lineage, created=_now())
         )
         data = manifest.to_bytes()
-        _write_synced(staging / MANIFEST, data)
-        _write_synced(staging / SIGNATURE, sign_manifest(data, user, self.keyring))
-        _fsync_dir(staging)
+        write_synced(staging / MANIFEST, data)
+        write_synced(staging / SIGNATURE, sign_manifest(data, user, self.keyring))
+        fsync_dir(staging)
 
         versions_dir.mkdir(parents=True, exist_ok=True)
         final = versions_dir / str(version)
         os.rename(staging, final)
+        state = before
         try:
-            _fsync_dir(versions_dir)
+            fsync_dir(versions_dir)
+            index = self._sync(index, before)
+            state = log.append(state, "publish", version=version, manifest_sha256=manifest_digest(data),
+                               signer=user, permission="models:publish",
+                               granted="policy" if self.authorize is not None else "caller")
+            if alias is not None:
+                state = log.append(state, "alias", alias=alias, version=version, by=user)
             index.versions.append(
                 VersionEntry(
                     version=version,
@@ -379,18 +370,18 @@ class Registry:
                 )
             )
             index.last_version = version
-            if alias is not None:
-                index.aliases[alias] = version
+            index.aliases = dict(state.aliases)
             self._write_index(index)
         except BaseException:
             # Not in the index yet: take the version back out before anyone relies on it.
+            log.undo(before)
             os.rename(final, staging)
             raise
         return manifest
 
     # ------------------------------------------------------------------ read
 
-    def _verified_manifest(self, name: str, team: str, version: int) -> Manifest:
+    def _verified_manifest(self, name: str, team: str, version: int, state: LogState) -> Manifest:
         vdir = self._version_dir(name, team, version)
         try:
             data = (vdir / MANIFEST).read_bytes()
@@ -419,6 +410,14 @@ class Registry:
                 f"the manifest stored as {name}@{version} of team {team} describes another "
                 "model, version, team or signer; it was moved or copied"
             )
+        published = state.versions.get(version)
+        if published is None or published.manifest_sha256 != manifest_digest(data) or (
+            published.signer != signer or published.permission != "models:publish"
+        ):
+            raise IntegrityError(
+                f"the manifest of {name}@{version} of team {team} is not the one the alias log "
+                "records as published with models:publish; it was replaced or re-signed"
+            )
         return manifest
 
     def _artifact(self, manifest: Manifest) -> Path:
@@ -442,8 +441,8 @@ class Registry:
     ) -> Manifest:
         """The signature-checked manifest of a version (the latest by default)."""
         name, version, alias = self._ref(name, version, alias)
-        index = self._index(name, team)
-        return self._verified_manifest(name, team, self._resolve(index, version, alias))
+        index, state = self._checked(name, team)
+        return self._verified_manifest(name, team, self._resolve(index, version, alias), state)
 
     def load(
         self, name: str, *, team: str, version: int | None = None, alias: str | None = None
@@ -523,9 +522,12 @@ class Registry:
         for child in sorted(team_dir.iterdir()):
             if child.name.startswith(".") or not child.is_dir():
                 continue
-            index = self._read_index(child.name, team)
-            latest = index.latest() if index else None
-            if index is None or latest is None:
+            try:
+                index = self._index(child.name, team)
+            except NotFound:
+                continue
+            latest = index.latest()
+            if latest is None:
                 continue
             summaries.append(
                 ModelSummary(
@@ -550,23 +552,34 @@ class Registry:
 
     # ------------------------------------------------------------------ change
 
-    def set_alias(self, name: str, team: str, alias: str, version: int) -> None:
-        """Point ``alias`` (e.g. ``production``) at an existing version."""
+    def _change(self, name: str, team: str, index: ModelIndex, before: LogState,
+                events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Append ``events`` to the log and write the index they give; all or nothing."""
+        log, state = self._log(name, team), before
+        try:
+            for event, fields in events:
+                state = log.append(state, event, **fields)
+            self._write_index(self._sync(index, state))
+        except BaseException:
+            log.undo(before)
+            raise
+
+    def set_alias(self, name: str, team: str, alias: str, version: int, *, user: str = "") -> None:
+        """Point ``alias`` (e.g. ``production``) at an existing version; signed into the alias log."""
         check_name(name)
         check_alias(alias)
         with self._lock(name, team):
-            index = self._index(name, team)
-            index.aliases[alias] = self._resolve(index, version, None)
-            self._write_index(index)
+            index, state = self._checked(name, team)
+            target = self._resolve(index, version, None)
+            self._change(name, team, index, state, [("alias", {"alias": alias, "version": target, "by": user})])
 
-    def remove_alias(self, name: str, team: str, alias: str) -> None:
+    def remove_alias(self, name: str, team: str, alias: str, *, user: str = "") -> None:
         """Drop ``alias``; NotFound if the model has no such alias."""
         check_name(name)
         with self._lock(name, team):
-            index = self._index(name, team)
+            index, state = self._checked(name, team)
             self._resolve(index, None, alias)
-            del index.aliases[alias]
-            self._write_index(index)
+            self._change(name, team, index, state, [("unalias", {"alias": alias, "by": user})])
 
     def tag(
         self, name: str, team: str, version: int, *tags: str, remove: bool = False
@@ -589,11 +602,13 @@ class Registry:
             self._write_index(index)
             return list(entry.tags)
 
-    def delete_version(self, name: str, team: str, version: int, *, force: bool = False) -> None:
+    def delete_version(
+        self, name: str, team: str, version: int, *, force: bool = False, user: str = ""
+    ) -> None:
         """Remove a version at once; refused while an alias points to it unless ``force``."""
         check_name(name)
         with self._lock(name, team):
-            index = self._index(name, team)
+            index, state = self._checked(name, team)
             version = self._resolve(index, version, None)
             pointing = sorted(a for a, v in index.aliases.items() if v == version)
             if pointing and not force:
@@ -601,17 +616,14 @@ class Registry:
                     f"{name}@{version} is aliased as {', '.join(pointing)}; move the alias "
                     "or delete with force=True"
                 )
-            for alias in pointing:
-                del index.aliases[alias]
-            index.versions = [e for e in index.versions if e.version != version]
             vdir = self._version_dir(name, team, version)
             trash = self._team_dir(team) / ".staging" / f"deleted-{secrets.token_hex(8)}"
             trash.parent.mkdir(parents=True, exist_ok=True)
             if vdir.exists():
                 os.rename(vdir, trash)
-                _fsync_dir(vdir.parent)
+                fsync_dir(vdir.parent)
             try:
-                self._write_index(index)
+                self._change(name, team, index, state, [("delete", {"version": version, "by": user})])
             except BaseException:
                 if trash.exists():
                     os.rename(trash, vdir)

@@ -17,7 +17,9 @@ decrypting, ties the content to a signed manifest: even someone holding the
 team key cannot put other content under it.
 
 Manifests are signed with per-user Ed25519 keys; public keys live in one file
-(``public_keys.json``) so a verifier never needs anyone's private key.
+(``public_keys.json``) so a verifier never needs anyone's private key, and each
+is certified by the registry root key (:mod:`lepton_lab.security.signing`), so
+a key written into that file by anyone but the services is refused.
 
 Keys are read from disk for each operation and dropped when it ends: long-lived
 objects (``KeyRing``, the registry) only hold paths.
@@ -59,6 +61,7 @@ from cryptography.hazmat.primitives.keywrap import (
 from lepton_lab import config
 from lepton_lab.errors import ConfigError, IntegrityError, NotFound
 from lepton_lab.security.files import locked, write_atomic, write_new
+from lepton_lab.security.signing import RootKey
 
 #: Plaintext bytes per encrypted chunk; memory use of a stream is a few of these.
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -133,6 +136,11 @@ class PublicKeyRecord:
     public_key: str  # base64 of the 32 raw Ed25519 public key bytes
     created: str
     algorithm: str = "ed25519"
+    certificate: str = ""  # the registry root's signature over the fields above
+
+    def statement(self) -> bytes:
+        """What the root key signs: every field but the certificate."""
+        return canonical_json({k: v for k, v in dataclasses.asdict(self).items() if k != "certificate"})
 
 
 @dataclass
@@ -227,6 +235,11 @@ class KeyRing:
     # -- signing keys ------------------------------------------------------------
 
     @property
+    def root(self) -> RootKey:
+        """The registry root key, which certifies public keys and signs alias logs."""
+        return RootKey(self.directory)
+
+    @property
     def public_keys_path(self) -> Path:
         return self.directory / "public_keys.json"
 
@@ -253,14 +266,19 @@ class KeyRing:
                 )
                 write_atomic(path, raw)
             public = _b64(_public_raw(key.public_key()))
-            if record is None:
-                registry.keys.append(PublicKeyRecord(user=user, public_key=public, created=_now()))
-                write_atomic(self.public_keys_path, registry.to_bytes(), mode=0o644)
-            elif record.public_key != public:
+            if record is not None and record.public_key != public:
                 raise IntegrityError(
                     f"the signing key of {user} does not match the registered public key; "
                     "restore the original key file"
                 )
+            if record is None or not record.certificate:
+                # Only a key whose private half the services hold is ever certified.
+                fresh = PublicKeyRecord(user=user, public_key=public,
+                                        created=record.created if record else _now())
+                fresh = dataclasses.replace(
+                    fresh, certificate=self.root.sign("public-key", fresh.statement()))
+                registry.keys = [k for k in registry.keys if k.user != user] + [fresh]
+                write_atomic(self.public_keys_path, registry.to_bytes(), mode=0o644)
         return key
 
     def public_key(self, user: str) -> Ed25519PublicKey:
@@ -268,6 +286,8 @@ class KeyRing:
         record = PublicKeyFile.read(self.public_keys_path).find(_check_user(user))
         if record is None:
             raise NotFound(f"no public key is registered for {user}")
+        self.root.verify("public-key", record.statement(), record.certificate,
+                         f"the public key registered for {user}")
         try:
             return Ed25519PublicKey.from_public_bytes(_unb64(record.public_key, "public key"))
         except (ValueError, IntegrityError):

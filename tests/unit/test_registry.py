@@ -244,6 +244,12 @@ def test_only_module_classes_and_marked_builders_rebuild_a_model(registry, mlp):
     payload = registry.download("mlp", team="finance").read_bytes()
     for target in ("os:getcwd", "builtins:print"):
         manifest.construction.target = target
+        with pytest.raises(ConfigError, match="not an allowed model builder and was not imported"):
+            serialize_module.deserialize(payload, manifest)
+    # even allowed by an administrator, a name must be a module class or a marked builder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEPTON_MODEL_BUILDERS", "builtins:print")
+        manifest.construction.target = "builtins:print"
         with pytest.raises(ConfigError, match="not a torch.nn.Module or a Lepton model builder"):
             serialize_module.deserialize(payload, manifest)
 

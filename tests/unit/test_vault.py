@@ -107,11 +107,12 @@ def test_signing_keys_are_private_and_public_keys_registered(keyring):
     verify_manifest(b"manifest", sig, "alice@example.org", keyring)
 
 
-def test_verifier_needs_only_the_public_key_file(tmp_path, keyring):
+def test_verifier_needs_only_the_public_files(tmp_path, keyring):
     sig = sign_manifest(b"payload", "alice", keyring)
     verifier = KeyRing(tmp_path / "verifier")
     verifier.directory.mkdir()
     shutil.copy(keyring.public_keys_path, verifier.public_keys_path)
+    shutil.copy(keyring.directory / "root.pub", verifier.directory / "root.pub")
     verify_manifest(b"payload", sig, "alice", verifier)
     assert not (verifier.directory / "users").exists()
 
