@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
@@ -20,8 +21,10 @@ from tornado import httpclient, web, websocket
 from ..security.identity import server_owner
 
 #: Request headers passed on to the control plane, and answer headers passed back.
-REQUEST_HEADERS = ("Content-Type", "X-Lepton-Manifest", "X-Request-Id", "Accept")
-ANSWER_HEADERS = ("Content-Type", "X-Lepton-Manifest", "Content-Disposition", "X-Request-Id")
+REQUEST_HEADERS = ("Content-Type", "X-Lepton-Manifest", "X-Request-Id", "Accept", "If-None-Match",
+                   "If-Modified-Since")
+ANSWER_HEADERS = ("Content-Type", "X-Lepton-Manifest", "Content-Disposition", "X-Request-Id", "Cache-Control",
+                  "ETag", "Last-Modified", "Expires", "Location")
 #: Seconds a forwarded request may take (publishing a large model included).
 TIMEOUT = 600.0
 
@@ -40,11 +43,12 @@ def _check_owner(handler: JupyterHandler) -> None:
                                  "from their own server")
 
 
-class ForwardHandler(APIHandler):
-    """Every method of ``/lepton/api/<path>``, answered by the control plane."""
+class _Forward(JupyterHandler):
+    """Every method of ``/lepton/<area>/<path>``, answered by the control plane."""
 
-    def initialize(self, control_plane: str) -> None:
+    def initialize(self, control_plane: str, area: str = "api") -> None:
         self.control_plane = control_plane
+        self.area = area
 
     def check_xsrf_cookie(self) -> None:
         # The sidebar sends Jupyter's XSRF token; token-authenticated calls need none.
@@ -54,7 +58,7 @@ class ForwardHandler(APIHandler):
 
     async def _forward(self, path: str) -> None:
         _check_owner(self)
-        url = url_path_join(self.control_plane, "lepton", "api", path)
+        url = url_path_join(self.control_plane, "lepton", self.area, path)
         if self.request.query:
             url += "?" + self.request.query
         headers = {k: v for k in REQUEST_HEADERS if (v := self.request.headers.get(k))}
@@ -75,10 +79,19 @@ class ForwardHandler(APIHandler):
         self.set_status(response.code, response.reason)
         for name in ANSWER_HEADERS:
             if name in response.headers:
-                self.set_header(name, response.headers[name])
-        if response.body:
-            self.write(response.body)
+                self.set_header(name, self._local(response.headers[name]))
+        body = response.body or b""
+        if body and response.headers.get("Content-Type", "").startswith("application/json"):
+            # Links to the control plane's dashboard routes become this server's own.
+            body = self._local(body.decode()).encode()
+        if body and method != "HEAD":
+            self.write(body)
         await self.finish()
+
+    def _local(self, text: str) -> str:
+        theirs = url_path_join(urlsplit(self.control_plane).path or "/", "lepton", "dashboard") + "/"
+        mine = url_path_join(self.settings["base_url"], "lepton", "dashboard") + "/"
+        return text.replace(theirs, mine)
 
     @web.authenticated
     async def get(self, path: str) -> None:
@@ -100,12 +113,30 @@ class ForwardHandler(APIHandler):
     async def delete(self, path: str) -> None:
         await self._forward(path)
 
+    @web.authenticated
+    async def head(self, path: str) -> None:
+        await self._forward(path)
+
+
+class ForwardHandler(_Forward, APIHandler):
+    """The Lepton REST API: JSON answers and one-line JSON errors, as the control plane gives them."""
+
+    def finish(self, *args: Any, **kwargs: Any) -> Any:
+        # APIHandler marks every answer JSON; a forwarded one keeps the type it came with.
+        kwargs.setdefault("set_content_type", self._headers.get("Content-Type") or "application/json")
+        return super().finish(*args, **kwargs)
+
+
+class DashboardForward(_Forward):
+    """A cluster's dashboard pages and files, as the control plane serves them."""
+
 
 class ForwardSocket(JupyterHandler, websocket.WebSocketHandler):
-    """A cluster's live allocation stream, relayed from the control plane."""
+    """A WebSocket relayed from the control plane: a cluster's allocation stream, a dashboard's bokeh."""
 
-    def initialize(self, control_plane: str) -> None:
+    def initialize(self, control_plane: str, area: str = "api") -> None:
         self.control_plane = control_plane
+        self.area = area
         self.upstream: websocket.WebSocketClientConnection | None = None
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -114,8 +145,8 @@ class ForwardSocket(JupyterHandler, websocket.WebSocketHandler):
         _check_owner(self)
         await super().get(*args, **kwargs)
 
-    async def open(self, cluster_id: str) -> None:  # type: ignore[override]
-        base = url_path_join(self.control_plane, "lepton", "api", "clusters", cluster_id, "stream")
+    async def open(self, path: str) -> None:  # type: ignore[override]
+        base = url_path_join(self.control_plane, "lepton", self.area, path)
         url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         if self.request.query:
             url += "?" + self.request.query
@@ -145,9 +176,13 @@ class ForwardSocket(JupyterHandler, websocket.WebSocketHandler):
 
 def setup_forwarding(web_app: Any, control_plane: str) -> None:
     """Route ``<base>/lepton/api/...`` of this server to ``control_plane``."""
-    base = url_path_join(web_app.settings["base_url"], "lepton", "api")
-    options = {"control_plane": control_plane}
+    api = url_path_join(web_app.settings["base_url"], "lepton", "api")
+    dashboard = url_path_join(web_app.settings["base_url"], "lepton", "dashboard")
+    options: dict[str, Any] = {"control_plane": control_plane}
     web_app.add_handlers(".*$", [
-        (url_path_join(base, r"clusters/([^/]+)/stream") + "/?", ForwardSocket, options),
-        (base + r"/(.*)", ForwardHandler, options),
+        (api + r"/(clusters/[^/]+/stream)/?", ForwardSocket, options),
+        (api + r"/(.*)", ForwardHandler, options),
+        # A dashboard's bokeh WebSockets end in /ws; everything else is a page or a file.
+        (dashboard + r"/([^/]+/.*/ws)", ForwardSocket, {**options, "area": "dashboard"}),
+        (dashboard + r"/(.*)", DashboardForward, {**options, "area": "dashboard"}),
     ])

@@ -291,3 +291,38 @@ def test_the_sidebar_in_a_hub_users_lab_shows_their_own_identity_and_team(team):
             expect(page.locator('[data-testid="lepton-clusters"]')).to_be_visible()
         finally:
             browser.close()
+
+
+def test_the_users_server_forwards_cluster_requests_dashboards_and_the_live_stream(team):
+    import websocket  # websocket-client
+
+    token = team.hub.token_for(team.alice)
+    own = f"{team.hub.url}/user/{team.alice}/lepton/"
+    auth = {"Authorization": f"token {token}"}
+    r = requests.post(own + "api/clusters", json={"team": "alpha", "profile": "local",
+                                                   "workers": {"cloud": 1, "edge": 0}}, headers=auth, timeout=120)
+    assert r.status_code == 201, r.text
+    cluster = r.json()
+    try:
+        # The dashboard link names the user's own server, which forwards it to the control plane.
+        link = cluster["dashboard_link"]
+        assert link.startswith(f"/user/{team.alice}/lepton/dashboard/{cluster['id']}/"), link
+        page = requests.get(team.hub.url + link, headers=auth, timeout=60)
+        assert page.status_code == 200 and "text/html" in page.headers["Content-Type"], page.text[:300]
+        pane = requests.get(own + f"dashboard/{cluster['id']}/individual-task-stream", headers=auth, timeout=60)
+        assert pane.status_code == 200 and "bokeh" in pane.text.lower()
+        # Another team's user reaches none of it through their own server.
+        bob = {"Authorization": f"token {team.hub.token_for(team.bob)}"}
+        theirs = f"{team.hub.url}/user/{team.bob}/lepton/dashboard/{cluster['id']}/status"
+        assert requests.get(theirs, headers=bob, timeout=60).status_code == 404
+        # The live allocation stream comes through the user's server's WebSocket.
+        ws_url = own.replace("http://", "ws://") + f"api/clusters/{cluster['id']}/stream"
+        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {token}"], timeout=60)
+        try:
+            message = json.loads(ws.recv())
+        finally:
+            ws.close()
+        assert message["cluster"] == cluster["id"] and message["workers"], message
+    finally:
+        r = requests.delete(own + f"api/clusters/{cluster['id']}", headers=auth, timeout=120)
+        assert r.status_code == 204, r.text
