@@ -144,7 +144,27 @@ def run_worker(a: argparse.Namespace) -> int:
         asyncio.run(serve())
     except (OSError, TimeoutError) as e:
         raise LeptonError(f"could not join {a.scheduler}: {e}") from None
+    except RuntimeError as e:  # distributed's "Nanny failed to start.", with the scheduler's answer below it
+        raise _refusal(e, a.scheduler) from None
     return 0
+
+
+def _refusal(error: BaseException, scheduler: str) -> LeptonError:
+    """The scheduler's own words from a worker that failed to start, as one line."""
+    import re
+
+    from .errors import PermissionDenied
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    for each in chain:
+        said = re.search(r"""['"]message['"]: ['"](.+?)['"]\s*[,}]""", str(each))
+        if said and "refused" in said[1]:
+            return PermissionDenied(said[1])
+    return LeptonError(f"could not join {scheduler}: {chain[-1]}".splitlines()[0])
 
 
 def _int_arg(text: str, flag: str) -> int:

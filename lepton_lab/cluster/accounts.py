@@ -71,6 +71,9 @@ class AccountProcess(ProcessInterface):
     """One process of :data:`ENTRY` under ``account``; ``error`` says why it failed to start."""
 
     role = ""
+    #: The site a worker's certificate binds it to (schedulers have none).
+    site: str | None = None
+    kind: str | None = None
 
     def __init__(self, *, name: str, account: str, ca_dir: str, timeout: float, hosts: tuple[str, ...]):
         super().__init__(name=name)
@@ -112,9 +115,10 @@ class AccountProcess(ProcessInterface):
     async def _launch(self) -> None:
         from ..security.certs import ClusterCA
 
-        cert = ClusterCA.load(self.ca_dir).issue(f"{self.name}-{secrets.token_hex(3)}", self.role, self.hosts,
-                                                 CERT_LIFETIME)
-        order = {**self.order(), "role": self.role,
+        ca = ClusterCA.load(self.ca_dir)
+        cert = ca.issue(f"{self.name}-{secrets.token_hex(3)}", self.role, self.hosts, CERT_LIFETIME,
+                        site=self.site, kind=self.kind)
+        order = {**self.order(), "role": self.role, "cluster": ca.cluster_id, "revoked": ca.revoked(),
                  "cert": {"ca_pem": cert.ca_pem, "cert_pem": cert.cert_pem, "key_pem": cert.key_pem}}
         self.proc = await asyncio.create_subprocess_exec(
             *command(self.account), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -208,8 +212,9 @@ class AccountWorker(AccountProcess):
     role = "worker"
 
     def __init__(self, scheduler: str, *, worker_args: list[str], env: dict[str, str] | None = None,
-                 **kwargs: Any):
+                 site: str | None = None, kind: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        self.site, self.kind = site, kind
         self.scheduler = scheduler
         self.worker_args = list(worker_args)
         self.env = dict(env or {})
@@ -241,4 +246,5 @@ def worker_spec(plan: WorkerPlan, *, account: str, ca_dir: Path, timeout: float)
     env = {"CUDA_VISIBLE_DEVICES": devices} if (devices := plan.cuda_visible_devices) else {}
     return {"cls": AccountWorker, "options": {"name": plan.name, "account": account, "ca_dir": str(ca_dir),
                                                "timeout": timeout, "hosts": ("127.0.0.1", "localhost"),
-                                               "worker_args": worker_args(plan), "env": env}}
+                                               "worker_args": worker_args(plan), "env": env,
+                                               "site": plan.site, "kind": plan.kind}}

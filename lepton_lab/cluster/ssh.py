@@ -103,6 +103,7 @@ def ssh_worker_spec(plan: WorkerPlan, site: SiteSpec, scheduler: str, ca_dir: Pa
             "python": site.python,
             "worker_args": _worker_args(plan),
             "site": plan.site,
+            "kind": plan.kind,
             "ca_dir": str(ca_dir),
             "timeout": timeout,
         },
@@ -134,10 +135,11 @@ class SSHSiteWorker(dask_ssh.Worker):
 
     def __init__(self, scheduler: str, *, name: str, host: str, scheduler_address: str,
                  connect_options: dict[str, Any], python: str, worker_args: list[str], site: str,
-                 ca_dir: str, timeout: float):
+                 ca_dir: str, timeout: float, kind: str | None = None):
         super().__init__(scheduler_address or scheduler, host, connect_options, {}, name=name,
                          remote_python=python)
         self.site = site
+        self.kind = kind
         self.worker_args = list(worker_args)
         self.ca_dir = Path(ca_dir)
         self.timeout = timeout
@@ -187,7 +189,8 @@ class SSHSiteWorker(dask_ssh.Worker):
         if not self.remote_dir.startswith("/"):
             raise ClusterError(f"worker {self.name}: mktemp on {self.where} gave {self.remote_dir!r}")
         cert = ClusterCA.load(self.ca_dir).issue(
-            f"{self.site}-worker-{secrets.token_hex(3)}", "worker", (self.address,), CERT_LIFETIME)
+            f"{self.site}-worker-{secrets.token_hex(3)}", "worker", (self.address,), CERT_LIFETIME,
+            site=self.site, kind=self.kind)
         d = shlex.quote(self.remote_dir)
         for filename, text in (("ca.crt", cert.ca_pem), ("worker.crt", cert.cert_pem),
                                ("worker.key", cert.key_pem)):

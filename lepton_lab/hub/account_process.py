@@ -51,8 +51,10 @@ def _write_certs(directory: Path, role: str, cert: dict[str, str]) -> tuple[str,
     return tuple(str(p) for p in paths)  # type: ignore[return-value]
 
 
-async def _scheduler(host: str, files: tuple[str, str, str]) -> None:
+async def _scheduler(host: str, files: tuple[str, str, str], cluster: str, revoked: list[int]) -> None:
     from distributed import Scheduler, Security
+
+    from ..cluster.gate import SiteGate
 
     ca, cert, key = files
     security = Security(tls_ca_file=ca, tls_scheduler_cert=cert, tls_scheduler_key=key, require_encryption=True)
@@ -61,7 +63,7 @@ async def _scheduler(host: str, files: tuple[str, str, str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Scheduler(host=host, port=0, protocol="tls://", security=security,
-                         dashboard_address="127.0.0.1:0") as scheduler:
+                         dashboard_address="127.0.0.1:0", plugins=[SiteGate(cluster, revoked)]) as scheduler:
         port = scheduler.http_server.port if scheduler.http_server is not None else 0
         print(f"lepton-scheduler {scheduler.address} {port}", flush=True)
         closed = asyncio.ensure_future(scheduler.finished())
@@ -96,7 +98,8 @@ def run(order: dict[str, Any]) -> int:
         files = _write_certs(directory, role, order["cert"])
         _watch_stdin()
         if role == "scheduler":
-            asyncio.run(_scheduler(str(order.get("host") or "127.0.0.1"), files))
+            asyncio.run(_scheduler(str(order.get("host") or "127.0.0.1"), files, str(order.get("cluster") or ""),
+                                   [int(s) for s in order.get("revoked") or []]))
             return 0
         return _worker([str(a) for a in order.get("args") or []], files)
     finally:

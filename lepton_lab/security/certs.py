@@ -12,8 +12,13 @@ one with ``ca.join_token(site)``, the worker presents it (through the server)
 and gets a worker certificate back from ``ca.redeem(token)``. Only SHA-256
 hashes of tokens are stored; the tokens themselves are 256-bit random.
 
+A worker certificate names the one site it may serve, as the SAN URI
+``lepton://site/<site>`` (see :mod:`lepton_lab.security.peers`); the join token
+fixes that site, so a machine joined for one site cannot serve another.
+
 Files in the CA directory, all 0600 in a 0700 directory: ``ca.key``,
-``ca.crt``, ``joins.json`` (token hashes) and the ``<role>-<name>.crt/.key``
+``ca.crt``, ``joins.json`` (token hashes), ``issued.json`` and ``revoked.json``
+(see :mod:`lepton_lab.security.revocation`) and the ``<role>-<name>.crt/.key``
 pairs written by ``security()``.
 """
 
@@ -37,6 +42,8 @@ from distributed.security import Security
 
 from lepton_lab.errors import AlreadyExists, ConfigError, NotFound, PermissionDenied
 from lepton_lab.security.files import locked, write_atomic, write_new
+from lepton_lab.security.peers import ANY_SITE, KINDS, default_kind, kind_uri, site_uri
+from lepton_lab.security.revocation import CertBook, IssuedRecord
 
 #: Roles a certificate can be issued for, as distributed names them.
 ROLES = ("client", "worker", "scheduler")
@@ -80,6 +87,11 @@ class IssuedCert:
         """The JSON shape sent to a client or joining worker."""
         return asdict(self)
 
+    @property
+    def serial(self) -> int:
+        """The certificate's serial number (what revocation lists name)."""
+        return x509.load_pem_x509_certificate(self.cert_pem.encode()).serial_number
+
     @classmethod
     def from_dict(cls, data: dict[str, str]) -> IssuedCert:
         """Rebuild from ``to_dict`` output."""
@@ -95,6 +107,7 @@ class JoinRecord:
     created: str
     expires: str
     used: str | None = None
+    kind: str | None = None
 
 
 class ClusterCA:
@@ -193,16 +206,26 @@ class ClusterCA:
         role: str = "client",
         hosts: Iterable[str] = _LOCAL_HOSTS,
         lifetime: timedelta = timedelta(hours=12),
+        site: str | None = None,
+        kind: str | None = None,
     ) -> IssuedCert:
         """A fresh key and certificate for ``role``, named ``common_name``, valid for ``lifetime``.
 
         Clients may only authenticate as TLS clients; schedulers and workers
-        both listen and dial out, so they may act as server and client.
+        both listen and dial out, so they may act as server and client. A
+        worker certificate serves ``site`` only (``"*"``: any site; None: none),
+        of ``kind`` (by default ``edge`` for ``edge…`` sites, else ``cloud``).
         """
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
         if not isinstance(common_name, str) or not common_name.strip():
             raise ValueError("a certificate needs a non-empty common name")
+        if site is not None and site != ANY_SITE and not _NAME.match(str(site)):
+            raise ConfigError(f"site {site!r} may hold only letters, digits, '.', '_' and '-'")
+        if site is not None and site != ANY_SITE:
+            kind = kind or default_kind(site)
+            if kind not in KINDS:
+                raise ConfigError(f"site kind {kind!r} is not one of {', '.join(KINDS)}")
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(timezone.utc)
         # Never outlive the CA: a chain with an expired root fails anyway, with a worse message.
@@ -236,9 +259,15 @@ class ClusterCA:
             )
         )
         names = _subject_alt_names(hosts)
+        if site is not None:
+            names.append(x509.UniformResourceIdentifier(site_uri(site)))
+            if site != ANY_SITE:
+                names.append(x509.UniformResourceIdentifier(kind_uri(str(kind))))
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
+        CertBook(self.directory).record(
+            IssuedRecord(cert.serial_number, role, common_name, site, expires.isoformat(), kind))
         return IssuedCert(
             cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
             key_pem=key.private_bytes(
@@ -262,14 +291,15 @@ class ClusterCA:
 
         Name several roles for an in-process cluster, whose one Security object
         serves scheduler, workers and client:
-        ``ca.security("scheduler", "worker", "client")``. The certificates are
-        written as 0600 files in the CA directory and passed by path, so keys
-        never pass through temporary files.
+        ``ca.security("scheduler", "worker", "client")``; its worker certificate
+        may serve any site. The certificates are written as 0600 files in the
+        CA directory and passed by path, so keys never pass through temporary files.
         """
         hosts = tuple(hosts)
         files: dict[str, str] = {}
         for each in (role, *more_roles):
-            issued = self.issue(common_name or each, each, hosts, lifetime)
+            issued = self.issue(common_name or each, each, hosts, lifetime,
+                                site=ANY_SITE if each == "worker" else None)
             stem = f"{each}-{re.sub(r'[^A-Za-z0-9_.-]', '_', issued.common_name)}"
             cert_path, key_path = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
             write_atomic(key_path, issued.key_pem.encode())
@@ -279,13 +309,16 @@ class ClusterCA:
 
     # -- join tokens ------------------------------------------------------------------
 
-    def join_token(self, site: str, ttl: timedelta = timedelta(hours=1)) -> str:
-        """A one-time token that lets one worker at ``site`` obtain a worker certificate; shown once."""
+    def join_token(self, site: str, ttl: timedelta = timedelta(hours=1), kind: str | None = None) -> str:
+        """A one-time token that lets one worker at ``site`` (of ``kind``) obtain a worker certificate;
+        shown once."""
         if not isinstance(site, str) or not _NAME.match(site):
             raise ConfigError(f"site {site!r} may hold only letters, digits, '.', '_' and '-'")
+        if kind is not None and kind not in KINDS:
+            raise ConfigError(f"site kind {kind!r} is not one of {', '.join(KINDS)}")
         token = JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
-        record = JoinRecord(_sha256(token), site, now.isoformat(), (now + ttl).isoformat())
+        record = JoinRecord(_sha256(token), site, now.isoformat(), (now + ttl).isoformat(), kind=kind)
         with locked(self._joins_path):
             records = self._read_joins()
             records.append(record)
@@ -323,10 +356,20 @@ class ClusterCA:
                 )
             # Spend the token before issuing: a crash in between wastes a token, never reuses one.
             records[index] = JoinRecord(
-                record.sha256, record.site, record.created, record.expires, now.isoformat()
+                record.sha256, record.site, record.created, record.expires, now.isoformat(), record.kind
             )
             self._write_joins(records, now)
-        return self.issue(f"{record.site}-worker-{secrets.token_hex(3)}", "worker", hosts, lifetime)
+        return self.issue(f"{record.site}-worker-{secrets.token_hex(3)}", "worker", hosts, lifetime,
+                          site=record.site, kind=record.kind)
+
+    def revoke(self, *, name: str | None = None, role: str | None = None,
+               serials: tuple[int, ...] = ()) -> list[int]:
+        """Revoke live certificates by holder name (and role) or serial; the serials newly revoked."""
+        return CertBook(self.directory).revoke(name=name, role=role, serials=tuple(serials))
+
+    def revoked(self) -> list[int]:
+        """Serials of revoked certificates that have not expired yet."""
+        return CertBook(self.directory).revoked()
 
     @property
     def _joins_path(self) -> Path:

@@ -63,7 +63,7 @@ def tls_cluster(netns, tmp_path_factory):
     managed = ManagedCluster.start(profile, name="fed-netns", security=security, host=netns["host_ip"])
     proc = None
     try:
-        issued = ca.issue(f"{REMOTE}-worker", "worker", hosts=(netns["ns_ip"],))
+        issued = ca.issue(f"{REMOTE}-worker", "worker", hosts=(netns["ns_ip"],), site=REMOTE)
         cert, key = tmp / "remote.crt", tmp / "remote.key"
         for path, text in ((cert, issued.cert_pem), (key, issued.key_pem)):
             path.write_text(text)
