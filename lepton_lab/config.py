@@ -127,6 +127,21 @@ def gc_freeze() -> bool:
     return os.environ.get("LEPTON_GC_FREEZE", "1") != "0"
 
 
+def watch_interval() -> float:
+    """Seconds between the cluster service's passes that meter spend and stop idle clusters
+    (``LEPTON_WATCH_INTERVAL``, default 30)."""
+    raw = os.environ.get("LEPTON_WATCH_INTERVAL", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        from .errors import ConfigError
+
+        raise ConfigError(f"LEPTON_WATCH_INTERVAL: seconds from 0 to 3600, got {raw!r}")
+    return value
+
+
 def deployment() -> str:
     """Which part of which deployment this process is.
 

@@ -138,9 +138,19 @@ def models(team: str | None = None) -> list[dict[str, Any]]:
     return session().transport.models(team)
 
 
-def serve(ref: str, *, site: str = "edge", team: str | None = None, name: str | None = None) -> Served:
-    """Load a published model onto every worker of ``site``, ready for :func:`predict`."""
+def serve(ref: str, *, site: str | None = None, team: str | None = None, name: str | None = None) -> Served:
+    """Load a published model onto every worker of ``site``, ready for :func:`predict`.
+
+    Without ``site`` the planner picks the cheapest site with a free worker and says so in one line.
+    """
     handle = session().get(name)
+    if site is None:
+        from .cluster.placement import JobRequest
+        from .session import place
+
+        choice = place(JobRequest("serve"), handle.client, handle)
+        print(choice.line())
+        site = choice.site
     model, manifest = session().transport.load(_team(team, ref), ref)
     workers = [addr for addr, w in handle.client.scheduler_info(n_workers=-1)["workers"].items()
                if w.get("resources", {}).get(site, 0) > 0]

@@ -283,3 +283,24 @@ def connect_client(address: str, *, security: Security | None = None,
         ) from None
     except ValueError as e:
         raise ConfigError(f"not a scheduler address: {address!r} ({e})") from None
+
+
+def place(request: Any, client: Client | None = None, handle: ClusterHandle | None = None) -> Any:
+    """Where the planner puts ``request`` (a ``placement.JobRequest``) on a cluster, from a live snapshot.
+
+    ``handle`` gives the sites' costs per worker-hour; a bare ``client`` plans on capacity alone.
+    With the services in this process, GPUs free in their ledger are named when GPU workers run short.
+    """
+    from .cluster.placement import choose
+
+    if handle is not None:
+        snap, costs = handle.snapshot(), handle.costs()
+        transport = handle.transport
+    else:
+        snap, costs, transport = allocation.snapshot(client), {}, None
+    free_gpus = None
+    if getattr(request, "gpus", 0) and isinstance(transport, EmbeddedTransport):
+        from .cluster import gpus
+
+        free_gpus = len(transport.manager.ledger.free(gpus.discover()))
+    return choose(request, snap, costs, free_gpus=free_gpus)

@@ -22,7 +22,8 @@ def _parser() -> MagicParser:
                     description="federated training on edge sites (FedAvg/FedProx, secure aggregation, DP)")
     p.add_argument("--model", required=True, help="name of a torch.nn.Module in the notebook")
     p.add_argument("--loader", required=True, help="name of a function loader(site) -> (X, y)")
-    p.add_argument("--sites", required=True, help="site names, comma-separated")
+    p.add_argument("--sites", default=None,
+                   help="site names, comma-separated (default: the planner's choice, every edge site)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--strategy", choices=STRATEGIES, default="fedavg")

@@ -92,7 +92,7 @@ def register_magics(magics) -> None:
 
     p = _Parser(prog="serve", add_help=False, description="load a published model onto a site's workers")
     p.add_argument("ref", nargs="?", help="name@ALIAS or name@VERSION")
-    p.add_argument("--site", default="edge")
+    p.add_argument("--site", default=None, help="a site name or kind (default: the planner's choice)")
     p.add_argument("--team", default=None)
     p.add_argument("--stop", action="store_true", help="stop serving REF (or everything)")
 
@@ -103,7 +103,7 @@ def register_magics(magics) -> None:
         if not a.ref:
             raise UsageError("%lepton serve: name the model, e.g. fraud@production")
         served = api.serve(a.ref, site=a.site, team=a.team)
-        print(f"serving {a.ref} on {len(served.workers)} {a.site} worker(s); predict with "
+        print(f"serving {a.ref} on {len(served.workers)} {served.site} worker(s); predict with "
               f"lepton_lab.predict({a.ref.split('@')[0]!r}, X)")
 
     magics.register("serve", p, line=serve)

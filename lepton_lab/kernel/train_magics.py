@@ -28,7 +28,7 @@ def register_magics(magics: Any) -> None:
     p.add_argument("--data", required=True, help="a DataFrame variable, or X,y")
     p.add_argument("--target", default=None, help="label column (or a variable holding the labels)")
     p.add_argument("--name", required=True, help="result variable, job and checkpoint name")
-    p.add_argument("--site", default="cloud")
+    p.add_argument("--site", default=None, help="a site name (default: the planner's choice)")
     p.add_argument("--cluster", default=None, help="cluster name (default: the current one)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--params", default=None, help="xgboost parameters as JSON")
