@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -173,3 +174,44 @@ class RestTransport:
 
     def models(self, team: str | None):
         return self.call("GET", "models" + (f"?team={team}" if team else ""))["models"]
+
+
+    # -- studies -------------------------------------------------------------------------------
+
+    def study(self, team: str | None, name: str, *, direction: str, sampler: Any = None, pruner: Any = None):
+        """``(team, study)``: the Optuna study ``name`` kept by the services for ``team``."""
+        from optuna.storages.journal import JournalStorage
+
+        from .services_studies import open_study
+
+        team = self._team(team)
+        return team, open_study(JournalStorage(rest_journal_backend(self, team, name)), team, name,
+                                direction=direction, sampler=sampler, pruner=pruner)
+
+
+def rest_journal_backend(transport: RestTransport, team: str, name: str) -> Any:
+    """An Optuna journal kept by the services: read from an entry number on, appended to, over REST.
+
+    (The class is made on first use: importing Optuna would slow every kernel's start.)
+    """
+    global _RestJournalBackend
+    if _RestJournalBackend is None:
+        from optuna.storages.journal import BaseJournalBackend
+
+        class RestJournalBackend(BaseJournalBackend):
+            def __init__(self, transport: RestTransport, team: str, name: str):
+                self.transport = transport
+                self.path = (f"studies/{urllib.parse.quote(team, safe='')}/"
+                             f"{urllib.parse.quote(name, safe='')}/journal")
+
+            def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
+                return self.transport.call("GET", f"{self.path}?from={int(log_number_from)}")["logs"]
+
+            def append_logs(self, logs: list[dict[str, Any]]) -> None:
+                self.transport.call("POST", self.path, {"logs": logs})
+
+        _RestJournalBackend = RestJournalBackend
+    return _RestJournalBackend(transport, team, name)
+
+
+_RestJournalBackend: Any = None

@@ -77,3 +77,34 @@ def test_server_discovery(monkeypatch):
     assert s.token == "hubtok" and s.how == "jupyterhub"
     monkeypatch.setenv("LEPTON_SERVER_URL", "http://127.0.0.1:9/")
     assert find_server().how == "environment"
+
+
+async def test_a_study_kept_by_the_server_continues_from_another_kernel(rest_session, as_user, jp_serverapp):
+    from lepton_lab.errors import ConfigError
+
+    run = asyncio.to_thread
+
+    def optimize(study, n):
+        study.optimize(lambda t: -(t.suggest_float("x", -2.0, 2.0) - 0.5) ** 2, n_trials=n)
+        return len(study.trials)
+
+    team, study = await run(rest_session("alice").transport.study, "medical", "hpo-rest", direction="maximize")
+    assert team == "medical" and await run(optimize, study, 3) == 3
+    # Another kernel of alice's continues it: the journal is the server's, not the kernel's.
+    _, again = await run(rest_session("alice").transport.study, None, "hpo-rest", direction="maximize")
+    assert await run(optimize, again, 2) == 5
+    assert (jp_serverapp.web_app.settings["lepton"].home / "studies" / "medical" / "hpo-rest.log").is_file()
+    with pytest.raises(ConfigError, match="stored to maximize"):
+        await run(rest_session("alice").transport.study, "medical", "hpo-rest", direction="minimize")
+    # bob (finance) may not open medical's studies; vera (a viewer) may run no trials.
+    for who in ("bob", "vera"):
+        with pytest.raises(PermissionDenied):
+            await run(rest_session(who).transport.study, "medical", "hpo-rest", direction="maximize")
+    code, err = await as_user("alice", "lepton", "api", "studies", "medical", "hpo-rest", "journal",
+                              method="POST", body={"logs": [{"not": "an operation"}]})
+    assert code == 400 and "op_code" in err["message"]
+    code, err = await as_user("alice", "lepton", "api", "studies", "medical", "hpo-rest", "journal",
+                              params={"from": "-1"})
+    assert code == 400
+    _, log = await as_user("admin", "lepton", "api", "audit", params={"resource": "studies:medical/hpo-rest"})
+    assert {(e["user"], e["outcome"]) for e in log["entries"]} >= {("alice", "allow"), ("bob", "deny")}
