@@ -90,10 +90,35 @@ def _heading(text: str) -> str:
     return f"<div style='font-weight:600;margin:8px 0 2px'>{html.escape(text)}</div>"
 
 
+#: Dashboard panes linked from a cluster view: (label, pane id of the sidebar's command, dashboard page).
+DASHBOARD_PANES = (("task stream", "task-stream", "individual-task-stream"),
+                   ("progress", "progress", "individual-progress"),
+                   ("workers", "workers", "individual-workers"),
+                   ("memory", "memory", "individual-workers-memory"))
+
+
+def dashboard_links(dashboard: str, cluster: str = "") -> str:
+    """Links to the dashboard: through the Jupyter server (``.../lepton/dashboard/<id>/status``),
+    its panes too, which the Lepton extension opens as JupyterLab tabs (a browser tab elsewhere)."""
+    if not dashboard:
+        return ""
+    whole = f"<a href='{html.escape(dashboard)}' target='_blank' rel='noopener'>Dask dashboard</a>"
+    root, _, _ = dashboard.rpartition("/")
+    proxied = root.rpartition("/")[0].endswith("/lepton/dashboard")
+    if not proxied:
+        return f" · {whole}"
+    cluster_id = root.rpartition("/")[2]
+    panes = []
+    for label, pane, page in DASHBOARD_PANES:
+        panes.append(f"<a href='{html.escape(root)}/{page}' target='_blank' rel='noopener' "
+                     f"data-lepton-pane='{pane}' data-lepton-cluster='{html.escape(cluster_id)}' "
+                     f"data-lepton-cluster-name='{html.escape(cluster or cluster_id)}'>{label}</a>")
+    return f" · {whole}: {' · '.join(panes)}"
+
+
 def header_html(snap: Snapshot, title: str = "", dashboard: str = "") -> str:
     t = snap.totals
-    link = (f" · <a href='{html.escape(dashboard)}' target='_blank' rel='noopener'>Dask dashboard</a>"
-            if dashboard else "")
+    link = dashboard_links(dashboard, snap.cluster)
     parts = [f"{t.workers} workers", f"{t.nthreads} threads",
              f"memory {format_bytes(t.memory_used)} / {format_bytes(t.memory_limit)}",
              f"{t.gpus} GPUs", f"{t.processing} tasks running"]

@@ -251,7 +251,7 @@ export function registerCommands(context: ICommandContext): void {
   });
 
   commands.addCommand(CommandIDs.openDashboard, {
-    label: 'Open Dask Dashboard',
+    label: 'Open Dask Dashboard in a Browser Tab',
     isEnabled: args => !!clusterOf(model, args)?.dashboard_link,
     execute: args => {
       const cluster = clusterOf(model, args);

@@ -15,6 +15,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { LeptonAPI } from './api';
 import { registerCommands } from './commands';
+import { registerDashboardCommands } from './dashboardTabs';
 import { LeptonModel } from './model';
 import { LeptonPanel, PANEL_ID } from './panel';
 
@@ -47,6 +48,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer?.add(panel, PANEL_ID);
 
     registerCommands({ app, model, panelId: PANEL_ID, notebooks, palette });
+    registerDashboardCommands(app, model);
 
     model.connectionChanged.connect((_, error) => {
       if (error) {

@@ -11,6 +11,7 @@ import { ITemplate } from './api';
 import { CommandIDs } from './commands';
 import { Allocation } from './components/Allocation';
 import { ClusterList, IClusterActions } from './components/ClusterList';
+import { DashboardCommandIDs } from './dashboardTabs';
 import { NewClusterForm } from './components/NewClusterForm';
 import { Templates } from './components/Templates';
 import { WhoAmI } from './components/WhoAmI';
@@ -74,7 +75,8 @@ export class LeptonPanel extends ReactWidget {
       void this._run(CommandIDs.clearStopped).catch(() => undefined),
     useInNotebook: id =>
       void this._run(CommandIDs.useInNotebook, { id }).catch(() => undefined),
-    openDashboard: id => void this._run(CommandIDs.openDashboard, { id })
+    openDashboard: (id, at) =>
+      void this._run(DashboardCommandIDs.menu, { id, ...(at ?? {}) })
   };
 
   private _openTemplate = (t: ITemplate) =>

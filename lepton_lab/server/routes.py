@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jupyter_server.utils import url_path_join
 
-from . import audit, clusters, join, models, templates, whoami
+from . import audit, clusters, dashboard, join, models, studies, templates, whoami
 from .base import NotFoundHandler
 
 
@@ -23,8 +23,14 @@ def setup_route_handlers(web_app) -> None:
         ("templates/copy", templates.TemplateCopyHandler),
         ("audit", audit.AuditHandler),
         ("join", join.JoinHandler),
+        (f"studies/{studies.STUDY}/journal", studies.StudyJournalHandler),
         *models.routes(),
     ]
     handlers = [(url_path_join(base, path) + "/?", handler) for path, handler in routes]
     handlers.append((base + r"(?:/.*)?", NotFoundHandler))
+    # Dashboards are pages, not API answers: their own prefix, linked from the clusters' replies.
+    proxied = url_path_join(web_app.settings["base_url"], "lepton", "dashboard") + "/"
+    path, handler = dashboard.route()
+    handlers.insert(0, (proxied + path, handler))
+    web_app.settings["lepton"].dashboard_prefix = proxied
     web_app.add_handlers(".*$", handlers)

@@ -73,3 +73,15 @@ def test_models_are_a_table():
                                 "xgboost", "2026-03-01", "12:00"]
     assert "{" not in out["text/plain"]  # no raw JSON lines
     assert out["text/html"].count("<tr>") == 3 and "<th" in out["text/html"]
+
+
+def test_dashboard_panes_open_as_lab_tabs_through_the_server():
+    html = snapshot_html(snapshot(), dashboard="/user/ann/lepton/dashboard/abc123/status")
+    assert "href='/user/ann/lepton/dashboard/abc123/status'" in html
+    assert "href='/user/ann/lepton/dashboard/abc123/individual-task-stream'" in html
+    assert ("data-lepton-pane='task-stream' data-lepton-cluster='abc123' "
+            "data-lepton-cluster-name='local-ann-1'>task stream</a>") in html
+    # A cluster this kernel runs itself: its own dashboard, one plain link.
+    direct = snapshot_html(snapshot(), dashboard="http://127.0.0.1:8787/status")
+    assert "href='http://127.0.0.1:8787/status'" in direct and "data-lepton-pane" not in direct
+    assert "Dask dashboard" not in snapshot_html(snapshot())

@@ -13,7 +13,8 @@ export interface IClusterActions {
   /** Forget every stopped cluster's record. */
   clearStopped(): void;
   useInNotebook(id: string): void;
-  openDashboard(id: string): void;
+  /** The menu of the cluster's dashboard panes, at the page position `at`. */
+  openDashboard(id: string, at?: { x: number; y: number }): void;
 }
 
 function SiteRow(props: {
@@ -137,10 +138,16 @@ function ClusterItem(props: {
         <button
           className="jp-mod-styled"
           data-testid="lepton-open-dashboard"
-          onClick={act(actions.openDashboard)}
+          onClick={event => {
+            event.stopPropagation();
+            const box = event.currentTarget.getBoundingClientRect();
+            actions.openDashboard(cluster.id, { x: box.left, y: box.bottom });
+          }}
           disabled={!cluster.dashboard_link}
+          title="Open the Dask dashboard's panes as tabs"
+          aria-haspopup="menu"
         >
-          Dashboard
+          Dashboard ▾
         </button>
         <button
           className="jp-mod-styled jp-mod-warn"
