@@ -22,8 +22,8 @@ __version__ = "0.1.0"
 # stay as quick as a bare shell.
 _API = frozenset({
     "ClusterHandle", "RunResult", "clusters", "compress", "connect", "connect_cluster", "current",
-    "down", "federate", "load", "models", "on_site", "predict", "publish", "run_on", "scale", "serve",
-    "serve_stop", "status", "train", "up",
+    "down", "federate", "load", "models", "on_site", "plan", "predict", "publish", "run_on", "scale", "serve",
+    "serve_stop", "status", "train", "tune", "up",
 })
 __all__ = sorted(_API | {"LeptonError"})
 

@@ -12,6 +12,7 @@ from .cluster.workers import kernel_environment, on_site  # noqa: F401  (re-expo
 from .errors import ClusterError, ConfigError, NotFound
 from .models import load, models, predict, publish, serve, serve_stop
 from .session import ClusterHandle, connect_client, session
+from .tuning import tune  # noqa: F401  (re-exported)
 
 
 def up(
@@ -233,21 +234,73 @@ def compress(model: Any, **kwargs: Any):
 def train(kind: str, *, client: Any = None, **kwargs: Any):
     """Train XGBoost (``xgboost.dask``) or PyTorch on the cluster; see :func:`lepton_lab.ml.train.train`.
 
-    ``client`` defaults to the current cluster's.
+    ``client`` defaults to the current cluster's. Without ``site`` the planner picks the
+    site (cheapest with ``workers`` free workers, default 1) and says so in one line.
     """
     from .ml.train import train as _train
 
-    return _train(kind, client=current().client if client is None else client, **kwargs)
+    client = current().client if client is None else client
+    if kwargs.get("site") is None:
+        from .cluster.placement import JobRequest
+
+        choice = _auto_place(JobRequest("train", workers=kwargs.get("workers") or 1), client)
+        kwargs["site"] = choice.site
+    return _train(kind, client=client, **kwargs)
+
+
+def plan(kind: str = "train", *, workers: int | None = None, gpus: int = 0, memory: int | str | None = None,
+         hours: float = 1.0, data_site: str | None = None, data_gb: float = 0.0, data_moves: bool = True,
+         sites: Iterable[str] | str | None = None, name: str | None = None):
+    """Where the planner would put a job on the cluster ``name`` (default: the current one), and why.
+
+    ``kind`` is ``train``, ``serve`` (one site), ``tune`` (a worker per trial, any site) or
+    ``federate`` (a worker on each of ``sites``, default every edge site). ``workers``
+    (GPU ones: ``gpus``) of ``memory`` each, for ``hours``; ``data_site`` holds
+    ``data_gb`` of its data, which stays there unless ``data_moves``. Returns a
+    :class:`~lepton_lab.cluster.placement.Choice`: sites, workers, GPUs, cost per hour, data
+    locality and the reasons; a request that cannot fit is a one-line ConfigError naming
+    the constraint. Nothing is started.
+    """
+    from dask.utils import parse_bytes
+
+    from .cluster.placement import JobRequest
+    from .session import place
+
+    try:
+        mem = parse_bytes(memory) if isinstance(memory, str) else int(memory or 0)
+    except ValueError:
+        raise ConfigError(f"plan: memory is not a size such as 2GiB: {memory!r}") from None
+    names = tuple(s.strip() for s in sites.split(",") if s.strip()) if isinstance(sites, str) else tuple(sites or ())
+    request = JobRequest(str(kind), workers=1 if workers is None else workers, gpus=gpus, memory=mem, hours=hours,
+                         data_site=data_site, data_gb=data_gb, data_moves=data_moves, sites=names)
+    handle = current(name)
+    return place(request, handle.client, handle)
+
+
+def _auto_place(request: Any, client: Any):
+    """The planner's choice for a verb given no site, said in one line."""
+    from .session import place
+
+    handle = next((h for h in clusters() if h.client is client), None)
+    choice = place(request, client, handle)
+    print(choice.line())
+    return choice
 
 
 def federate(model: Any, *, client: Any = None, **kwargs: Any):
     """Federated training across edge sites; see :func:`lepton_lab.ml.federated.federate`.
 
     ``client`` defaults to the current cluster's, else to the process's default Dask client.
+    Without ``sites`` the planner takes every edge site with a worker and says so in one line.
     """
     from .ml.federated import federate as _federate
 
-    return _federate(model, client=_default_client() if client is None else client, **kwargs)
+    client = _default_client() if client is None else client
+    if not kwargs.get("sites"):
+        from .cluster.placement import JobRequest
+
+        kwargs["sites"] = _auto_place(JobRequest("federate"), client).sites
+    return _federate(model, client=client, **kwargs)
 
 
 def _default_client() -> Any:
@@ -264,5 +317,5 @@ def _default_client() -> Any:
         raise ClusterError("no cluster to run on; start one with lepton_lab.up() or pass client=") from None
 
 __all__ = ["up", "connect", "connect_cluster", "current", "clusters", "status", "scale", "down", "run_on", "on_site",
-           "RunResult", "ClusterHandle", "compress", "train", "federate", "publish", "load", "models", "serve",
-    "predict", "serve_stop"]
+           "RunResult", "ClusterHandle", "compress", "train", "tune", "federate", "publish", "load", "models", "serve",
+    "predict", "serve_stop", "plan"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import config
 from .cluster import allocation
+from .cluster.idle import IdleClock
 from .cluster.launcher import ClusterInfo, ClusterManager, ManagedCluster
 from .cluster.profiles import Profile, all_profiles, resolve_profile
 from .errors import ClusterError, ConfigError, IntegrityError, LeptonError, NotFound, PermissionDenied
@@ -26,6 +27,7 @@ from .security.audit import AuditLog
 from .security.certs import ClusterCA
 from .security.files import write_atomic
 from .security.policy import Policy, Usage, check_quota
+from .security.spend import SpendMeter, check_spend_cap, spend_view
 from .security.tokens import TokenStore
 
 
@@ -48,10 +50,10 @@ class Services:
                  tokens: TokenStore | None = None, manager: ClusterManager | None = None,
                  templates_dir: Path | None = None, tls: bool = True, run_as_owner: bool = False):
         self.policy = policy
-        self.home = Path(home or config.home())
-        self.audit = audit or AuditLog(config.audit_path())
         # The team deployment: each cluster's processes run under its owner's OS account.
         self.run_as_owner = run_as_owner
+        self.home = Path(home or config.home())
+        self.audit = audit or AuditLog(config.audit_path())
         self.tokens = tokens or TokenStore(config.tokens_path())
         self.manager = manager or ClusterManager()
         self.templates_dir = Path(templates_dir or config.templates_path())
@@ -60,6 +62,12 @@ class Services:
         self._audit_batcher = _AuditBatcher(self.audit)
         self.records_path = self.home / "clusters.json"
         self.records: dict[str, dict[str, Any]] = self._load_records()
+        # Spend metered while clusters run, idle ones stopped: see services_watch.
+        self.spend = SpendMeter(self.home / "spend.json")
+        self.idle = IdleClock()
+        self.watch: Any = None
+        #: Where the server proxies dashboards (``<base_url>lepton/dashboard/``); empty: links as they listen.
+        self.dashboard_prefix = ""
 
     async def record_async(self, user: str, action: str, resource: str, outcome: str, *,
                            reason: str = "", request_id: str | None = None, **detail: Any) -> Any:
@@ -101,6 +109,8 @@ class Services:
             "permissions": sorted(self.policy.permissions(who.name, who.groups)),
             "quotas": quotas,
             "user_quota": {**dataclasses.asdict(uq), "used": dataclasses.asdict(self.usage(user=who.name))},
+            "spend": {team: spend_view(self.spend.team(team), self.policy.quota_for(team=team).spend_cap)
+                      for team in roles},
         }
 
     # -- clusters ----------------------------------------------------------------------------
@@ -158,6 +168,8 @@ class Services:
         demand = self._demand(prof, found, len(self.manager.ledger.free(found)))
         with self.lock:
             try:
+                check_spend_cap(team, self.spend.team(team), self.policy.quota_for(team=team).spend_cap,
+                                self.policy.source)
                 check_quota(self.policy, who.name, team, self.usage(user=who.name),
                             self.usage(team=team), demand)
             except PermissionDenied as e:
@@ -173,6 +185,10 @@ class Services:
             for key in [k for k, r in self.records.items()
                         if r.get("name") == name and r.get("team") == team and r.get("status") == "stopped"]:
                 del self.records[key]
+            if self.watch is None:  # meters spend and stops idle clusters from the first one on
+                from .services_watch import ClusterWatch
+
+                self.watch = ClusterWatch(self, config.watch_interval())
             security, ca_dir = None, None
             cluster_key = name or f"{who.name}-{prof.name}"
             if self.tls:
@@ -193,6 +209,7 @@ class Services:
             managed.ca_dir = ca_dir
             self.records[managed.id] = {**managed.info().to_dict(), "ca_dir": str(ca_dir or "")}
             self._save_records()
+            self.spend.start(managed.id)
         self.audit.record(who.name, "clusters:create", f"clusters:{managed.id}", "allow",
                           team=team, profile=prof.name, workers=demand.workers, gpus=demand.gpus)
         return managed
@@ -232,6 +249,11 @@ class Services:
     def describe(self, info: dict[str, Any] | ClusterInfo) -> dict[str, Any]:
         data = info.to_dict() if isinstance(info, ClusterInfo) else dict(info)
         data.pop("ca_dir", None)
+        from .services_watch import spend_fields
+
+        data.update(spend_fields(self, data["id"], data["team"]))
+        if self.dashboard_prefix and data.get("dashboard_link"):
+            data["dashboard_link"] = f"{self.dashboard_prefix}{data['id']}/status"
         data["connect_code"] = (
             "import lepton_lab\n"
             f"cluster = lepton_lab.connect_cluster({data['id']!r})\n"
@@ -247,6 +269,7 @@ class Services:
         with self.lock:
             check_quota(self.policy, c.owner, c.team, self.usage(user=c.owner), self.usage(team=c.team),
                         Usage(workers=extra, gpus=c.gpu_demand(n, site)))
+            self._meter(c)  # the old worker count is charged up to now
             c.scale(n, site)
             self.records[c.id] = {**c.info().to_dict(), "ca_dir": self.records.get(c.id, {}).get("ca_dir", "")}
             self._save_records()
@@ -266,13 +289,17 @@ class Services:
             with self.lock:
                 self.records.pop(key, None)
                 self._save_records()
+            self.spend.forget(key)
             if record.get("ca_dir"):
                 shutil.rmtree(record["ca_dir"], ignore_errors=True)
             return
+        with self.lock:
+            self._meter(c)
         self.manager.stop(c.id)
         with self.lock:
             rec = self.records.pop(c.id, {})
             self._save_records()
+        self.spend.forget(c.id)
         if rec.get("ca_dir"):
             shutil.rmtree(rec["ca_dir"], ignore_errors=True)
         self.audit.record(who.name, "clusters:delete", f"clusters:{c.id}", "allow")
@@ -296,38 +323,13 @@ class Services:
     def credentials(self, who: Actor, key: str) -> dict[str, Any]:
         """A short-lived client certificate for ``who`` on this cluster (only with clusters:use)."""
         c = self.cluster(who, key, "clusters:use")
+        self._require_own_code(who, c)
         ca_dir = self.records.get(c.id, {}).get("ca_dir")
         if not ca_dir:
             return {"tls": False, "scheduler_address": c.address}
         cert = ClusterCA.load(ca_dir).issue(who.name, role="client")
         self.audit.record(who.name, "clusters:use", f"clusters:{c.id}", "allow", issued="client-certificate")
         return {"tls": True, "scheduler_address": c.address, **cert.to_dict()}
-
-    def redeem_join(self, composite: str, hosts: tuple[str, ...]) -> dict[str, Any]:
-        """Spend a join token (``<cluster id>.<token>``) on a worker certificate for its site."""
-        cluster_id, _, token = str(composite).partition(".")
-        c = next((x for x in self.manager.list() if x.id == cluster_id), None)
-        record = self.records.get(cluster_id)
-        if c is None or not record or not record.get("ca_dir"):
-            raise PermissionDenied("this join token belongs to no running cluster; ask an admin for a new one")
-        cert = ClusterCA.load(record["ca_dir"]).redeem(token, hosts=hosts)
-        site = cert.common_name.rsplit("-worker-", 1)[0]
-        self.audit.record(f"worker@{site}", "clusters:join", f"clusters:{c.id}", "allow", site=site)
-        return {"scheduler_address": c.address, "site": site, **cert.to_dict()}
-
-    # -- models ------------------------------------------------------------------------------
-
-    @property
-    def registry(self):
-        self._require_own_code(who, c)
-        if getattr(self, "_registry", None) is None:
-            from .registry import Registry
-            from .security.vault import KeyRing
-
-            # Publishing itself asks the policy, and the alias log records the grant.
-            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"),
-                                      authorize=lambda *asked: self.policy.allows(*asked))
-        return self._registry
 
     def _require_own_code(self, who: Actor, c: ManagedCluster) -> None:
         """A client certificate runs tasks as the account the cluster's workers run under:
@@ -346,6 +348,55 @@ class Services:
             reason = untrusted_reason(self.policy, who.name, "obtain cluster credentials")
         self.audit.record(who.name, "clusters:use", f"clusters:{c.id}", "deny", reason=reason)
         raise PermissionDenied(reason)
+
+    def redeem_join(self, composite: str, hosts: tuple[str, ...]) -> dict[str, Any]:
+        """Spend a join token (``<cluster id>.<token>``) on a worker certificate for its site."""
+        cluster_id, _, token = str(composite).partition(".")
+        c = next((x for x in self.manager.list() if x.id == cluster_id), None)
+        record = self.records.get(cluster_id)
+        if c is None or not record or not record.get("ca_dir"):
+            raise PermissionDenied("this join token belongs to no running cluster; ask an admin for a new one")
+        cert = ClusterCA.load(record["ca_dir"]).redeem(token, hosts=hosts)
+        site = cert.common_name.rsplit("-worker-", 1)[0]
+        self.audit.record(f"worker@{site}", "clusters:join", f"clusters:{c.id}", "allow", site=site)
+        return {"scheduler_address": c.address, "site": site, **cert.to_dict()}
+
+    def revoke_user(self, user: str, *, by: str = "lepton-server") -> dict[str, int]:
+        """Revoke ``user``'s client certificates on every cluster, live ones at once (:mod:`.services_certs`)."""
+        from .services_certs import revoke_user
+
+        return revoke_user(self, user, by=by)
+
+    def renew_certificates(self) -> list[str]:
+        """Renew the certificates of running clusters that expire soon; the ids renewed (:mod:`.services_certs`)."""
+        from .services_certs import renew_certificates
+
+        return renew_certificates(self)
+
+    # -- models ------------------------------------------------------------------------------
+
+    def studies(self):
+        """The teams' hyper-parameter studies, under this policy (:mod:`lepton_lab.services_studies`)."""
+        from .services_studies import StudyStore
+
+        return StudyStore(self.policy, home=self.home, audit=self.audit)
+
+    def privacy(self):
+        """The teams' privacy ledgers: DP spending per dataset against the policy's budgets."""
+        from .services_privacy import PrivacyLedger
+
+        return PrivacyLedger(self.policy, home=self.home, audit=self.audit)
+
+    @property
+    def registry(self):
+        if getattr(self, "_registry", None) is None:
+            from .registry import Registry
+            from .security.vault import KeyRing
+
+            # Publishing itself asks the policy, and the alias log records the grant.
+            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"),
+                                      authorize=lambda *asked: self.policy.allows(*asked))
+        return self._registry
 
     def _model_team(self, who: Actor, team: str, permission: str, ref: str) -> None:
         """Models of a team the user may not read do not exist for them (404, never 403)."""
@@ -479,7 +530,17 @@ class Services:
     def _save_records(self) -> None:
         write_atomic(self.records_path, json.dumps(self.records, indent=1).encode())
 
+    def _meter(self, c: ManagedCluster) -> None:
+        from .services_watch import meter
+
+        meter(self, c)
+
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        with self.lock:
+            for c in self.manager.list():
+                self._meter(c)
         for c in self.manager.list():
             client = getattr(c, "server_client", None)
             if client is not None:
@@ -551,7 +612,8 @@ def issue_join_token(key: str, site: str, home: Path | None = None) -> tuple[str
         raise NotFound(f"no running cluster {key!r} (see GET /lepton/api/clusters)")
     if not record.get("ca_dir"):
         raise ConfigError(f"cluster {key!r} does not use TLS; workers join it with --scheduler alone")
-    token = ClusterCA.load(record["ca_dir"]).join_token(site)
+    kind = next((str(s["kind"]) for s in record.get("sites") or [] if s.get("name") == site), None)
+    token = ClusterCA.load(record["ca_dir"]).join_token(site, kind=kind)
     return f"{record['id']}.{token}", record["scheduler_address"]
 
 

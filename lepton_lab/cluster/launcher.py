@@ -26,6 +26,8 @@ from distributed import Client, LocalCluster, Security, SpecCluster
 from ..errors import AlreadyExists, ClusterError, ConfigError, NotFound
 from . import accounts
 from . import gpus as gpu_discovery
+from .gate import SiteGate, cluster_of
+from .kubernetes import KubernetesSites, check_kubernetes_sites, is_slot, slot_spec, split_joined
 from .ledger import LEDGER, GPULedger
 from .profiles import Profile, SiteSpec
 from .ssh import SSHSiteWorker, check_ssh_sites, ssh_worker_spec
@@ -75,6 +77,8 @@ class ManagedCluster:
 
     # Kept here by the services: the cluster's CA folder and the server's own client.
     ca_dir: Path | None = None
+    #: The operator objects of the cluster's ``launch: kubernetes`` sites, once created.
+    kubernetes: KubernetesSites | None = None
     server_client: Client | None = None
     #: The OS account the scheduler and workers run under, when not this process's own.
     run_as: str | None = None
@@ -141,6 +145,7 @@ class ManagedCluster:
         OS account (see :mod:`lepton_lab.cluster.accounts`), never of this one.
         """
         check_ssh_sites(profile, tls=security is not None, ca_dir=ca_dir)
+        check_kubernetes_sites(profile, tls=security is not None, ca_dir=ca_dir, host=host, advertise=advertise)
         if run_as is not None and (security is None or ca_dir is None):
             raise ConfigError(f"a cluster run as {run_as} needs TLS and its own CA (start it through the server)")
         gpus = gpu_discovery.discover() if gpus is None else gpus
@@ -158,6 +163,9 @@ class ManagedCluster:
                                                       host=host, timeout=timeout),
                     security=security, name=name or cluster_id)
             else:
+                # A TLS cluster checks every peer's certificate and every worker's site (cluster/gate.py).
+                gated = cluster_of(security)
+                gate_kwargs = {"scheduler_kwargs": {"plugins": [SiteGate(gated)]}} if gated else {}
                 with kernel_environment():
                     cluster = LocalCluster(
                         name=name or cluster_id,
@@ -170,6 +178,7 @@ class ManagedCluster:
                         worker_class=SiteNanny,
                         security=security,
                         protocol="tls://" if security is not None and security.require_encryption else None,
+                        **gate_kwargs,
                     )
         except BaseException as e:
             ledger.release(cluster_id)
@@ -196,6 +205,9 @@ class ManagedCluster:
     def _apply(self, *, plans_add=(), names_remove=(), timeout: float = START_TIMEOUT) -> None:
         """Change the worker spec and wait until the scheduler sees exactly that set."""
         with self._lock, kernel_environment():
+            # Pods of Kubernetes sites are counted, not named (the operator names them); a failure here
+            # leaves the spec as it was.
+            pods = self._scale_kubernetes(plans_add, names_remove)
             # A worker on another host is done once its processes and files there are gone.
             remote = {n for n in names_remove
                       if isinstance(self.cluster.workers.get(n), (SSHSiteWorker, accounts.AccountWorker))}
@@ -205,6 +217,8 @@ class ManagedCluster:
                 site = self.profile.site(plan.site)
                 if site.launch == "ssh":
                     spec = ssh_worker_spec(plan, site, self.address, self.ca_dir, timeout)
+                elif site.launch == "kubernetes":
+                    spec = slot_spec(plan, site)
                 elif self.run_as is not None:
                     assert self.ca_dir is not None
                     spec = accounts.worker_spec(plan, account=self.run_as, ca_dir=self.ca_dir, timeout=timeout)
@@ -212,13 +226,14 @@ class ManagedCluster:
                     spec = worker_spec(plan, self._base_options())
                 self.cluster.worker_spec[plan.name] = spec
             self.cluster.scale(len(self.cluster.worker_spec))
-            want = set(self.cluster.worker_spec)
+            want = {n for n, spec in self.cluster.worker_spec.items() if not is_slot(spec)}
             end = time.monotonic() + timeout
             while time.monotonic() < end:
-                have = {w["name"] for w in self.cluster.scheduler_info["workers"].values()}
+                have, counts = split_joined({w["name"] for w in self.cluster.scheduler_info["workers"].values()},
+                                            pods)
                 # A nanny is done (and has given the environment back) once it is running.
                 workers = self.cluster.workers
-                if have == want and all(
+                if have == want and counts == pods and all(
                     n in workers and getattr(workers[n].status, "name", "") == "running" for n in want
                 ) and not remote & set(workers):
                     return
@@ -234,12 +249,28 @@ class ManagedCluster:
                     raise ClusterError(f"cluster {self.name}: workers {', '.join(failed)} failed to start; "
                                        "see the log above for the reason")
                 time.sleep(0.05)
-            have = {w["name"] for w in self.cluster.scheduler_info["workers"].values()}
-            missing = sorted(want - have)
+            have, counts = split_joined({w["name"] for w in self.cluster.scheduler_info["workers"].values()}, pods)
+            missing = sorted(want - have) + [f"{n - counts[s]} of site {s} (kubernetes)"
+                                             for s, n in pods.items() if counts[s] < n]
             raise ClusterError(
                 f"cluster {self.name}: workers {', '.join(map(str, missing)) or '?'} did not join "
                 f"within {timeout:.0f} s; check memory limits and the scheduler log"
             )
+
+    def _scale_kubernetes(self, plans_add: Iterable[WorkerPlan], names_remove: Iterable[str]) -> dict[str, int]:
+        """Set each Kubernetes site's worker-group replicas to its pods after the change; the workers expected."""
+        sites = [s.name for s in self.profile.sites if s.launch == "kubernetes"]
+        if not sites:
+            return {}
+        gone = set(names_remove)
+        replicas = {s: len([n for n in self.workers_of(s) if n not in gone])
+                    + sum(1 for p in plans_add if p.site == s) for s in sites}
+        if self.kubernetes is None:
+            assert self.ca_dir is not None
+            self.kubernetes = KubernetesSites(self.profile, cluster_id=self.id, scheduler=self.address,
+                                              ca_dir=self.ca_dir)
+        self.kubernetes.scale(replicas)
+        return self.kubernetes.expected(replicas)
 
     # -- what runs -------------------------------------------------------------------------
 
@@ -386,6 +417,8 @@ class ManagedCluster:
             if self.closed:
                 return
             self.closed = True
+            if self.kubernetes is not None:
+                self.kubernetes.delete()
             with kernel_environment():
                 try:
                     self.cluster.close(timeout=20)

@@ -6,6 +6,7 @@ Built-in profiles are below; users add their own in ``$LEPTON_HOME/profiles.yaml
     profiles:
       radiology:
         description: one GPU box in the cloud, two hospitals at the edge
+        idle_timeout: 30          # minutes with no task and no client activity: the server stops it
         sites:
           - {name: cloud, kind: cloud, workers: 1, threads: 2, memory: 4GiB, gpus: auto, cost_per_hour: 2.5}
           - {name: edge-hospital-a, kind: edge, workers: 1, threads: 1, memory: 1GiB, cost_per_hour: 0.1}
@@ -30,9 +31,10 @@ from .. import config
 from ..errors import ConfigError
 
 SITE_KINDS = ("cloud", "edge")
-#: How a site's workers start: processes on this machine, or over SSH on its hosts.
-LAUNCHES = ("local", "ssh")
+#: How a site's workers start: processes on this machine, over SSH on its hosts, or as Kubernetes pods.
+LAUNCHES = ("local", "ssh", "kubernetes")
 SSH_FIELDS = ("hosts", "ssh_user", "ssh_key", "known_hosts", "python")
+KUBERNETES_FIELDS = ("image", "namespace", "node_selector", "gpus_per_worker", "service_account", "tolerations")
 #: Site names become Dask resource names and worker-name prefixes.
 SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -58,6 +60,13 @@ class SiteSpec:
     ``ssh_user`` with the private key ``ssh_key`` and checked against
     ``known_hosts`` (each defaulting to what ``ssh`` would use); ``python`` is
     the interpreter on those hosts.
+
+    ``launch: kubernetes`` runs the site's workers as pods of the container
+    ``image`` in ``namespace``, one ``DaskWorkerGroup`` of dask-kubernetes'
+    operator per site (see :mod:`lepton_lab.cluster.kubernetes`), on nodes
+    matching ``node_selector`` (label -> value pairs), each pod asking for
+    ``threads`` CPUs, ``memory`` and ``gpus_per_worker`` ``nvidia.com/gpu``
+    devices, run as ``service_account`` and tolerating ``tolerations``.
     """
 
     name: str
@@ -73,6 +82,12 @@ class SiteSpec:
     ssh_key: str = ""
     known_hosts: str = ""
     python: str = "python3"
+    image: str = ""
+    namespace: str = "default"
+    node_selector: tuple[tuple[str, str], ...] = ()
+    gpus_per_worker: int = 0
+    service_account: str = ""
+    tolerations: tuple[tuple[tuple[str, Any], ...], ...] = ()
 
     @property
     def memory_text(self) -> str:
@@ -88,9 +103,15 @@ class SiteSpec:
             "gpus": self.gpus,
             "cost_per_hour": self.cost_per_hour,
         }
-        if self.launch != "local":
+        if self.launch == "ssh":
             data.update(launch=self.launch, hosts=list(self.hosts), ssh_user=self.ssh_user,
                         ssh_key=self.ssh_key, known_hosts=self.known_hosts, python=self.python)
+        if self.launch == "kubernetes":
+            data.update(launch=self.launch, image=self.image, namespace=self.namespace,
+                        node_selector=dict(self.node_selector), gpus_per_worker=self.gpus_per_worker,
+                        tolerations=[dict(t) for t in self.tolerations])
+            if self.service_account:
+                data["service_account"] = self.service_account
         return data
 
 
@@ -102,6 +123,8 @@ class Profile:
     sites: tuple[SiteSpec, ...]
     description: str = ""
     builtin: bool = False
+    #: Minutes with no task and no client activity after which the server stops the cluster.
+    idle_timeout: float | None = None
 
     def site(self, name: str) -> SiteSpec:
         for s in self.sites:
@@ -161,6 +184,7 @@ class Profile:
             "name": self.name,
             "description": self.description,
             "builtin": self.builtin,
+            "idle_timeout": self.idle_timeout,
             "sites": [s.to_dict() for s in self.sites],
         }
 
@@ -257,11 +281,14 @@ def _launch_fields(data: Mapping[str, Any], gpus: Any, where: str) -> dict[str, 
     launch = data.get("launch", "local")
     if launch not in LAUNCHES:
         raise ConfigError(f"{where}.launch: one of {', '.join(LAUNCHES)}; got {launch!r}")
+    for field_names, needs in ((SSH_FIELDS, "ssh"), (KUBERNETES_FIELDS, "kubernetes")):
+        extra = [key for key in field_names if key in data]
+        if extra and launch != needs:
+            raise ConfigError(f"{where}.{extra[0]}: only for sites with launch: {needs}")
     if launch == "local":
-        extra = [key for key in SSH_FIELDS if key in data]
-        if extra:
-            raise ConfigError(f"{where}.{extra[0]}: only for sites with launch: ssh")
         return {}
+    if launch == "kubernetes":
+        return _kubernetes_fields(data, gpus, where)
     hosts = data.get("hosts")
     if not isinstance(hosts, list) or not hosts:
         raise ConfigError(f"{where}.hosts: launch: ssh needs a non-empty list of host or host:port")
@@ -284,6 +311,85 @@ def _launch_fields(data: Mapping[str, Any], gpus: Any, where: str) -> dict[str, 
     return fields
 
 
+#: Kubernetes names: a DNS label (namespaces), a DNS subdomain (service accounts), label keys and values.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_TOLERATION: dict[str, type | tuple[str, ...]] = {"key": str, "operator": ("Exists", "Equal"), "value": str,
+               "effect": ("NoSchedule", "PreferNoSchedule", "NoExecute"), "tolerationSeconds": int}
+MAX_GPUS_PER_WORKER = 16
+
+
+def _label_key(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    prefix, _, name = key.rpartition("/")
+    return bool(_LABEL_NAME.match(name)) and (not prefix or bool(_DNS_SUBDOMAIN.match(prefix)))
+
+
+def _kubernetes_fields(data: Mapping[str, Any], gpus: Any, where: str) -> dict[str, Any]:
+    """The pod shape of a ``launch: kubernetes`` site, checked as the Kubernetes API would."""
+    if gpus:
+        raise ConfigError(f"{where}.gpus: kubernetes sites ask for GPUs with gpus_per_worker "
+                          "(Kubernetes assigns the devices)")
+    image = data.get("image")
+    if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+        raise ConfigError(f"{where}.image: launch: kubernetes needs a container image with lepton-lab "
+                          f"installed, e.g. registry.example.org/lepton-lab:0.1; got {image!r}")
+    fields: dict[str, Any] = {"launch": "kubernetes", "image": image}
+    namespace = data.get("namespace", "default")
+    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
+        raise ConfigError(f"{where}.namespace: a Kubernetes namespace (lower-case letters, digits and '-', "
+                          f"at most 63); got {namespace!r}")
+    fields["namespace"] = namespace
+    selector = data.get("node_selector", {})
+    if not isinstance(selector, Mapping):
+        raise ConfigError(f"{where}.node_selector: a mapping of node label to value; got {selector!r}")
+    for key, value in selector.items():
+        if not _label_key(key):
+            raise ConfigError(f"{where}.node_selector: {key!r} is not a Kubernetes label name")
+        if not isinstance(value, str) or not _LABEL_VALUE.match(value):
+            raise ConfigError(f"{where}.node_selector.{key}: a label value (text, at most 63 characters "
+                              f"of letters, digits, '-', '_', '.'); got {value!r}")
+    fields["node_selector"] = tuple(sorted(selector.items()))
+    fields["gpus_per_worker"] = _int_in(data.get("gpus_per_worker", 0), 0, MAX_GPUS_PER_WORKER,
+                                        f"{where}.gpus_per_worker")
+    kind = data.get("kind", "edge" if str(data.get("name", "")).startswith("edge") else "cloud")
+    if fields["gpus_per_worker"] and kind != "cloud":
+        raise ConfigError(f"{where}.gpus_per_worker: only cloud sites carry GPUs")
+    account = data.get("service_account")
+    if account is not None:
+        if not isinstance(account, str) or not _DNS_SUBDOMAIN.match(account):
+            raise ConfigError(f"{where}.service_account: a Kubernetes service account name; got {account!r}")
+        fields["service_account"] = account
+    tolerations = data.get("tolerations", [])
+    if not isinstance(tolerations, list):
+        raise ConfigError(f"{where}.tolerations: a list of tolerations (key, operator, value, effect)")
+    checked = []
+    for i, tol in enumerate(tolerations):
+        at = f"{where}.tolerations[{i}]"
+        if not isinstance(tol, Mapping) or not tol:
+            raise ConfigError(f"{at}: a mapping with key, operator, value, effect or tolerationSeconds")
+        for key, value in tol.items():
+            allowed = _TOLERATION.get(key)
+            if allowed is None:
+                raise ConfigError(f"{at}.{key}: unknown field (known: {', '.join(_TOLERATION)})")
+            if isinstance(allowed, tuple):
+                ok, want = value in allowed, " or ".join(allowed)
+            else:
+                ok, want = isinstance(value, allowed) and not isinstance(value, bool), allowed.__name__
+            if not ok:
+                raise ConfigError(f"{at}.{key}: must be {want}; got {value!r}")
+        if "key" in tol and not _label_key(tol["key"]):
+            raise ConfigError(f"{at}.key: {tol['key']!r} is not a Kubernetes label name")
+        if tol.get("operator") == "Exists" and tol.get("value"):
+            raise ConfigError(f"{at}.value: operator Exists takes no value")
+        checked.append(tuple(sorted(tol.items())))
+    fields["tolerations"] = tuple(checked)
+    return fields
+
+
 def profile_from_dict(name: str, data: Any, where: str) -> Profile:
     """Build and validate one profile; ``where`` prefixes error messages."""
     if not isinstance(name, str) or not PROFILE_NAME.match(name):
@@ -291,8 +397,8 @@ def profile_from_dict(name: str, data: Any, where: str) -> Profile:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: a profile must be a mapping with 'sites'")
     for key in data:
-        if key not in ("description", "sites"):
-            raise ConfigError(f"{where}.{key}: unknown field (known: description, sites)")
+        if key not in ("description", "sites", "idle_timeout"):
+            raise ConfigError(f"{where}.{key}: unknown field (known: description, idle_timeout, sites)")
     sites_data = data.get("sites")
     if not isinstance(sites_data, list) or not sites_data:
         raise ConfigError(f"{where}.sites: a non-empty list of sites")
@@ -302,10 +408,17 @@ def profile_from_dict(name: str, data: Any, where: str) -> Profile:
         if s.name in seen:
             raise ConfigError(f"{where}.sites[{i}].name: site {s.name!r} appears twice")
         seen.add(s.name)
+    namespaces = {s.namespace for s in sites if s.launch == "kubernetes"}
+    if len(namespaces) > 1:
+        raise ConfigError(f"{where}.sites: kubernetes sites of one profile share one namespace "
+                          f"(they belong to one DaskCluster); got {', '.join(sorted(namespaces))}")
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{where}.description: must be text")
-    return Profile(name, sites, description)
+    idle = data.get("idle_timeout")
+    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 1e9):
+        raise ConfigError(f"{where}.idle_timeout: minutes, a number > 0 (or leave it out); got {idle!r}")
+    return Profile(name, sites, description, idle_timeout=None if idle is None else float(idle))
 
 
 def load_user_profiles(path: Path | None = None) -> dict[str, Profile]:

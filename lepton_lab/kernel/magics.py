@@ -19,7 +19,7 @@ from IPython.display import display
 
 from .. import api
 from ..errors import Interrupted, LeptonError
-from . import federate_magics, model_magics, train_magics
+from . import federate_magics, model_magics, plan_magics, train_magics, tune_magics
 from .parsing import MagicParser as _Parser
 
 
@@ -196,19 +196,28 @@ class LeptonMagics(Magics):
         handles = api.clusters()
         # A cost column only where a profile sets a price: "$0.00/h" everywhere says nothing.
         costed = any(h.info.get("cost_per_hour") for h in handles)
+        # What the cluster service has metered so far (a server's clusters; none in-process).
+        listed = _listed(handles)
+        spent = any("spend" in listed.get(h.id, {}) for h in handles)
         rows = [[h.name, h.address, h.info.get("profile", ""),
                  ", ".join(f"{s['name']}×{s['workers']}" for s in h.info.get("sites", [])),
                  "adopted" if h.adopted else "started"]
                 + ([f"${h.info.get('cost_per_hour', 0):.2f}/h"] if costed else [])
+                + ([f"${listed.get(h.id, {}).get('spend', 0):.2f}"] if spent else [])
                 for h in handles]
         from ..views import _table
 
-        head = ["name", "scheduler", "profile", "workers", "how"] + (["cost"] if costed else [])
+        head = ["name", "scheduler", "profile", "workers", "how"] + (["cost"] if costed else []) \
+            + (["spent"] if spent else [])
         if not rows:
             print("no clusters; start one with %lepton up")
             return
         text = "\n".join("  ".join(map(str, r)) for r in [head] + rows)
         display({"text/plain": text, "text/html": _table(head, rows)}, raw=True)
+        teams = {c["team"]: c for c in listed.values() if "team_spend" in c and c.get("team")}
+        for team, c in sorted(teams.items()):
+            cap = f" of its cap ${c['spend_cap']:.2f}" if c.get("spend_cap") is not None else ""
+            print(f"team {team} has spent ${c['team_spend']:.2f}{cap} so far")
 
     def _scale(self, a):
         handle = api.scale(a.n, a.site, name=a.name)
@@ -253,6 +262,17 @@ class LeptonMagics(Magics):
         return None
 
 
+def _listed(handles) -> dict[str, dict]:
+    """The clusters' descriptions as their services list them now, by id (spend included)."""
+    out: dict[str, dict] = {}
+    for transport in {id(h.transport): h.transport for h in handles if h.transport is not None}.values():
+        try:
+            out.update({c["id"]: c for c in transport.list()})
+        except LeptonError:
+            pass
+    return out
+
+
 def _from_cell(tb, filename: str):
     """The part of a traceback that starts in the cell's own code (the worker's frames)."""
     start = tb
@@ -262,10 +282,10 @@ def _from_cell(tb, filename: str):
 
 
 #: What adds the other subcommands to a ``LeptonMagics``.
-SUBCOMMANDS = (model_magics.register_magics,)
+SUBCOMMANDS = (model_magics.register_magics, plan_magics.register_magics)
 #: The same, for subcommands whose options come from the training modules (torch, XGBoost):
 #: registered on first need, so that ``%load_ext lepton_lab`` stays quick.
-HEAVY_SUBCOMMANDS = (train_magics.register_magics, federate_magics.register_magics)
+HEAVY_SUBCOMMANDS = (train_magics.register_magics, federate_magics.register_magics, tune_magics.register_magics)
 
 
 def load(shell) -> LeptonMagics:

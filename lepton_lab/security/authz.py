@@ -88,6 +88,8 @@ LEPTON_RULES: dict[tuple[str, str], str | None] = {
     ("lepton:models", "read"): "models:read",
     ("lepton:models", "write"): "models:read|models:publish|models:delete",
     ("lepton:audit", "read"): "audit:read",
+    ("lepton:studies", "read"): "clusters:use",
+    ("lepton:studies", "write"): "clusters:use",
 }
 
 #: Folders of the server's root whose second component is a team (or, for work, a user).

@@ -84,9 +84,11 @@ ROLE_RANKS: Mapping[str, int] = MappingProxyType({"admin": 40, "lead": 30, "anal
 #: Team key in ``members`` / ``groups`` that stands for every team.
 ALL_TEAMS = "*"
 
-_TOP_LEVEL = ("version", "teams", "roles", "members", "groups", "quotas", "terminals", "trusted")
+_TOP_LEVEL = ("version", "teams", "roles", "members", "groups", "quotas", "terminals", "trusted", "privacy")
 _QUOTA_SECTIONS = ("teams", "users", "default_user", "default_team")
 _QUOTA_FIELDS = ("max_gpus", "max_workers", "max_clusters")
+#: Fields only a team's quota takes: money its clusters may cost, minutes a cluster may sit idle.
+_TEAM_FIELDS = ("spend_cap", "idle_timeout")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -102,11 +104,15 @@ class Quota:
     max_gpus: int | None = None
     max_workers: int | None = None
     max_clusters: int | None = None
+    #: Teams only: what the team's clusters may cost (worker-hours × cost per worker-hour, summed).
+    spend_cap: float | None = None
+    #: Teams only: minutes a cluster may run with no task and no client activity before it is stopped.
+    idle_timeout: float | None = None
 
     def tighter(self, other: Quota) -> Quota:
         """The field-by-field smaller of two quotas (``None`` loses to any number)."""
-        merged = {}
-        for name in _QUOTA_FIELDS:
+        merged: dict[str, Any] = {}
+        for name in _QUOTA_FIELDS + _TEAM_FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
             merged[name] = theirs if mine is None else mine if theirs is None else min(mine, theirs)
         return Quota(**merged)
@@ -146,6 +152,8 @@ class Policy:
     trusted: frozenset[str] = frozenset()
     source: str = "<policy>"
     version: int = 1
+    #: "team" or "team/dataset" -> (ε, δ): the differential-privacy budget of its data.
+    privacy: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<policy>") -> Policy:
@@ -255,6 +263,11 @@ class Policy:
     def trusts(self, user: str) -> bool:
         """True when the policy's ``trusted:`` list names ``user``: they may run code as the server's account."""
         return user in self.trusted
+
+    def privacy_budget(self, team: str, dataset: str | None = None) -> tuple[float, float] | None:
+        """(ε, δ) that spending on ``team``'s ``dataset`` may reach: the dataset's own, else the team's."""
+        return self.privacy.get(f"{team}/{dataset}") if dataset and f"{team}/{dataset}" in self.privacy \
+            else self.privacy.get(team)
 
     # -- quotas ---------------------------------------------------------------------
 
@@ -389,7 +402,10 @@ groups:
   hub-medical: {{medical: analyst}}
 
 # How much may be held at once. Fields: max_gpus, max_workers, max_clusters;
-# null (or a field left out of a default) means unlimited.
+# null (or a field left out of a default) means unlimited. A team's quota also takes
+# spend_cap (what its clusters may cost, worker-hours x cost per worker-hour; creating a
+# cluster past it is refused) and idle_timeout (minutes with no task and no client
+# activity after which a cluster is stopped).
 quotas:
   # Everything a team's members hold together.
   teams:
@@ -403,6 +419,12 @@ quotas:
     {finance}: {{max_clusters: 1}}
   # Users not listed above.
   default_user: {{max_gpus: 1, max_workers: 8, max_clusters: 2}}
+
+# Differential-privacy budgets, ε at δ, for a team's data or one dataset of it
+# ("team/dataset"): federated tuning charges each trial before it runs and stops
+# before a budget would be exceeded.
+# privacy:
+#   medical: {{epsilon: 8, delta: 1.0e-5}}
 
 # Roles whose users may open terminals. A terminal is a shell as the server's own
 # user, so only admins by default.
@@ -475,13 +497,13 @@ class _Parser:
             if key not in _QUOTA_SECTIONS:
                 raise self.fail(f"quotas.{key}", f"unknown section{_known(key, _QUOTA_SECTIONS, 'sections')}")
         default_user = Quota(**self.quota(_section(quotas, "default_user"), "quotas.default_user"))
-        default_team = Quota(**self.quota(_section(quotas, "default_team"), "quotas.default_team"))
+        default_team = Quota(**self.quota(_section(quotas, "default_team"), "quotas.default_team", team=True))
         team_quotas = {}
         for team, value in self.mapping(_section(quotas, "teams"), "quotas.teams", "team quotas").items():
             where = f"quotas.teams.{team}"
             if team not in teams:
                 raise self.fail(where, f"unknown team {team!r}{_known(team, teams)}")
-            team_quotas[team] = replace(default_team, **self.quota(value, where))
+            team_quotas[team] = replace(default_team, **self.quota(value, where, team=True))
         user_quotas = {}
         for user, value in self.mapping(_section(quotas, "users"), "quotas.users", "user quotas").items():
             where = f"quotas.users.{user}"
@@ -500,7 +522,27 @@ class _Parser:
             trusted=frozenset(trusted),
             source=self.source,
             version=1,
+            privacy=MappingProxyType(self.privacy(_section(data, "privacy"), teams)),
         )
+
+    def privacy(self, value: Any, teams: list[str]) -> dict[str, tuple[float, float]]:
+        """``privacy: {team: {epsilon: 8, delta: 1e-5}, team/dataset: {...}}``."""
+        out = {}
+        for key, budget in self.mapping(value, "privacy", "privacy budgets").items():
+            where = f"privacy.{key}"
+            team = str(key).split("/")[0]
+            if team not in teams:
+                raise self.fail(where, f"unknown team {team!r}{_known(team, teams)}")
+            budget = self.mapping(budget, where, "a budget")
+            if set(budget) != {"epsilon", "delta"}:
+                raise self.fail(where, "give epsilon and delta, e.g. {epsilon: 8, delta: 1e-5}")
+            eps, delta = budget["epsilon"], budget["delta"]
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+                raise self.fail(f"{where}.epsilon", f"must be a positive number, got {eps!r}")
+            if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+                raise self.fail(f"{where}.delta", f"must be between 0 and 1, got {delta!r}")
+            out[str(key)] = (float(eps), float(delta))
+        return out
 
     def roles(self, value: Any) -> dict[str, frozenset[str]]:
         roles = dict(BUILTIN_ROLES)
@@ -544,12 +586,20 @@ class _Parser:
             rules[who] = MappingProxyType(dict(per_team))
         return rules
 
-    def quota(self, value: Any, where: str) -> dict[str, int | None]:
+    def quota(self, value: Any, where: str, *, team: bool = False) -> dict[str, Any]:
         value = self.mapping(value, where, "a quota")
         for key, limit in value.items():
+            if key in _TEAM_FIELDS:
+                if not team:
+                    raise self.fail(f"{where}.{key}", "a team's limit; set it under quotas.teams or default_team")
+                if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                          or not 0 <= limit < float("inf") or (key == "idle_timeout" and not limit)):
+                    low = "> 0 (minutes)" if key == "idle_timeout" else ">= 0"
+                    raise self.fail(f"{where}.{key}", f"must be a number {low}, or null for none; got {limit!r}")
+                continue
             if key not in _QUOTA_FIELDS:
                 raise self.fail(
-                    f"{where}.{key}", f"unknown quota field{_known(key, _QUOTA_FIELDS, 'fields')}"
+                    f"{where}.{key}", f"unknown quota field{_known(key, _QUOTA_FIELDS + _TEAM_FIELDS, 'fields')}"
                 )
             if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
                 raise self.fail(

@@ -204,7 +204,7 @@ def remote_dirs(managed: ManagedCluster) -> dict[str, str]:
 
 
 def test_profile_rejects_bad_ssh_fields():
-    for bad, field in [({"launch": "kubernetes"}, "launch"), ({"launch": "ssh"}, "hosts"),
+    for bad, field in [({"launch": "nomad"}, "launch"), ({"launch": "ssh"}, "hosts"),
                        ({"launch": "ssh", "hosts": ["bad host"]}, "hosts[0]"),
                        ({"hosts": ["10.0.0.2"]}, "hosts"),
                        ({"launch": "ssh", "hosts": ["10.0.0.2"], "ssh_user": ""}, "ssh_user")]:
@@ -312,6 +312,8 @@ members:
 quotas:
   teams:
     medical: {max_workers: 8, max_clusters: 3}
+# Tasks of the server's own clusters run as its account: alice may hold a certificate for them.
+trusted: [alice]
 """
 
 
