@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
@@ -127,6 +127,42 @@ class ForwardHandler(_Forward, APIHandler):
         return super().finish(*args, **kwargs)
 
 
+class TemplateCopy(APIHandler):
+    """``POST templates/copy`` lands in this server's own files: the notebook comes from the control plane."""
+
+    def initialize(self, control_plane: str) -> None:
+        self.control_plane = control_plane
+
+    @web.authenticated
+    async def post(self) -> None:
+        import json
+
+        from ..server.templates import save_copy
+
+        _check_owner(self)
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "body is not valid JSON") from None
+        team, name = (body.get(k) if isinstance(body, dict) else None for k in ("team", "name"))
+        if not isinstance(team, str) or not isinstance(name, str) or not team or not name:
+            raise web.HTTPError(400, "give the template's team and name")
+        url = url_path_join(self.control_plane, "lepton", "api", "templates", quote(team, safe=""),
+                            quote(name, safe=""))
+        response = await httpclient.AsyncHTTPClient().fetch(
+            url, headers={"Authorization": f"token {_token()}"}, request_timeout=TIMEOUT, raise_error=False)
+        if response.code != 200:
+            try:
+                message = json.loads(response.body)["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"the Lepton control plane answered {response.code}"
+            raise web.HTTPError(response.code if response.code != 599 else 502, message.replace("%", "%%"))
+        target = await save_copy(self.contents_manager, self.current_user.username, name,
+                                 json.loads(response.body)["content"])
+        self.set_status(201)
+        self.finish(json.dumps({"path": target}))
+
+
 class DashboardForward(_Forward):
     """A cluster's dashboard pages and files, as the control plane serves them."""
 
@@ -181,6 +217,7 @@ def setup_forwarding(web_app: Any, control_plane: str) -> None:
     options: dict[str, Any] = {"control_plane": control_plane}
     web_app.add_handlers(".*$", [
         (api + r"/(clusters/[^/]+/stream)/?", ForwardSocket, options),
+        (api + r"/templates/copy/?", TemplateCopy, options),
         (api + r"/(.*)", ForwardHandler, options),
         # A dashboard's bokeh WebSockets end in /ws; everything else is a page or a file.
         (dashboard + r"/([^/]+/.*/ws)", ForwardSocket, {**options, "area": "dashboard"}),

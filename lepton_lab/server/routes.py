@@ -21,6 +21,7 @@ def setup_route_handlers(web_app) -> None:
         (f"clusters/{cid}/credentials", clusters.CredentialsHandler),
         ("templates", templates.TemplatesHandler),
         ("templates/copy", templates.TemplateCopyHandler),
+        (r"templates/(?P<team>[^/]+)/(?P<name>[^/]+)", templates.TemplateContentHandler),
         ("audit", audit.AuditHandler),
         ("join", join.JoinHandler),
         (f"studies/{studies.STUDY}/journal", studies.StudyJournalHandler),

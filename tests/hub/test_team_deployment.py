@@ -36,6 +36,8 @@ quotas:
   default_user: {{max_workers: 4, max_clusters: 2}}
 """
 SERVICE = "lepton"
+TEMPLATE = json.dumps({"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# Triage\nAlpha's start."}],
+                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
 
 
 @dataclass
@@ -80,15 +82,19 @@ def team():
             state = base / "state"
             state.mkdir(mode=0o700)
             (state / "policy.yaml").write_text(POLICY.format())
+            templates = state / "templates" / "alpha"
+            templates.mkdir(parents=True)
+            (templates / "triage.ipynb").write_text(TEMPLATE)
             uid = pwd.getpwnam(cp).pw_uid
-            for p in (state, state / "policy.yaml"):
+            for p in (state, state / "policy.yaml", state / "templates", templates, templates / "triage.ipynb"):
                 os.chown(p, uid, uid)
             _sudoers(sudoers, cp, [alice, bob], venv / "bin" / "python")
             port = free_port()
             url = f"http://127.0.0.1:{port}/services/{SERVICE}/"
             service = {"name": SERVICE, "url": f"http://127.0.0.1:{port}", "user": cp,
                        "command": [str(venv / "bin" / "python"), "-m", "lepton_lab.hub.control_plane"],
-                       "environment": {"LEPTON_HOME": str(state), "LEPTON_GC_FREEZE": "0"}}
+                       "environment": {"LEPTON_HOME": str(state), "LEPTON_GC_FREEZE": "0",
+                                       "LEPTON_TEMPLATES": str(state / "templates")}}
             roles = [
                 {"name": "lepton-control-plane", "scopes": ["read:users:groups", "read:users:name"],
                  "services": [SERVICE]},
@@ -326,3 +332,17 @@ def test_the_users_server_forwards_cluster_requests_dashboards_and_the_live_stre
     finally:
         r = requests.delete(own + f"api/clusters/{cluster['id']}", headers=auth, timeout=120)
         assert r.status_code == 204, r.text
+
+
+def test_a_template_is_copied_into_the_users_own_files(team):
+    token = team.hub.token_for(team.alice)
+    r = requests.post(f"{team.hub.url}/user/{team.alice}/lepton/api/templates/copy", json={"team": "alpha",
+                      "name": "triage"}, headers={"Authorization": f"token {token}"}, timeout=60)
+    assert r.status_code == 201, r.text
+    path = Path(pwd.getpwnam(team.alice).pw_dir) / r.json()["path"]
+    assert path.stat().st_uid == pwd.getpwnam(team.alice).pw_uid  # written by alice's own server
+    assert "Alpha's start" in path.read_text()
+    bob = team.hub.token_for(team.bob)
+    r = requests.post(f"{team.hub.url}/user/{team.bob}/lepton/api/templates/copy", json={"team": "alpha",
+                      "name": "triage"}, headers={"Authorization": f"token {bob}"}, timeout=60)
+    assert r.status_code == 404 and "\n" not in r.json()["message"]
