@@ -50,3 +50,21 @@ def template_file(root: Path, team: str, name: str) -> Path:
     if root.resolve() not in path.parents or not path.is_file():
         raise NotFound(f"no template {team}/{name}")
     return path
+
+
+async def save_copy(cm: Any, user: str, name: str, content: dict[str, Any]) -> str:
+    """Save a template's notebook as ``work/<user>/<name>[-n].ipynb`` (never over a file) through a
+    Jupyter contents manager ``cm``; its path."""
+    from jupyter_core.utils import ensure_async
+
+    folder = f"work/{user}"
+    for part in ("work", folder):
+        if not await ensure_async(cm.dir_exists(part)):
+            await ensure_async(cm.save({"type": "directory"}, part))
+    target = f"{folder}/{name}.ipynb"
+    n = 1
+    while await ensure_async(cm.file_exists(target)):
+        target = f"{folder}/{name}-{n}.ipynb"
+        n += 1
+    await ensure_async(cm.save({"type": "notebook", "format": "json", "content": content}, target))
+    return target

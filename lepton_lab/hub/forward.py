@@ -137,7 +137,7 @@ class TemplateCopy(APIHandler):
     async def post(self) -> None:
         import json
 
-        from ..server.templates import save_copy
+        from ..templates import save_copy
 
         _check_owner(self)
         try:

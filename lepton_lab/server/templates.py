@@ -4,12 +4,11 @@ notebooks, copied into a workspace."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from jupyter_server.auth.decorator import authorized
-from jupyter_server.utils import ensure_async
 from tornado import web
 
+from ..templates import save_copy
 from .base import LeptonHandler
 
 AUTH_RESOURCE = "lepton:templates"
@@ -50,18 +49,3 @@ class TemplateContentHandler(LeptonHandler):
         self.services.audit.record(self.actor.name, "templates:read", f"templates:{team}/{name}", "allow",
                                    fetched=True)
         self.reply({"team": team, "name": name, "content": json.loads(src.read_text())})
-
-
-async def save_copy(cm: Any, user: str, name: str, content: dict[str, Any]) -> str:
-    """Save a template's notebook as ``work/<user>/<name>[-n].ipynb`` (never over a file); its path."""
-    folder = f"work/{user}"
-    for part in ("work", folder):
-        if not await ensure_async(cm.dir_exists(part)):
-            await ensure_async(cm.save({"type": "directory"}, part))
-    target = f"{folder}/{name}.ipynb"
-    n = 1
-    while await ensure_async(cm.file_exists(target)):
-        target = f"{folder}/{name}-{n}.ipynb"
-        n += 1
-    await ensure_async(cm.save({"type": "notebook", "format": "json", "content": content}, target))
-    return target

@@ -131,6 +131,8 @@ members:
 quotas:
   teams:
     medical: {max_gpus: 3, max_workers: 8, max_clusters: 3}
+# Tasks of the server's own clusters run as its account: alice may hold a certificate for them.
+trusted: [alice]
 """
 
 
