@@ -1,0 +1,103 @@
+"""What a federated run returns: the global model, one record per round, privacy and lineage, and their reprs."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass
+class RoundRecord:
+    """One round as the coordinator saw it. Counts and metrics only, never a sample."""
+
+    round: int
+    sites: list[str]  # sampled for the round
+    aggregated: list[str]  # whose updates are in the new global model
+    dropped: dict[str, str]  # site -> "phase: reason"
+    unavailable: list[str]
+    site_metrics: dict[str, dict[str, float]]
+    global_metrics: dict[str, float]
+    epsilon: float | None
+    skipped: str | None  # why the global model was left as it was, if it was
+    rekeyed: bool
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: keys, train, unmask, eval
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FederatedResult:
+    """The outcome of :func:`federate`: the global model, per-round history, privacy and lineage."""
+
+    model: nn.Module
+    history: list[RoundRecord]
+    rounds: int
+    strategy: str
+    secure: bool
+    dp: dict[str, Any] | None
+    sites: list[str]
+    lineage: dict[str, Any]
+    name: str = ""
+    seconds: float = 0.0
+
+    @property
+    def completed_rounds(self) -> int:
+        return sum(1 for r in self.history if r.skipped is None)
+
+    @property
+    def dropped_sites(self) -> dict[int, dict[str, str]]:
+        """Round -> {site: reason} for every round where a site dropped."""
+        return {r.round: dict(r.dropped) for r in self.history if r.dropped}
+
+    @property
+    def epsilon(self) -> float | None:
+        return None if self.dp is None else self.dp["epsilon"]
+
+    def metric(self, name: str = "accuracy") -> list[float | None]:
+        """The global metric after each round (None where there was no eval data)."""
+        return [r.global_metrics.get(name) for r in self.history]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rounds": self.rounds, "strategy": self.strategy, "secure": self.secure,
+                "dp": self.dp, "sites": self.sites, "seconds": self.seconds,
+                "history": [r.to_dict() for r in self.history], "lineage": self.lineage}
+
+    def __repr__(self) -> str:
+        acc = next((r.global_metrics.get("accuracy") for r in reversed(self.history) if r.global_metrics), None)
+        eps = f", ε={self.dp['epsilon']:.2f} (δ={self.dp['delta']:g})" if self.dp else ""
+        acc_s = f", accuracy {acc:.3f}" if acc is not None else ""
+        return (f"<FederatedResult {self.name!r} {self.strategy} {'secure ' if self.secure else ''}"
+                f"{self.completed_rounds}/{self.rounds} rounds over {len(self.sites)} sites{acc_s}{eps}>")
+
+    def _repr_html_(self) -> str:
+        e = html.escape
+        head = ["round", "aggregated", "dropped", "local accuracy", "global loss", "global accuracy", "ε", "s"]
+        rows = []
+        for r in self.history:
+            local = ", ".join(f"{e(s)} {m['accuracy']:.3f}" for s, m in sorted(r.site_metrics.items())
+                              if "accuracy" in m)
+            dropped = "; ".join(f"{e(s)} ({e(why)})" for s, why in r.dropped.items())
+            if r.skipped:
+                dropped = (dropped + "; " if dropped else "") + f"<b>skipped</b>: {e(r.skipped)}"
+            g = r.global_metrics
+            rows.append([str(r.round), e(", ".join(r.aggregated)), dropped, local,
+                         f"{g['loss']:.4f}" if "loss" in g else "",
+                         f"{g['accuracy']:.4f}" if "accuracy" in g else "",
+                         f"{r.epsilon:.3f}" if r.epsilon is not None else "", f"{r.seconds:.2f}"])
+        table = "".join(f"<th style='text-align:left'>{h}</th>" for h in head)
+        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in row) + "</tr>"
+                       for row in rows)
+        dp = (f"central DP, clip {self.dp['clip']:g}, noise ×{self.dp['noise_multiplier']:g}: "
+              f"ε = {self.dp['epsilon']:.3f} at δ = {self.dp['delta']:g}") if self.dp else "no DP"
+        samples = ", ".join(f"{e(s['site'])}: {s['samples']}" for s in self.lineage.get("sites", []))
+        return (f"<div><b>Federated run {e(self.name)}</b>: {e(self.strategy)}, "
+                f"{'secure aggregation' if self.secure else 'plain aggregation'}, {dp}; "
+                f"{self.completed_rounds}/{self.rounds} rounds in {self.seconds:.1f} s; samples per site "
+                f"(counts only) {samples}"
+                f"<table><thead><tr>{table}</tr></thead><tbody>{body}</tbody></table></div>")
