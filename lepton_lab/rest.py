@@ -182,7 +182,7 @@ class RestTransport:
         """``(team, study)``: the Optuna study ``name`` kept by the services for ``team``."""
         from optuna.storages.journal import JournalStorage
 
-        from .services_studies import open_study
+        from .services.studies import open_study
 
         team = self._team(team)
         return team, open_study(JournalStorage(rest_journal_backend(self, team, name)), team, name,

@@ -59,7 +59,7 @@ def tune(
     ``batch_size``, ``mu``, ``rounds``, ``noise_multiplier``, ``clip``): each
     trial's ε is charged to ``dataset``'s privacy ledger before it runs, and the
     search stops before the policy's budget would be exceeded (see
-    :mod:`lepton_lab.services_privacy`). It returns the best trial's
+    :mod:`lepton_lab.services.privacy`). It returns the best trial's
     ``FederatedResult``, its lineage naming the study, trial and ε spent.
     """
     import time as _time
@@ -115,7 +115,7 @@ def _tune_federated(*, space: Any, study: str, team: str | None, trials: int, ti
     from .ml.tune_plan import DIRECTIONS, PRUNERS, SAMPLERS, make_pruner, make_sampler
     from .security.identity import server_owner
     from .services import Actor
-    from .services_privacy import PrivacyLedger
+    from .services.privacy import PrivacyLedger
 
     for needed in ("model", "loader", "eval_data"):
         if kwargs.get(needed) is None:
@@ -174,7 +174,7 @@ def _study_store():
     from .security.audit import AuditLog
     from .security.identity import local_user
     from .security.policy import default_policy, load_policy
-    from .services_studies import StudyStore
+    from .services.studies import StudyStore
 
     policy = load_policy() if config.policy_path().exists() else default_policy(local_user())
     return StudyStore(policy, home=config.home(), audit=AuditLog())
@@ -183,7 +183,7 @@ def _study_store():
 def _study_team(store: Any, who: Any, team: str | None) -> str:
     import os
 
-    from .services_studies import RUN
+    from .services.studies import RUN
 
     team = team or os.environ.get("LEPTON_TEAM")
     if team:

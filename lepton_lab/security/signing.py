@@ -13,6 +13,10 @@ signs three kinds of statements:
 Witnesses (``witness/<registry>/<team>/<model>``, beside the key) remember how
 long each log was when the service last wrote it, so a log cut back to an
 earlier, validly signed state is refused too.
+
+Manifests are signed with per-user Ed25519 keys (:func:`sign_manifest`,
+:func:`verify_manifest`, keys from :class:`~lepton_lab.security.keys.KeyRing`)
+over their :func:`canonical_json` bytes.
 """
 
 from __future__ import annotations
@@ -23,18 +27,42 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lepton_lab.errors import ConfigError, IntegrityError
+from lepton_lab.errors import ConfigError, IntegrityError, NotFound
 from lepton_lab.security.files import write_atomic, write_new
 
 ROOT_KEY = "root.ed25519"
 #: The root's public half, for verifiers that hold no private key (a copy of the key directory's public files).
 ROOT_PUBLIC = "root.pub"
 PURPOSES = ("public-key", "registry-log")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte form of ``obj`` that gets signed: sorted keys, no spaces, UTF-8.
+
+    Raises ConfigError for values JSON cannot carry exactly (NaN, infinity,
+    arbitrary objects), because a signature over an approximation is worthless.
+    """
+    try:
+        text = json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"value cannot be stored as canonical JSON: {err}") from None
+    return text.encode("utf-8")
+
+
+class Signers(Protocol):
+    """Where users' signing keys are found (a :class:`~lepton_lab.security.keys.KeyRing`)."""
+
+    def signing_key(self, user: str) -> Ed25519PrivateKey: ...
+
+    def public_key(self, user: str) -> Ed25519PublicKey: ...
 
 
 def _message(purpose: str, statement: bytes) -> bytes:
@@ -137,4 +165,26 @@ class RootKey:
         write_atomic(path, json.dumps({"seq": seq, "hash": head}).encode())
 
 
-__all__ = ["PURPOSES", "ROOT_KEY", "RootKey"]
+def sign_manifest(manifest_bytes: bytes, user: str, keyring: Signers) -> bytes:
+    """A 64-byte Ed25519 signature by ``user`` over exactly ``manifest_bytes``."""
+    return keyring.signing_key(user).sign(bytes(manifest_bytes))
+
+
+def verify_manifest(manifest_bytes: bytes, signature: bytes, user: str, keyring: Signers) -> None:
+    """Return quietly if ``user`` signed ``manifest_bytes``; IntegrityError otherwise."""
+    try:
+        public = keyring.public_key(user)
+    except (NotFound, ConfigError):
+        raise IntegrityError(
+            f"the manifest names signer {user!r}, who has no valid registered public key"
+        ) from None
+    try:
+        public.verify(bytes(signature), bytes(manifest_bytes))
+    except InvalidSignature:
+        raise IntegrityError(
+            f"the manifest signature of {user} does not verify; "
+            "the manifest or its signature was changed"
+        ) from None
+
+
+__all__ = ["PURPOSES", "ROOT_KEY", "RootKey", "Signers", "canonical_json", "sign_manifest", "verify_manifest"]

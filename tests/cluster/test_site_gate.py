@@ -23,7 +23,7 @@ from lepton_lab.cluster.profiles import resolve_profile
 from lepton_lab.security.certs import ClusterCA
 from lepton_lab.security.peers import peer_identity
 from lepton_lab.security.revocation import CertBook
-from lepton_lab.services_certs import renew_cluster
+from lepton_lab.services.certs import renew_cluster
 
 SITE = "edge-hospital-a"
 

@@ -26,7 +26,7 @@ from lepton_lab.ml.tune_view import StudyView
 from lepton_lab.security.audit import AuditLog
 from lepton_lab.security.policy import default_policy, parse_policy_text
 from lepton_lab.services import Actor, Services
-from lepton_lab.services_studies import StudyStore
+from lepton_lab.services.studies import StudyStore
 from tests.helpers import checked_cluster, cluster_is_healthy
 
 CLUSTER = "tune-test"

@@ -23,7 +23,7 @@ from lepton_lab.ml.privacy import RDPAccountant
 from lepton_lab.security.audit import AuditLog
 from lepton_lab.security.identity import server_owner
 from lepton_lab.security.policy import load_policy
-from lepton_lab.services_privacy import PrivacyLedger
+from lepton_lab.services.privacy import PrivacyLedger
 from tests.helpers import checked_cluster
 
 SITES = ["edge-hospital-a", "edge-hospital-b"]

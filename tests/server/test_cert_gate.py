@@ -7,7 +7,7 @@ import pytest
 from distributed import Client
 
 from lepton_lab.security.certs import IssuedCert
-from lepton_lab.services_certs import renew_certificates
+from lepton_lab.services.certs import renew_certificates
 
 FIELDS = ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")
 

@@ -13,7 +13,7 @@ from lepton_lab.security.policy import parse_policy_text
 from lepton_lab.security.spend import SpendMeter
 from lepton_lab.security.tokens import TokenStore
 from lepton_lab.services import Actor, Services
-from lepton_lab.services_watch import sweep
+from lepton_lab.services.watch import sweep
 
 PROFILES = """\
 profiles:

@@ -1,7 +1,7 @@
 """Imports run one way: the package's import graph, read with ``ast``, has no circle and no import up.
 
 Layers, top down: front doors (``kernel/``, ``server/``, ``hub/``, ``cli.py``) → client
-(``api.py``, ``session.py``, ``rest.py``, ``views.py``, ``models.py``) → ``services.py`` → domain
+(``api.py``, ``session.py``, ``rest.py``, ``views.py``, ``models.py``) → ``services/`` → domain
 (``cluster/``, ``ml/``, ``registry/``, ``security/``) → base (``config.py``, ``errors.py``). Every
 import counts, including those inside functions: they run later, but they still tie the two
 modules together.

@@ -381,20 +381,20 @@ def test_a_holder_of_the_team_key_cannot_put_other_content_under_a_signed_digest
 
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from lepton_lab.security import vault
+    from lepton_lab.security import envelope
 
     data = b"the published model" * 5
     forged = bytes(reversed(data))  # same size, other content
     out = io.BytesIO()
     header, digest = seal_stream(io.BytesIO(data), out, "finance", keyring, chunk_size=SMALL)
-    prefix = vault._envelope_prefix(header.to_bytes())
+    prefix = envelope._envelope_prefix(header.to_bytes())
     key = keyring.unwrap("finance", base64.b64decode(header.wrapped_key), header.kek_id)
     aead, nonce_prefix = AESGCM(key), base64.b64decode(header.nonce_prefix)
     header_digest = hashlib.sha256(prefix).digest()
     chunks = [forged[i : i + SMALL] for i in range(0, len(forged), SMALL)]
     blob = prefix + b"".join(
-        aead.encrypt(vault._nonce(nonce_prefix, i), c,
-                     vault._aad(header_digest, i, i == len(chunks) - 1))
+        aead.encrypt(envelope._nonce(nonce_prefix, i), c,
+                     envelope._aad(header_digest, i, i == len(chunks) - 1))
         for i, c in enumerate(chunks)
     )
     assert len(blob) == digest.stored_size

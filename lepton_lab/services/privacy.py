@@ -24,11 +24,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import ConfigError, NotFound, PermissionDenied
-from .ml.privacy import ORDERS, epsilon, rdp_sampled_gaussian
-from .security.audit import AuditLog
-from .security.files import write_atomic
-from .security.policy import Policy
+from ..errors import ConfigError, NotFound, PermissionDenied
+from ..ml.privacy import ORDERS, epsilon, rdp_sampled_gaussian
+from ..security.audit import AuditLog
+from ..security.files import write_atomic
+from ..security.policy import Policy
 
 __all__ = ["PrivacyLedger", "SPEND"]
 

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, NotFound, PermissionDenied
-from .security.audit import AuditLog
-from .security.policy import Policy
+from ..errors import ConfigError, NotFound, PermissionDenied
+from ..security.audit import AuditLog
+from ..security.policy import Policy
 
 __all__ = ["StudyStore", "RUN", "READ"]
 

@@ -20,9 +20,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .cluster.gate import bound_workers, push_revocations, push_scheduler_certificate, renew_contexts
-from .cluster.launcher import ManagedCluster
-from .security.certs import ClusterCA
+from ..cluster.gate import bound_workers, push_revocations, push_scheduler_certificate, renew_contexts
+from ..cluster.launcher import ManagedCluster
+from ..security.certs import ClusterCA
 
 # The services object this works for (``lepton_lab.services.Services``); not imported, as
 # the services import this module.
@@ -87,7 +87,7 @@ def renew_certificates(services: Services, margin: timedelta = RENEW_MARGIN) -> 
 
 def renew_cluster(c: ManagedCluster, ca: ClusterCA) -> None:
     """Renew ``c``'s certificates now, without restarting anything."""
-    from .cluster import accounts
+    from ..cluster import accounts
 
     # The same file names: the control plane's Security picks the new ones up for every new context.
     ca.security("scheduler", "worker", "client", common_name=SERVER_NAME)

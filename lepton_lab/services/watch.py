@@ -18,9 +18,9 @@ import logging
 import threading
 from typing import Any
 
-from .cluster.idle import activity
-from .cluster.launcher import ManagedCluster
-from .security.spend import spend_view
+from ..cluster.idle import activity
+from ..cluster.launcher import ManagedCluster
+from ..security.spend import spend_view
 
 # The services object this works for (``lepton_lab.services.Services``); not imported, as
 # the services import this module.
@@ -131,7 +131,7 @@ class ClusterWatch:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             sweep(self.services)
-            try:  # certificates close to expiry are renewed on the running clusters (services_certs)
+            try:  # certificates close to expiry are renewed on the running clusters (services.certs)
                 self.services.renew_certificates()
             except Exception as e:
                 log.warning("watch: renewing certificates: %s: %s", type(e).__name__, e)

@@ -1,119 +1,26 @@
-"""The services behind every front door, for a known user.
-
-``Services`` holds the policy, the audit log, personal tokens and the cluster
-manager, and answers the questions that need both a user and a resource: may
-this user create a cluster in this team, within quota? Which clusters may they
-see? The REST handlers and the kernel's embedded transport both call these
-methods; neither holds a rule of its own.
-"""
+"""Clusters for a known user: permission, quota, TLS, audit, and the records that outlive them."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .cluster import allocation
-from .cluster.idle import IdleClock
-from .cluster.launcher import ClusterInfo, ClusterManager, ManagedCluster
-from .cluster.profiles import Profile, all_profiles, resolve_profile
-from .errors import ClusterError, ConfigError, IntegrityError, LeptonError, NotFound, PermissionDenied
-from .security.audit import AuditLog
-from .security.certs import ClusterCA
-from .security.files import write_atomic
-from .security.policy import Policy, Usage, check_quota
-from .security.spend import SpendMeter, check_spend_cap, spend_view
-from .security.tokens import TokenStore
+from .. import config
+from ..cluster import allocation
+from ..cluster.launcher import ClusterInfo, ManagedCluster
+from ..cluster.profiles import Profile, all_profiles, resolve_profile
+from ..errors import ClusterError, ConfigError, NotFound, PermissionDenied
+from ..security.certs import ClusterCA
+from ..security.files import write_atomic
+from ..security.policy import Usage, check_quota
+from ..security.spend import check_spend_cap
+from .base import Actor, ServicesBase
 
 
-@dataclass
-class Actor:
-    """Who asks: a user name and the groups the policy maps (for rules given to groups)."""
-
-    name: str
-    groups: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, user: Any) -> "Actor":
-        return cls(user.username, tuple(getattr(user, "groups", ()) or ()))
-
-
-class Services:
-    """Policy-aware services shared by the server extension's handlers."""
-
-    def __init__(self, policy: Policy, *, home: Path | None = None, audit: AuditLog | None = None,
-                 tokens: TokenStore | None = None, manager: ClusterManager | None = None,
-                 templates_dir: Path | None = None, tls: bool = True, run_as_owner: bool = False):
-        self.policy = policy
-        # The team deployment: each cluster's processes run under its owner's OS account.
-        self.run_as_owner = run_as_owner
-        self.home = Path(home or config.home())
-        self.audit = audit or AuditLog(config.audit_path())
-        self.tokens = tokens or TokenStore(config.tokens_path())
-        self.manager = manager or ClusterManager()
-        self.templates_dir = Path(templates_dir or config.templates_path())
-        self.tls = tls
-        self.lock = threading.RLock()
-        self._audit_batcher = _AuditBatcher(self.audit)
-        self.records_path = self.home / "clusters.json"
-        self.records: dict[str, dict[str, Any]] = self._load_records()
-        # Spend metered while clusters run, idle ones stopped: see services_watch.
-        self.spend = SpendMeter(self.home / "spend.json")
-        self.idle = IdleClock()
-        self.watch: Any = None
-        #: Where the server proxies dashboards (``<base_url>lepton/dashboard/``); empty: links as they listen.
-        self.dashboard_prefix = ""
-
-    async def record_async(self, user: str, action: str, resource: str, outcome: str, *,
-                           reason: str = "", request_id: str | None = None, **detail: Any) -> Any:
-        """Append an audit line off the event loop; concurrent decisions share one fsync.
-
-        The request waits until its line is on disk (group commit): nothing is
-        answered before it is recorded.
-        """
-        import asyncio
-
-        item = dict(user=user, action=action, resource=resource, outcome=outcome, reason=reason,
-                    request_id=request_id, detail=detail)
-        return await asyncio.wrap_future(self._audit_batcher.submit(item))
-
-    # -- permissions -------------------------------------------------------------------------
-
-    def allowed(self, who: Actor, permission: str, team: str | None = None, owner: str | None = None) -> bool:
-        return self.policy.allows(who.name, who.groups, permission, team, owner=owner)
-
-    def require(self, who: Actor, permission: str, team: str | None = None, *, owner: str | None = None,
-                resource: str = "") -> None:
-        """Raise PermissionDenied (and audit it) unless ``who`` holds ``permission`` in ``team``."""
-        if self.allowed(who, permission, team, owner):
-            return
-        reason = self.policy.explain(who.name, who.groups, permission, team, owner=owner)
-        self.audit.record(who.name, permission, resource or f"team:{team}", "deny", reason=reason)
-        raise PermissionDenied(reason)
-
-    def whoami(self, who: Actor) -> dict[str, Any]:
-        roles = self.policy.roles_of(who.name, who.groups)
-        quotas = {}
-        for team in roles:
-            q = self.policy.quota_for(team=team)
-            quotas[team] = {**dataclasses.asdict(q), "used": dataclasses.asdict(self.usage(team=team))}
-        uq = self.policy.quota_for(user=who.name)
-        return {
-            "name": who.name, "display_name": who.name, "teams": list(roles), "roles": roles,
-            "groups": list(who.groups),
-            "permissions": sorted(self.policy.permissions(who.name, who.groups)),
-            "quotas": quotas,
-            "user_quota": {**dataclasses.asdict(uq), "used": dataclasses.asdict(self.usage(user=who.name))},
-            "spend": {team: spend_view(self.spend.team(team), self.policy.quota_for(team=team).spend_cap)
-                      for team in roles},
-        }
-
-    # -- clusters ----------------------------------------------------------------------------
+class ClusterServices(ServicesBase):
+    """The cluster verbs of :class:`~lepton_lab.services.Services`."""
 
     def usage(self, *, user: str | None = None, team: str | None = None) -> Usage:
         gpus = workers = clusters = 0
@@ -142,7 +49,7 @@ class Services:
     @staticmethod
     def _demand(prof: Profile, found: list, free: int) -> Usage:
         """What ``prof`` would take: ``auto`` sites the ``free`` devices, others what they name."""
-        from .cluster.workers import gpu_count_for
+        from ..cluster.workers import gpu_count_for
 
         g = w = 0
         for s in prof.sites:
@@ -162,7 +69,7 @@ class Services:
             raise ConfigError(f"unknown team {team!r} (teams: {', '.join(self.policy.teams)})")
         self.require(who, "clusters:create", team, resource=f"clusters:new:{team}")
         prof = self._plan_profile(profile, workers, gpus, threads, memory)
-        from .cluster import gpus as gpu_discovery
+        from ..cluster import gpus as gpu_discovery
 
         found = gpu_discovery.discover()
         demand = self._demand(prof, found, len(self.manager.ledger.free(found)))
@@ -176,7 +83,7 @@ class Services:
                 self.audit.record(who.name, "clusters:create", f"clusters:new:{team}", "deny", reason=str(e))
                 raise
             if name is not None and self.manager.by_name(name, team) is not None:
-                from .errors import AlreadyExists
+                from ..errors import AlreadyExists
 
                 raise AlreadyExists(f"a cluster named {name!r} is already running in team {team}; pick another name")
             if name is None:
@@ -186,7 +93,7 @@ class Services:
                         if r.get("name") == name and r.get("team") == team and r.get("status") == "stopped"]:
                 del self.records[key]
             if self.watch is None:  # meters spend and stops idle clusters from the first one on
-                from .services_watch import ClusterWatch
+                from .watch import ClusterWatch
 
                 self.watch = ClusterWatch(self, config.watch_interval())
             security, ca_dir = None, None
@@ -249,7 +156,7 @@ class Services:
     def describe(self, info: dict[str, Any] | ClusterInfo) -> dict[str, Any]:
         data = info.to_dict() if isinstance(info, ClusterInfo) else dict(info)
         data.pop("ca_dir", None)
-        from .services_watch import spend_fields
+        from .watch import spend_fields
 
         data.update(spend_fields(self, data["id"], data["team"]))
         if self.dashboard_prefix and data.get("dashboard_link"):
@@ -334,8 +241,8 @@ class Services:
     def _require_own_code(self, who: Actor, c: ManagedCluster) -> None:
         """A client certificate runs tasks as the account the cluster's workers run under:
         ``who``'s own (team deployment), or this server's, for its owner and trusted users only."""
-        from .security.authz import runs_code_here, untrusted_reason
-        from .security.identity import server_owner
+        from ..security.authz import runs_code_here, untrusted_reason
+        from ..security.identity import server_owner
 
         if c.run_as is not None:
             if c.run_as == who.name:
@@ -362,151 +269,16 @@ class Services:
         return {"scheduler_address": c.address, "site": site, **cert.to_dict()}
 
     def revoke_user(self, user: str, *, by: str = "lepton-server") -> dict[str, int]:
-        """Revoke ``user``'s client certificates on every cluster, live ones at once (:mod:`.services_certs`)."""
-        from .services_certs import revoke_user
+        """Revoke ``user``'s client certificates on every cluster, live ones at once (:mod:`.certs`)."""
+        from .certs import revoke_user
 
         return revoke_user(self, user, by=by)
 
     def renew_certificates(self) -> list[str]:
-        """Renew the certificates of running clusters that expire soon; the ids renewed (:mod:`.services_certs`)."""
-        from .services_certs import renew_certificates
+        """Renew the certificates of running clusters that expire soon; the ids renewed (:mod:`.certs`)."""
+        from .certs import renew_certificates
 
         return renew_certificates(self)
-
-    # -- models ------------------------------------------------------------------------------
-
-    def studies(self):
-        """The teams' hyper-parameter studies, under this policy (:mod:`lepton_lab.services_studies`)."""
-        from .services_studies import StudyStore
-
-        return StudyStore(self.policy, home=self.home, audit=self.audit)
-
-    def privacy(self):
-        """The teams' privacy ledgers: DP spending per dataset against the policy's budgets."""
-        from .services_privacy import PrivacyLedger
-
-        return PrivacyLedger(self.policy, home=self.home, audit=self.audit)
-
-    @property
-    def registry(self):
-        if getattr(self, "_registry", None) is None:
-            from .registry import Registry
-            from .security.vault import KeyRing
-
-            # Publishing itself asks the policy, and the alias log records the grant.
-            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"),
-                                      authorize=lambda *asked: self.policy.allows(*asked))
-        return self._registry
-
-    def _model_team(self, who: Actor, team: str, permission: str, ref: str) -> None:
-        """Models of a team the user may not read do not exist for them (404, never 403)."""
-        if team not in self.policy.teams or not self.allowed(who, "models:read", team):
-            self.audit.record(who.name, permission, f"models:{team}/{ref}", "deny",
-                              reason=f"{who.name} may not read models of {team}")
-            raise NotFound(f"no model {ref!r}")
-        self.require(who, permission, team, resource=f"models:{team}/{ref}")
-
-    def models(self, who: Actor, team: str | None = None) -> list[dict[str, Any]]:
-        teams = [team] if team else self.policy.teams_of(who.name, who.groups)
-        out = []
-        for t in teams:
-            if t in self.policy.teams and self.allowed(who, "models:read", t):
-                out += [{**dataclasses.asdict(m), "team": t} for m in self.registry.models(t)]
-        return out
-
-    def model_versions(self, who: Actor, team: str, name: str) -> dict[str, Any]:
-        self._model_team(who, team, "models:read", name)
-        return {"name": name, "team": team,
-                "versions": [dataclasses.asdict(v) for v in self.registry.versions(name, team)],
-                "aliases": self.registry.aliases(name, team)}
-
-    def model_manifest(self, who: Actor, team: str, ref: str):
-        from .registry import parse_ref
-
-        name, version, alias = parse_ref(ref)
-        self._model_team(who, team, "models:read", name)
-        return self.registry.manifest(name, team, version, alias=alias)
-
-    def model_artifact(self, who: Actor, team: str, ref: str):
-        """(manifest, path of the verified, decrypted artifact) — the caller deletes the file."""
-        manifest = self.model_manifest(who, team, ref)
-        path = self.registry.download(manifest.name, team, manifest.version)
-        self.audit.record(who.name, "models:read", f"models:{team}/{manifest.name}@{manifest.version}", "allow")
-        return manifest, path
-
-    def publish_model(self, who: Actor, team: str, name: str, payload: bytes, meta: dict[str, Any]):
-        from .registry.serialize import from_payload
-
-        self._model_team(who, team, "models:publish", name)
-        allowed = {"framework", "framework_version", "format", "construction", "metrics", "input_schema",
-                   "lineage", "compression", "description", "tags", "alias"}
-        unknown = sorted(set(meta) - allowed)
-        if unknown:
-            raise ConfigError(f"unknown manifest field {unknown[0]!r}")
-        ser = from_payload(payload, framework=str(meta.get("framework", "")),
-                           framework_version=str(meta.get("framework_version", "")),
-                           format=str(meta.get("format", "")), construction=meta.get("construction"))
-        manifest = self.registry.publish(
-            ser, name=name, team=team, user=who.name, metrics=meta.get("metrics"),
-            input_schema=meta.get("input_schema"), lineage=meta.get("lineage"),
-            compression=meta.get("compression"), description=meta.get("description") or "",
-            tags=meta.get("tags") or (), alias=meta.get("alias"), groups=who.groups)
-        self.audit.record(who.name, "models:publish", f"models:{team}/{name}@{manifest.version}", "allow")
-        return manifest
-
-    def set_alias(self, who: Actor, team: str, name: str, alias: str, version: int) -> None:
-        self._model_team(who, team, "models:publish", name)
-        self.registry.set_alias(name, team, alias, version, user=who.name)
-        self.audit.record(who.name, "models:publish", f"models:{team}/{name}", "allow", alias=alias, version=version)
-
-    def delete_model_version(self, who: Actor, team: str, name: str, version: int) -> None:
-        self._model_team(who, team, "models:delete", name)
-        self.registry.delete_version(name, team, version, user=who.name)
-        self.audit.record(who.name, "models:delete", f"models:{team}/{name}@{version}", "allow")
-
-    def predict(self, who: Actor, team: str, ref: str, inputs: Any) -> dict[str, Any]:
-        from .ml.serve import predict_with
-
-        manifest = self.model_manifest(who, team, ref)
-        key = (team, manifest.name, manifest.version)
-        cache = self.__dict__.setdefault("_served", {})
-        model = cache.get(key)
-        if model is None:
-            try:
-                model = self.registry.load(manifest.name, team=team, version=manifest.version).model
-            except LeptonError:
-                raise
-            except Exception as e:  # an artifact its framework cannot read is bad data, not a server fault
-                raise IntegrityError(f"{manifest.name} v{manifest.version} does not load as "
-                                     f"{manifest.framework} ({type(e).__name__}); publish it again") from None
-            cache.clear()  # one model kept warm; the registry is the source of truth
-            cache[key] = model
-        _check_input_rank(inputs, manifest)
-        try:
-            return predict_with(model, inputs, manifest)
-        except (ValueError, TypeError, RuntimeError, IndexError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"inputs do not fit {manifest.name} v{manifest.version}: {first}") from None
-
-    # -- templates ---------------------------------------------------------------------------
-
-    def templates(self, who: Actor) -> list[dict[str, Any]]:
-        from .templates import list_templates
-
-        return [t for t in list_templates(self.templates_dir)
-                if self.allowed(who, "templates:read", t["team"])]
-
-    def template_path(self, who: Actor, team: str, name: str) -> Path:
-        from .templates import template_file
-
-        if team not in self.policy.teams:
-            raise NotFound(f"no template {team}/{name}")
-        if not self.allowed(who, "templates:read", team):
-            # Another team's templates are not even named.
-            self.audit.record(who.name, "templates:read", f"templates:{team}/{name}", "deny",
-                              reason=self.policy.explain(who.name, who.groups, "templates:read", team))
-            raise NotFound(f"no template {team}/{name}")
-        return template_file(self.templates_dir, team, name)
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -531,7 +303,7 @@ class Services:
         write_atomic(self.records_path, json.dumps(self.records, indent=1).encode())
 
     def _meter(self, c: ManagedCluster) -> None:
-        from .services_watch import meter
+        from .watch import meter
 
         meter(self, c)
 
@@ -584,21 +356,6 @@ def _mark_stopped(record: dict[str, Any], reason: str, when: str) -> None:
     record["stopped_at"] = when
 
 
-def _check_input_rank(inputs: Any, manifest: Any) -> None:
-    """Rows of features for a model of 2-D input (its schema says so, or it is XGBoost)."""
-    import numpy as np
-
-    schema = getattr(manifest, "input_schema", None)
-    shape = schema.get("shape") if isinstance(schema, dict) else getattr(schema, "shape", None)
-    two_d = (isinstance(shape, (list, tuple)) and len(shape) == 2) or manifest.framework == "xgboost"
-    try:
-        rank = np.ndim(inputs)
-    except ValueError:
-        raise ConfigError("inputs must be a rectangular list of rows of numbers") from None
-    if two_d and rank not in (1, 2):
-        raise ConfigError(f"inputs have {rank} dimensions; {manifest.name} takes rows of features (2-D)")
-
-
 def issue_join_token(key: str, site: str, home: Path | None = None) -> tuple[str, str]:
     """A one-time join token for a worker of ``site`` on cluster ``key`` (id or name), and its scheduler.
 
@@ -615,41 +372,3 @@ def issue_join_token(key: str, site: str, home: Path | None = None) -> tuple[str
     kind = next((str(s["kind"]) for s in record.get("sites") or [] if s.get("name") == site), None)
     token = ClusterCA.load(record["ca_dir"]).join_token(site, kind=kind)
     return f"{record['id']}.{token}", record["scheduler_address"]
-
-
-class _AuditBatcher:
-    """One writer thread that commits whatever decisions are waiting as one batch."""
-
-    def __init__(self, audit: AuditLog):
-        import queue
-
-        self.audit = audit
-        self.queue: "queue.Queue[tuple[dict, Any]]" = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="lepton-audit", daemon=True)
-        self.thread.start()
-
-    def submit(self, item: dict[str, Any]):
-        from concurrent.futures import Future
-
-        future: Future = Future()
-        self.queue.put((item, future))
-        return future
-
-    def _run(self) -> None:
-        import queue
-
-        while True:
-            batch = [self.queue.get()]
-            while len(batch) < 512:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                entries = self.audit.record_many([item for item, _ in batch])
-            except Exception as e:  # every waiter learns the line was not written
-                for _, future in batch:
-                    future.set_exception(e)
-                continue
-            for (_, future), entry in zip(batch, entries):
-                future.set_result(entry)

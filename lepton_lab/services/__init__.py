@@ -1,0 +1,88 @@
+"""The services behind every front door, for a known user.
+
+``Services`` holds the policy, the audit log, personal tokens and the cluster
+manager, and answers the questions that need both a user and a resource: may
+this user create a cluster in this team, within quota? Which clusters may they
+see? The REST handlers and the kernel's embedded transport both call these
+methods; neither holds a rule of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+from .. import config
+from ..cluster.idle import IdleClock
+from ..cluster.launcher import ClusterManager
+from ..security.audit import AuditLog
+from ..security.policy import Policy
+from ..security.spend import SpendMeter, spend_view
+from ..security.tokens import TokenStore
+from .audit import AuditBatcher
+from .base import Actor
+from .clusters import SERVER_STOPPED, ClusterServices, default_cluster_name, issue_join_token
+from .models import ModelServices
+from .templates import TemplateServices
+
+
+class Services(ClusterServices, ModelServices, TemplateServices):
+    """Policy-aware services shared by the server extension's handlers."""
+
+    def __init__(self, policy: Policy, *, home: Path | None = None, audit: AuditLog | None = None,
+                 tokens: TokenStore | None = None, manager: ClusterManager | None = None,
+                 templates_dir: Path | None = None, tls: bool = True, run_as_owner: bool = False):
+        self.policy = policy
+        # The team deployment: each cluster's processes run under its owner's OS account.
+        self.run_as_owner = run_as_owner
+        self.home = Path(home or config.home())
+        self.audit = audit or AuditLog(config.audit_path())
+        self.tokens = tokens or TokenStore(config.tokens_path())
+        self.manager = manager or ClusterManager()
+        self.templates_dir = Path(templates_dir or config.templates_path())
+        self.tls = tls
+        self.lock = threading.RLock()
+        self._audit_batcher = AuditBatcher(self.audit)
+        self.records_path = self.home / "clusters.json"
+        self.records: dict[str, dict[str, Any]] = self._load_records()
+        # Spend metered while clusters run, idle ones stopped: see services.watch.
+        self.spend = SpendMeter(self.home / "spend.json")
+        self.idle = IdleClock()
+        self.watch: Any = None
+        #: Where the server proxies dashboards (``<base_url>lepton/dashboard/``); empty: links as they listen.
+        self.dashboard_prefix = ""
+
+    async def record_async(self, user: str, action: str, resource: str, outcome: str, *,
+                           reason: str = "", request_id: str | None = None, **detail: Any) -> Any:
+        """Append an audit line off the event loop; concurrent decisions share one fsync.
+
+        The request waits until its line is on disk (group commit): nothing is
+        answered before it is recorded.
+        """
+        import asyncio
+
+        item = dict(user=user, action=action, resource=resource, outcome=outcome, reason=reason,
+                    request_id=request_id, detail=detail)
+        return await asyncio.wrap_future(self._audit_batcher.submit(item))
+
+    def whoami(self, who: Actor) -> dict[str, Any]:
+        roles = self.policy.roles_of(who.name, who.groups)
+        quotas = {}
+        for team in roles:
+            q = self.policy.quota_for(team=team)
+            quotas[team] = {**dataclasses.asdict(q), "used": dataclasses.asdict(self.usage(team=team))}
+        uq = self.policy.quota_for(user=who.name)
+        return {
+            "name": who.name, "display_name": who.name, "teams": list(roles), "roles": roles,
+            "groups": list(who.groups),
+            "permissions": sorted(self.policy.permissions(who.name, who.groups)),
+            "quotas": quotas,
+            "user_quota": {**dataclasses.asdict(uq), "used": dataclasses.asdict(self.usage(user=who.name))},
+            "spend": {team: spend_view(self.spend.team(team), self.policy.quota_for(team=team).spend_cap)
+                      for team in roles},
+        }
+
+
+__all__ = ["SERVER_STOPPED", "Actor", "Services", "default_cluster_name", "issue_join_token"]
