@@ -1,6 +1,6 @@
 """Kernel → Interrupt during cluster work: the work is cancelled, its workers freed, one line shown.
 
-``%%lepton run``, ``%lepton train``, ``predict`` and ``federate`` go through a real kernel
+``%%lepton run``, ``%lepton train``, ``predict``, ``federate`` and ``tune`` go through a real kernel
 (``jupyter_client``): the interrupt is the SIGINT Jupyter sends to the kernel's whole process
 group, workers included, sent once the test sees the job's task running on its worker.
 """
@@ -202,6 +202,58 @@ def test_interrupt_cancels_training_and_frees_its_worker(tmp_path):
         _run_returns(kernel, "cloud")
         reply, out = kernel.run("print('slow' in dir())")
         assert out.strip() == "False"
+    finally:
+        kernel.close()
+
+
+TUNE = """\
+from sklearn.datasets import make_classification
+import lepton_lab
+X, y = make_classification(20000, 20, random_state=4)
+kw = dict(data=(X, y), space="max_depth=int:1..6 eta=float:0.001..0.5:log", study="interrupted", team="finance",
+          rounds=150, pruner="none", site="cloud", progress=False, view=False)
+"""
+
+TUNE_AFTER = """\
+import json
+from lepton_lab import config
+from lepton_lab.security.audit import AuditLog
+from lepton_lab.security.policy import default_policy
+from lepton_lab.services import Actor
+from lepton_lab.services.studies import StudyStore
+study = StudyStore(default_policy("me"), home=config.home(), audit=AuditLog()).open(
+    Actor("me"), "finance", "interrupted", direction="maximize")
+cut = [t for t in study.trials if t.state.name == "FAIL"]
+running = [t for t in study.trials if t.state.name == "RUNNING"]
+again = lepton_lab.tune("xgboost", trials=len(cut), **kw)
+redone = [t for t in again.study.trials if t.number > max(c.number for c in cut)]
+print(json.dumps({"cut": len(cut), "errors": sorted({str(t.user_attrs.get("error")) for t in cut}),
+                  "running": len(running), "ran_now": again.ran_now,
+                  "same": [t.params for t in redone] == [t.params for t in cut]}))
+"""
+
+
+def test_interrupt_fails_the_running_tune_trials_and_resume_runs_them_first(tmp_path):
+    import json
+
+    kernel = Kernel(tmp_path)
+    try:
+        address = _up(kernel)
+        reply, _ = kernel.run(TUNE)
+        assert reply["status"] == "ok", reply
+        with Client(address, timeout=30) as outside:
+            def trial_runs(msg: dict | None) -> bool:
+                return any(str(k).startswith("tune-interrupted-")
+                           for keys in outside.processing().values() for k in keys)
+
+            reply, msgs = kernel.interrupt_after('lepton_lab.tune("xgboost", trials=4, **kw)', trial_runs)
+        assert reply["status"] == "error" and reply["ename"] in ("KeyboardInterrupt", "Interrupted"), reply
+        _wait_free(kernel, address, "cloud-0")
+        reply, out = kernel.run(TUNE_AFTER)
+        assert reply["status"] == "ok", reply
+        seen = json.loads(out.strip().splitlines()[-1])
+        assert seen["cut"] >= 1 and seen["errors"] == ["interrupted"] and seen["running"] == 0, seen
+        assert seen["ran_now"] == seen["cut"] and seen["same"], seen
     finally:
         kernel.close()
 

@@ -395,7 +395,9 @@ def test_bad_inputs_are_one_line_config_errors(cluster, binary):
         (dict(kind="xgboost", data=(X, y[:10]), name="x"), "rows but the target has"),
         (dict(kind="xgboost", data=X, name="x"), "pass data="),
         (dict(kind="torch", data=(X, y), name="x"), "pass model="),
-        (dict(kind="torch", data=(X, y), name="x", model=mlp(), workers=3), "has 2 worker(s)"),
+        (dict(kind="torch", data=(X, y), name="x", model=mlp(), workers=3, site="cloud"), "has 2 worker(s)"),
+        # No site named: the planner says which constraint the request breaks.
+        (dict(kind="torch", data=(X, y), name="x", model=mlp(), workers=3), "capacity: train takes 3 workers"),
         (dict(kind="xgboost", data=(X, y), name="x", strategy="fastest"), "strategy must be"),
     ]
     for kwargs, text in cases:

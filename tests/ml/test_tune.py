@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from lepton_lab.security.audit import AuditLog
 from lepton_lab.security.policy import default_policy, parse_policy_text
 from lepton_lab.services import Actor, Services
 from lepton_lab.services.studies import StudyStore
-from tests.helpers import checked_cluster, cluster_is_healthy
+from tests.helpers import checked_cluster
 
 CLUSTER = "tune-test"
 SPACE = "max_depth=int:1..6 eta=float:0.001..0.5:log"
@@ -195,27 +194,6 @@ def test_a_killed_worker_costs_no_trial(cluster):
     assert killed, "the trials ended before the kill"
     assert result.n_complete == 4 and result.n_failed == 0
     assert checked_cluster({"handle": cluster}, CLUSTER, {"cloud-0", "cloud-1"}) is cluster
-
-
-def test_an_interrupt_fails_the_running_trials_and_resume_runs_them_first(cluster):
-    X, y = make_classification(20000, 20, random_state=4)
-    kw = dict(data=(X, y), space=SPACE, study="interrupted", team="finance", rounds=150, pruner="none",
-              site="cloud", progress=False, view=False)
-    stopped = _when_a_trial_runs(cluster, "interrupted", lambda addr: _thread.interrupt_main())
-    with pytest.raises(KeyboardInterrupt):
-        lepton_lab.tune("xgboost", trials=4, **kw)
-    assert stopped
-    store = StudyStore(default_policy("me"), home=config.home(), audit=AuditLog())
-    study = store.open(Actor("me"), "finance", "interrupted", direction="maximize")
-    cut = [t for t in study.trials if t.state.name == "FAIL"]
-    assert cut and all(t.user_attrs["error"] == "interrupted" for t in cut)
-    assert not [t for t in study.trials if t.state.name == "RUNNING"]
-    # Nothing of the interrupted run is left on the cluster.
-    assert cluster_is_healthy(cluster, {"cloud-0", "cloud-1"})
-    again = lepton_lab.tune("xgboost", trials=len(cut), **kw)
-    assert again.ran_now == len(cut)
-    redone = [t for t in again.study.trials if t.number > max(c.number for c in cut)]
-    assert [t.params for t in redone] == [t.params for t in cut]
 
 
 def test_timeout_stops_asking_for_trials(cluster, binary):
