@@ -17,6 +17,7 @@ from distributed import Client, Security
 
 from . import config
 from .cluster import allocation
+from .cluster.clients import open_client
 from .cluster.launcher import ClusterManager, ManagedCluster
 from .cluster.profiles import resolve_profile
 from .errors import ClusterError, ConfigError, NotFound
@@ -275,7 +276,7 @@ def connect_client(address: str, *, security: Security | None = None,
     if not isinstance(address, str) or "://" not in address and ":" not in address:
         raise ConfigError(f"not a scheduler address: {address!r} (expected tcp://HOST:PORT or tls://HOST:PORT)")
     try:
-        return Client(address, security=security, timeout=timeout, set_as_default=True)
+        return open_client(address, security=security, timeout=timeout, set_as_default=True)
     except (OSError, TimeoutError) as e:
         raise ClusterError(
             f"could not reach a Dask scheduler at {address} within {timeout:g} s "

@@ -116,7 +116,7 @@ def renew_cluster(c: ManagedCluster, ca: ClusterCA) -> None:
 
 
 def _fresh_client(c: ManagedCluster) -> Any:
-    from distributed import Client
+    from ..cluster.clients import open_client
 
     old = getattr(c, "server_client", None)
     if old is not None:
@@ -124,7 +124,7 @@ def _fresh_client(c: ManagedCluster) -> Any:
             old.close(timeout=5)
         except Exception:
             pass
-    c.server_client = Client(c.listen_address, security=c.security, timeout=10, set_as_default=False)
+    c.server_client = open_client(c.listen_address, security=c.security, timeout=10, set_as_default=False)
     return c.server_client
 
 

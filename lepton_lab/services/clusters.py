@@ -221,9 +221,9 @@ class ClusterServices(ServicesBase):
         # One client per cluster, owned by the server, for snapshots.
         client = getattr(c, "server_client", None)
         if client is None or client.status != "running":
-            from distributed import Client
+            from ..cluster.clients import open_client
 
-            client = Client(c.address, security=c.security, timeout=10, set_as_default=False)
+            client = open_client(c.address, security=c.security, timeout=10, set_as_default=False)
             c.server_client = client
         return client
 

@@ -8,9 +8,10 @@ import time
 from datetime import timedelta
 
 import pytest
-from distributed import Client, LocalCluster, Security
+from distributed import LocalCluster, Security
 
 import lepton_lab
+from lepton_lab.cluster.clients import open_client
 from lepton_lab.cluster.gate import (
     TOPIC,
     SiteGate,
@@ -49,7 +50,7 @@ def gated(tmp_path):
     security = ca.security("scheduler", "client", common_name="control-plane")
     with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None, security=security,
                       protocol="tls://", scheduler_kwargs={"plugins": [SiteGate("trial")]}) as cluster, \
-            Client(cluster, security=security) as client:
+            open_client(cluster, security=security) as client:
         yield ca, security, cluster, client
 
 
@@ -142,8 +143,8 @@ def test_revoked_client_is_cut_off_and_refused(gated, tmp_path):
     ca, security, cluster, client = gated
     address = cluster.scheduler_address
     alice, bob = ca.issue("alice"), ca.issue("bob")
-    with Client(address, security=alice.security(), timeout=5) as a, \
-            Client(address, security=bob.security(), timeout=5):
+    with open_client(address, security=alice.security(), timeout=5) as a, \
+            open_client(address, security=bob.security(), timeout=5):
         assert a.run_on_scheduler(lambda: 7) == 7
         serials = ca.revoke(name="alice", role="client")
         assert serials == [alice.serial] and ca.revoked() == serials
@@ -154,13 +155,13 @@ def test_revoked_client_is_cut_off_and_refused(gated, tmp_path):
                              serials)
         assert push_revocations(address, security, serials) >= 1
     with pytest.raises(Exception, match="revoked") as refused:
-        Client(address, security=alice.security(), timeout=5)
+        open_client(address, security=alice.security(), timeout=5)
     assert "\n" not in str(refused.value)
-    with Client(address, security=bob.security(), timeout=5) as b:
+    with open_client(address, security=bob.security(), timeout=5) as b:
         assert b.run_on_scheduler(lambda: 8) == 8
     expired = ca.issue("carol", lifetime=timedelta(minutes=-1))
     with pytest.raises(Exception):
-        Client(address, security=expired.security(), timeout=2)
+        open_client(address, security=expired.security(), timeout=2)
 
 
 def test_scheduler_certificate_is_renewed_without_restart(gated):
@@ -169,7 +170,7 @@ def test_scheduler_certificate_is_renewed_without_restart(gated):
     before = client.scheduler_comm.comm.extra_info["peercert"]["serialNumber"]
     fresh = ca.issue("control-plane", "scheduler")
     push_scheduler_certificate(address, security, fresh.cert_pem, fresh.key_pem)
-    with Client(address, security=security, timeout=5) as again:
+    with open_client(address, security=security, timeout=5) as again:
         after = again.scheduler_comm.comm.extra_info["peercert"]["serialNumber"]
         assert int(after, 16) == fresh.serial and after != before
         assert again.run_on_scheduler(lambda: 9) == 9
@@ -197,7 +198,7 @@ def test_account_cluster_scheduler_runs_the_gate_and_renews_live(tmp_path):
     cluster = ManagedCluster.start(profile, name="acct-gate", security=security, ca_dir=tmp_path / "ca",
                                    run_as=getpass.getuser(), gpus=[])
     try:
-        with Client(cluster.address, security=security, timeout=10) as client:
+        with open_client(cluster.address, security=security, timeout=10) as client:
             plugins = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.plugins))
             assert "lepton-site-gate" in plugins
             # each worker process holds a certificate for its own site and kind
@@ -207,7 +208,7 @@ def test_account_cluster_scheduler_runs_the_gate_and_renews_live(tmp_path):
             before = client.scheduler_comm.comm.extra_info["peercert"]["serialNumber"]
             held = client.run(_held_certificate)
             renew_cluster(cluster, ca)
-        with Client(cluster.address, security=security, timeout=10) as again:
+        with open_client(cluster.address, security=security, timeout=10) as again:
             assert again.scheduler_comm.comm.extra_info["peercert"]["serialNumber"] != before
             assert again.submit(lambda: 3, resources=lepton_lab.on_site("edge"), pure=False).result(30) == 3
             renewed = again.run(_held_certificate)

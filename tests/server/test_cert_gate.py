@@ -4,8 +4,8 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from distributed import Client
 
+from lepton_lab.cluster.clients import open_client
 from lepton_lab.security.certs import IssuedCert
 from lepton_lab.services.certs import renew_certificates
 
@@ -13,7 +13,7 @@ FIELDS = ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")
 
 
 def _run(address, security, fn):
-    with Client(address, security=security, timeout=5) as c:
+    with open_client(address, security=security, timeout=5) as c:
         serial = c.scheduler_comm.comm.extra_info["peercert"]["serialNumber"]
         return serial, c.submit(fn, pure=False).result(timeout=30)
 

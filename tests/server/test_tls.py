@@ -3,14 +3,14 @@
 import asyncio
 
 import pytest
-from distributed import Client
 
+from lepton_lab.cluster.clients import open_client
 from lepton_lab.security.certs import ClusterCA, IssuedCert
 
 
 async def _connect(address, security, timeout=3):
     def go():
-        with Client(address, security=security, timeout=timeout) as c:
+        with open_client(address, security=security, timeout=timeout) as c:
             return c.submit(lambda: 41 + 1, pure=False).result(timeout=20)
 
     return await asyncio.get_running_loop().run_in_executor(None, go)
