@@ -112,7 +112,7 @@ def _tune_federated(*, space: Any, study: str, team: str | None, trials: int, ti
 
     from .ml.federated import federate as _federate
     from .ml.tune_federated import check_space, run_federated
-    from .ml.tune_plan import DIRECTIONS, PRUNERS, SAMPLERS, make_pruner, make_sampler
+    from .ml.tune_plan import check_choices, make_pruner, make_sampler
     from .security.identity import server_owner
     from .services import Actor
     from .services.privacy import PrivacyLedger
@@ -127,12 +127,7 @@ def _tune_federated(*, space: Any, study: str, team: str | None, trials: int, ti
         raise ConfigError(f"tune federate: unknown option(s) {', '.join(unknown)}")
     if not dataset:
         raise ConfigError("tune federate: pass dataset= (the name its privacy budget is kept under)")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"tune: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if pruner not in PRUNERS:
-        raise ConfigError(f"tune: pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
-    if direction is not None and direction not in DIRECTIONS:
-        raise ConfigError(f"tune: direction must be maximize or minimize, got {direction!r}")
+    check_choices(sampler, pruner, direction)
     dists = check_space(space)
     if sites is None:
         from .cluster.placement import JobRequest

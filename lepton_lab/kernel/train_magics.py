@@ -47,24 +47,7 @@ def register_magics(magics: Any) -> None:
 
     def line(a) -> None:
         ns = magics.shell.user_ns
-        data = _lookup_data(ns, a.data)
-        target = a.target
-        if target is not None and not hasattr(data, "columns") and target in ns:
-            target = ns[target]
-        params = None
-        if a.params:
-            try:
-                params = json.loads(a.params)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"--params is not valid JSON ({e.msg} at column {e.colno}); "
-                                  """write it like '{"max_depth": 6}'""") from None
-            if not isinstance(params, dict):
-                raise ConfigError("--params must be a JSON object such as '{\"max_depth\": 6}'")
-        model = None
-        if a.model is not None:
-            if a.model not in ns:
-                raise ConfigError(f"no variable {a.model!r} in the notebook for --model")
-            model = ns[a.model]
+        data, target, params, model = training_inputs(ns, a)
         client = api.current(a.cluster).client
         result = api.train(a.kind, data=data, target=target, name=a.name, site=a.site, rounds=a.rounds,
                            params=params, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
@@ -77,6 +60,29 @@ def register_magics(magics: Any) -> None:
         print(f"bound the result to `{var}` ({var}.model is the trained model)")
 
     magics.register("train", p, line=line)
+
+
+def training_inputs(ns: dict[str, Any], a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """``--data``, ``--target``, ``--params`` and ``--model`` of a training magic, looked up in ``ns``."""
+    data = _lookup_data(ns, a.data)
+    target = a.target
+    if target is not None and not hasattr(data, "columns") and target in ns:
+        target = ns[target]
+    params = None
+    if a.params:
+        try:
+            params = json.loads(a.params)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--params is not valid JSON ({e.msg} at column {e.colno}); "
+                              """write it like '{"max_depth": 6}'""") from None
+        if not isinstance(params, dict):
+            raise ConfigError("--params must be a JSON object such as '{\"max_depth\": 6}'")
+    model = None
+    if a.model is not None:
+        if a.model not in ns:
+            raise ConfigError(f"no variable {a.model!r} in the notebook for --model")
+        model = ns[a.model]
+    return data, target, params, model
 
 
 def _fraction_or_count(text: str) -> float | int:

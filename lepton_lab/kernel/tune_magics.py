@@ -6,7 +6,6 @@ registered (on first need), not when this module is.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -15,7 +14,7 @@ from IPython.display import display
 from .. import api
 from ..errors import ConfigError
 from .parsing import MagicParser
-from .train_magics import _fraction_or_count, _lookup_data
+from .train_magics import _fraction_or_count, training_inputs
 
 
 def _parser() -> MagicParser:
@@ -68,24 +67,7 @@ def _tune(magics: Any, a) -> None:
         return _tune_federated(magics, a)
     if a.data is None:
         raise ConfigError(f"%lepton tune {a.kind} needs --data (a DataFrame variable, or X,y)")
-    data = _lookup_data(ns, a.data)
-    target = a.target
-    if target is not None and not hasattr(data, "columns") and target in ns:
-        target = ns[target]
-    params = None
-    if a.params:
-        try:
-            params = json.loads(a.params)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--params is not valid JSON ({e.msg} at column {e.colno}); "
-                              """write it like '{"subsample": 0.8}'""") from None
-        if not isinstance(params, dict):
-            raise ConfigError("--params must be a JSON object such as '{\"subsample\": 0.8}'")
-    model = None
-    if a.model is not None:
-        if a.model not in ns:
-            raise ConfigError(f"no variable {a.model!r} in the notebook for --model")
-        model = ns[a.model]
+    data, target, params, model = training_inputs(ns, a)
     result = api.tune(a.kind, data=data, target=target, space=a.space, study=a.study, team=a.team,
                       trials=a.trials, timeout=a.timeout, direction=a.direction, metric=a.metric,
                       sampler=a.sampler, pruner=a.pruner, site=a.site, view=a.view, progress=a.progress,

@@ -57,6 +57,16 @@ class Plan:
     torch: dict[str, Any] = field(default_factory=dict)
 
 
+def check_choices(sampler: str, pruner: str, direction: str | None) -> None:
+    """One-line ConfigErrors for an unknown sampler, pruner or direction."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"tune: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"tune: pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    if direction is not None and direction not in DIRECTIONS:
+        raise ConfigError(f"tune: direction must be maximize or minimize, got {direction!r}")
+
+
 def prepare(kind: str, *, data: Any, target: Any = None, space: Any, name: str = "study",
             metric: str | None = None, direction: str | None = None, sampler: str = "tpe",
             pruner: str = "median", rounds: int = 100, params: dict[str, Any] | None = None,
@@ -74,12 +84,7 @@ def prepare(kind: str, *, data: Any, target: Any = None, space: Any, name: str =
     if not isinstance(name, str) or not NAME.match(name):
         raise ConfigError(f"tune: study name must be letters, digits, '_', '-' or '.', starting with a letter, "
                           f"at most 64 characters; got {name!r}")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"tune: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if pruner not in PRUNERS:
-        raise ConfigError(f"tune: pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
-    if direction is not None and direction not in DIRECTIONS:
-        raise ConfigError(f"tune: direction must be maximize or minimize, got {direction!r}")
+    check_choices(sampler, pruner, direction)
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"tune: params must be a dict of fixed xgboost parameters, got {type(params).__name__}")
     for label, value in (("rounds", rounds), ("epochs", epochs), ("batch_size", batch_size)):
