@@ -21,16 +21,7 @@ from .. import api
 from ..errors import Interrupted, LeptonError
 from . import federate_magics, model_magics, plan_magics, train_magics, tune_magics
 from .parsing import MagicParser as _Parser
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return n
+from .parsing import count
 
 
 def _size(text: str) -> str:
@@ -44,7 +35,7 @@ def _size(text: str) -> str:
 
 
 def _gpus(text: str) -> int | str:
-    return "auto" if text == "auto" else _count(text)
+    return "auto" if text == "auto" else count(text)
 
 
 def _parsers() -> dict[str, _Parser]:
@@ -55,10 +46,10 @@ def _parsers() -> dict[str, _Parser]:
     up.add_argument("--profile", default=None, help="local (default), hybrid, edge-fleet or a profile of yours")
     up.add_argument("--name", default=None,
                     help="a running cluster of this name is reused when the options match")
-    up.add_argument("--cloud", type=_count, help="workers per cloud site")
-    up.add_argument("--edge", type=_count, help="workers per edge site")
+    up.add_argument("--cloud", type=count, help="workers per cloud site")
+    up.add_argument("--edge", type=count, help="workers per edge site")
     up.add_argument("--gpus", type=_gpus, help="GPU workers on cloud sites (a number or auto)")
-    up.add_argument("--threads", type=_count, help="threads per worker")
+    up.add_argument("--threads", type=count, help="threads per worker")
     up.add_argument("--memory", type=_size, help="memory per worker, e.g. 2GiB")
     up.add_argument("--replace", action="store_true",
                     help="stop a running cluster of this --name and start it with these options")
@@ -77,7 +68,7 @@ def _parsers() -> dict[str, _Parser]:
     p["clusters"] = _Parser(prog="clusters", add_help=False, description="clusters this kernel knows")
 
     scale = p["scale"] = _Parser(prog="scale", add_help=False, description="set the workers of a site")
-    scale.add_argument("n", type=_count)
+    scale.add_argument("n", type=count)
     scale.add_argument("--site", default="edge", help="a site name or kind (default edge)")
     scale.add_argument("--name", default=None, help="cluster (default: the current one)")
 
@@ -88,7 +79,7 @@ def _parsers() -> dict[str, _Parser]:
     run = p["run"] = _Parser(prog="run", add_help=False,
                              description="(cell magic) run the cell on a worker of a site")
     run.add_argument("--site", required=True, help="a site name or kind (cloud, edge)")
-    run.add_argument("--gpus", type=_count, default=0)
+    run.add_argument("--gpus", type=count, default=0)
     run.add_argument("--job", default=None, help="job name shown in the allocation view")
     run.add_argument("--return", dest="returns", default="", help="names to bind back, comma-separated")
     run.add_argument("--name", default=None, help="cluster (default: the current one)")

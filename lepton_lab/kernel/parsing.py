@@ -17,3 +17,14 @@ class MagicParser(argparse.ArgumentParser):
 
     def exit(self, status: int = 0, message: str | None = None):  # type: ignore[override]
         raise UsageError(message or self.format_usage())
+
+
+def count(text: str) -> int:
+    """An argparse ``type``: a whole number >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return n

@@ -15,19 +15,9 @@ from typing import Any
 from IPython.display import display
 
 from .. import api
-from .parsing import MagicParser
+from .parsing import MagicParser, count
 
 KINDS = ("train", "federate", "serve", "tune")
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return n
 
 
 def _amount(text: str) -> float:
@@ -45,8 +35,8 @@ def _parser() -> MagicParser:
                     description="where the planner would put a job: sites, workers, GPUs, cost per hour, why")
     p.add_argument("kind", choices=KINDS, help="train and serve: one site; tune: a worker per trial; "
                                                 "federate: a worker on each edge site")
-    p.add_argument("--workers", type=_count, default=None, help="workers the job takes (default 1)")
-    p.add_argument("--gpus", type=_count, default=0, help="how many of them are GPU workers")
+    p.add_argument("--workers", type=count, default=None, help="workers the job takes (default 1)")
+    p.add_argument("--gpus", type=count, default=0, help="how many of them are GPU workers")
     p.add_argument("--memory", default=None, help="memory per worker, e.g. 2GiB")
     p.add_argument("--hours", type=_amount, default=1.0, help="expected duration (default 1)")
     p.add_argument("--data-site", dest="data_site", default=None, help="the site that holds the job's data")
