@@ -27,3 +27,15 @@ def no_dask_process_left_behind():
     for p in left:
         p.kill()
     assert not left, f"Dask processes left behind: {[p.pid for p in left]}"
+
+
+@pytest.fixture(scope="module")
+def cluster_slot():
+    """A module's cluster, kept for :func:`tests.helpers.checked_cluster`; stopped when the module ends."""
+    slot: dict = {}
+    yield slot
+    handle = slot.get("handle")
+    if handle is not None and not handle.closed:
+        import lepton_lab
+
+        lepton_lab.down(handle.name)

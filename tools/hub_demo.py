@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.hub.rig import Hub, OSUsers, free_port, require_root  # noqa: E402
+from tests.hub.rig import Hub, OSUsers, control_plane_state, deploy_env, group_policy, require_root, sudoers_rule  # noqa: E402
 from tests.hub.shared_venv import make_shared_venv  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "hub" / "jupyterhub_config.py"
@@ -58,26 +58,15 @@ def main() -> int:
                  groups={"users": ["alice", "bob"], "medical": ["alice"], "finance": ["bob"]}) as users:
         try:
             cp = users["lepton"]
-            state = cp.home / "state"
-            state.mkdir(mode=0o700)
-            medical, finance = users.groups["medical"], users.groups["finance"]
-            (state / "policy.yaml").write_text(
-                f"version: 1\nteams: [medical, finance]\nmembers: {{}}\n"
-                f"groups:\n  {medical}: {{medical: analyst}}\n  {finance}: {{finance: analyst}}\n")
-            for p in (state, state / "policy.yaml"):
-                os.chown(p, cp.uid, cp.gid)
+            teams = {"medical": users.groups["medical"], "finance": users.groups["finance"]}
+            state = control_plane_state(cp, group_policy(teams))
             people = [users["alice"].name, users["bob"].name]
             passwords = {name: secrets.token_urlsafe(9) for name in people}
             subprocess.run(["chpasswd"], input="".join(f"{n}:{p}\n" for n, p in passwords.items()).encode(),
                            check=True)
-            sudoers.write_text(f"{cp.name} ALL=(%{users.groups['users']}) NOPASSWD: "
-                               f"{venv}/bin/python -m lepton_lab.hub.account_process\n")
-            sudoers.chmod(0o440)
-            subprocess.run(["visudo", "-cqf", str(sudoers)], check=True)
-            site = {"VENV": str(venv), "ACCOUNT": cp.name, "HOME": str(state), "PORT": str(free_port()),
-                    "USERS_GROUP": users.groups["users"], "TEAM_GROUPS": f"{medical},{finance}",
-                    "ADMIN_GROUPS": ""}
-            hub = Hub(venv, people, base_config=CONFIG, hub_env={f"LEPTON_HUB_{k}": v for k, v in site.items()})
+            sudoers_rule(sudoers, cp.name, f"%{users.groups['users']}", venv / "bin" / "python")
+            hub = Hub(venv, people, base_config=CONFIG,
+                      hub_env=deploy_env(venv, cp, state, users.groups["users"], list(teams.values())))
             hub.port, hub.url = port, f"http://127.0.0.1:{port}"
             with hub:
                 print(f"\nJupyterHub: {hub.url}  (Ctrl-C stops it and removes everything)")

@@ -185,6 +185,41 @@ def group_exists(name: str) -> bool:
 # --- the Hub ------------------------------------------------------------------------------
 
 
+# --- the control plane's side of a deployment ----------------------------------------------
+
+
+def group_policy(teams: Mapping[str, str]) -> str:
+    """A policy whose teams (``team -> OS group``) have the members of their group as analysts."""
+    rules = "".join(f"  {group}: {{{team}: analyst}}\n" for team, group in teams.items())
+    return f"version: 1\nteams: [{', '.join(teams)}]\nmembers: {{}}\ngroups:\n{rules}"
+
+
+def control_plane_state(owner: OSUser, policy: str, where: Path | None = None) -> Path:
+    """The control plane's state directory (``where``, default ``<owner's home>/state``): 0700, ``owner``'s,
+    holding ``policy`` as its ``policy.yaml``."""
+    state = where or owner.home / "state"
+    state.mkdir(mode=0o700)
+    (state / "policy.yaml").write_text(policy)
+    for path in (state, state / "policy.yaml"):
+        os.chown(path, owner.uid, owner.gid)
+    return state
+
+
+def sudoers_rule(path: Path, control: str, run_as: str, python: Path) -> None:
+    """Let ``control`` run exactly the account-process command as ``run_as`` (users, or ``%group``)."""
+    path.write_text(f"{control} ALL=({run_as}) NOPASSWD: {python} -m lepton_lab.hub.account_process\n")
+    path.chmod(0o440)
+    subprocess.run(["visudo", "-cqf", str(path)], check=True)
+
+
+def deploy_env(venv: Path, control: OSUser, state: Path, users_group: str, team_groups: Sequence[str],
+               port: int | None = None) -> dict[str, str]:
+    """``$LEPTON_HUB_*`` for deploy/hub/jupyterhub_config.py: its site values, for this machine's accounts."""
+    site = {"VENV": str(venv), "ACCOUNT": control.name, "HOME": str(state), "PORT": str(port or free_port()),
+            "USERS_GROUP": users_group, "TEAM_GROUPS": ",".join(team_groups), "ADMIN_GROUPS": ""}
+    return {f"LEPTON_HUB_{k}": v for k, v in site.items()}
+
+
 class HubError(RuntimeError):
     """The Hub did not do what the rig asked; the message ends with the Hub's log tail."""
 

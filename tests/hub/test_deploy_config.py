@@ -9,7 +9,6 @@ admin service; authentication (PAM), groups, the control plane service and the r
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -17,7 +16,17 @@ import psutil
 import pytest
 import requests
 
-from tests.hub.rig import Hub, OSUsers, free_port, processes_of, require_root, run_in_kernel
+from tests.hub.rig import (
+    Hub,
+    OSUsers,
+    control_plane_state,
+    deploy_env,
+    free_port,
+    group_policy,
+    processes_of,
+    require_root,
+    run_in_kernel,
+)
 from tests.hub.shared_venv import ROOT, make_shared_venv
 
 pytestmark = pytest.mark.timeout(900)
@@ -52,19 +61,11 @@ def deployment():
     with OSUsers("lepton", "alice", "bob", "carol",
                  groups={"users": ["alice", "bob", "carol"], "medical": ["alice"], "finance": ["bob"]}) as users:
         cp = users["lepton"]
-        state = cp.home / "state"
-        state.mkdir(mode=0o700)
-        medical, finance = users.groups["medical"], users.groups["finance"]
-        (state / "policy.yaml").write_text(
-            f"version: 1\nteams: [medical, finance]\nmembers: {{}}\n"
-            f"groups:\n  {medical}: {{medical: analyst}}\n  {finance}: {{finance: analyst}}\n")
-        for p in (state, state / "policy.yaml"):
-            os.chown(p, cp.uid, cp.gid)
+        teams = {"medical": users.groups["medical"], "finance": users.groups["finance"]}
+        state = control_plane_state(cp, group_policy(teams))
         port = free_port()
-        site = {"VENV": str(venv), "ACCOUNT": cp.name, "HOME": str(state), "PORT": str(port),
-                "USERS_GROUP": users.groups["users"], "TEAM_GROUPS": f"{medical},{finance}", "ADMIN_GROUPS": ""}
         hub = Hub(venv, [users[s].name for s in ("alice", "bob", "carol")], base_config=CONFIG,
-                  hub_env={f"LEPTON_HUB_{k}": v for k, v in site.items()},
+                  hub_env=deploy_env(venv, cp, state, users.groups["users"], list(teams.values()), port),
                   extra_config=f"c.Spawner.environment['STATE_DIR'] = {str(state)!r}\n")
         with hub:
             hub.api("POST", f"users/{users['carol'].name}")  # allowed to log in, in no team group

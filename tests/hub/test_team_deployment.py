@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.hub.rig import Hub, OSUsers, free_port, processes_of, run_in_kernel
+from tests.hub.rig import Hub, OSUsers, control_plane_state, free_port, processes_of, run_in_kernel, sudoers_rule
 from tests.hub.shared_venv import make_shared_venv
 
 POLICY = """\
@@ -63,13 +62,6 @@ class Team:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _sudoers(path: Path, control: str, users: list[str], python: Path) -> None:
-    rule = f"{control} ALL=({','.join(users)}) NOPASSWD: {python} -m lepton_lab.hub.account_process\n"
-    path.write_text(rule)
-    path.chmod(0o440)
-    subprocess.run(["visudo", "-cqf", str(path)], check=True)
-
-
 @pytest.fixture(scope="module")
 def team():
     venv = make_shared_venv()
@@ -79,16 +71,13 @@ def team():
     try:
         with OSUsers("cp", "alice", "bob") as users:
             cp, alice, bob = users["cp"].name, users["alice"].name, users["bob"].name
-            state = base / "state"
-            state.mkdir(mode=0o700)
-            (state / "policy.yaml").write_text(POLICY.format())
+            state = control_plane_state(users["cp"], POLICY.format(), where=base / "state")
             templates = state / "templates" / "alpha"
             templates.mkdir(parents=True)
             (templates / "triage.ipynb").write_text(TEMPLATE)
-            uid = pwd.getpwnam(cp).pw_uid
-            for p in (state, state / "policy.yaml", state / "templates", templates, templates / "triage.ipynb"):
-                os.chown(p, uid, uid)
-            _sudoers(sudoers, cp, [alice, bob], venv / "bin" / "python")
+            for p in (state / "templates", templates, templates / "triage.ipynb"):
+                os.chown(p, users["cp"].uid, users["cp"].gid)
+            sudoers_rule(sudoers, cp, f"{alice},{bob}", venv / "bin" / "python")
             port = free_port()
             url = f"http://127.0.0.1:{port}/services/{SERVICE}/"
             service = {"name": SERVICE, "url": f"http://127.0.0.1:{port}", "user": cp,

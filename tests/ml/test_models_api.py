@@ -30,18 +30,10 @@ def booster():
                      xgb.DMatrix(X, label=y), num_boost_round=8), X
 
 
-@pytest.fixture(scope="module")
-def _cluster_slot():
-    slot: dict = {}
-    yield slot
-    if slot.get("handle") is not None and not slot["handle"].closed:
-        lepton_lab.down("serve-test")
-
-
 @pytest.fixture
-def edge_cluster(_cluster_slot):
+def edge_cluster(cluster_slot):
     """One cloud + one edge worker for the module, checked before each test and rebuilt if damaged."""
-    return checked_cluster(_cluster_slot, "serve-test", {"cloud-0", "edge-0"}, cloud=1, edge=1)
+    return checked_cluster(cluster_slot, "serve-test", {"cloud-0", "edge-0"}, cloud=1, edge=1)
 
 
 def test_publish_load_round_trip(booster):

@@ -23,18 +23,10 @@ from tests.helpers import checked_cluster
 CLUSTER = "train-test"
 
 
-@pytest.fixture(scope="module")
-def _cluster_slot():
-    slot: dict = {}
-    yield slot
-    if slot.get("handle") is not None and not slot["handle"].closed:
-        lepton_lab.down(CLUSTER)
-
-
 @pytest.fixture
-def cluster(_cluster_slot):
+def cluster(cluster_slot):
     """One 2-worker cluster for the module, checked before each test and rebuilt if damaged."""
-    return checked_cluster(_cluster_slot, CLUSTER, {"cloud-0", "cloud-1"}, cloud=2, edge=0)
+    return checked_cluster(cluster_slot, CLUSTER, {"cloud-0", "cloud-1"}, cloud=2, edge=0)
 
 
 @pytest.fixture(scope="module")

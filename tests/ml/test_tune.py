@@ -32,18 +32,10 @@ CLUSTER = "tune-test"
 SPACE = "max_depth=int:1..6 eta=float:0.001..0.5:log"
 
 
-@pytest.fixture(scope="module")
-def _cluster_slot():
-    slot: dict = {}
-    yield slot
-    if slot.get("handle") is not None and not slot["handle"].closed:
-        lepton_lab.down(CLUSTER)
-
-
 @pytest.fixture
-def cluster(_cluster_slot):
+def cluster(cluster_slot):
     """One 2-worker cluster for the module, checked before each test and rebuilt if damaged."""
-    return checked_cluster(_cluster_slot, CLUSTER, {"cloud-0", "cloud-1"}, cloud=2, edge=0)
+    return checked_cluster(cluster_slot, CLUSTER, {"cloud-0", "cloud-1"}, cloud=2, edge=0)
 
 
 @pytest.fixture(scope="module")

@@ -36,17 +36,9 @@ NOISE = 1.0
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(scope="module")
-def _cluster_slot():
-    slot: dict = {}
-    yield slot
-    if slot.get("handle") is not None and not slot["handle"].closed:
-        lepton_lab.down(CLUSTER)
-
-
 @pytest.fixture
-def cluster(_cluster_slot):
-    return checked_cluster(_cluster_slot, CLUSTER, {f"{s}-0" for s in SITES}, profile=PROFILE)
+def cluster(cluster_slot):
+    return checked_cluster(cluster_slot, CLUSTER, {f"{s}-0" for s in SITES}, profile=PROFILE)
 
 
 @pytest.fixture(scope="module")
