@@ -33,6 +33,14 @@ def _token() -> str:
     return os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
 
+async def _fetch(control_plane: str, request: httpclient.HTTPRequest) -> httpclient.HTTPResponse:
+    """The control plane's answer, whatever its status; one-line 502 when it did not answer at all."""
+    try:
+        return await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
+    except (OSError, httpclient.HTTPClientError) as e:  # refused, unreachable, timed out
+        raise web.HTTPError(502, f"the Lepton control plane at {control_plane} did not answer ({e})") from None
+
+
 def _check_owner(handler: JupyterHandler) -> None:
     user = handler.current_user
     owner = server_owner()
@@ -49,6 +57,9 @@ class _Forward(JupyterHandler):
     def initialize(self, control_plane: str, area: str = "api") -> None:
         self.control_plane = control_plane
         self.area = area
+        # The control plane's dashboard route, and this server's.
+        self.theirs = url_path_join(urlsplit(control_plane).path or "/", "lepton", "dashboard") + "/"
+        self.mine = url_path_join(self.settings["base_url"], "lepton", "dashboard") + "/"
 
     def check_xsrf_cookie(self) -> None:
         # The sidebar sends Jupyter's XSRF token; token-authenticated calls need none.
@@ -68,14 +79,7 @@ class _Forward(JupyterHandler):
         request = httpclient.HTTPRequest(url, method=method, headers=headers, body=body,
                                          allow_nonstandard_methods=True, request_timeout=TIMEOUT,
                                          follow_redirects=False)
-        try:
-            response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
-        except OSError as e:
-            raise web.HTTPError(502, f"the Lepton control plane at {self.control_plane} did not answer ({e})") \
-                from None
-        if response.code == 599:
-            raise web.HTTPError(502, f"the Lepton control plane at {self.control_plane} did not answer "
-                                     f"({response.error})")
+        response = await _fetch(self.control_plane, request)
         self.set_status(response.code, response.reason)
         for name in ANSWER_HEADERS:
             if name in response.headers:
@@ -89,9 +93,7 @@ class _Forward(JupyterHandler):
         await self.finish()
 
     def _local(self, text: str) -> str:
-        theirs = url_path_join(urlsplit(self.control_plane).path or "/", "lepton", "dashboard") + "/"
-        mine = url_path_join(self.settings["base_url"], "lepton", "dashboard") + "/"
-        return text.replace(theirs, mine)
+        return text.replace(self.theirs, self.mine)
 
     @web.authenticated
     async def get(self, path: str) -> None:
@@ -149,14 +151,14 @@ class TemplateCopy(APIHandler):
             raise web.HTTPError(400, "give the template's team and name")
         url = url_path_join(self.control_plane, "lepton", "api", "templates", quote(team, safe=""),
                             quote(name, safe=""))
-        response = await httpclient.AsyncHTTPClient().fetch(
-            url, headers={"Authorization": f"token {_token()}"}, request_timeout=TIMEOUT, raise_error=False)
+        response = await _fetch(self.control_plane, httpclient.HTTPRequest(
+            url, headers={"Authorization": f"token {_token()}"}, request_timeout=TIMEOUT))
         if response.code != 200:
             try:
                 message = json.loads(response.body)["message"]
             except (ValueError, KeyError, TypeError):
                 message = f"the Lepton control plane answered {response.code}"
-            raise web.HTTPError(response.code if response.code != 599 else 502, message.replace("%", "%%"))
+            raise web.HTTPError(response.code, message.replace("%", "%%"))
         target = await save_copy(self.contents_manager, self.current_user.username, name,
                                  json.loads(response.body)["content"])
         self.set_status(201)
