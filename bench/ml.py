@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from results_io import write_results
 from torch import nn
 
 from lepton_lab.ml.compress import EvalData, compress, interleaved_latency, state_dict_bytes
@@ -257,10 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 if quantity not in results.get("targets", {}):
                     print(f"{name:<12} {quantity:<34} {value:>9.2f}")
     out["machine"]["loadavg_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"wrote {args.out}" + ("" if all_met else "; some targets missed"))
-    return 1 if args.strict and not all_met else 0
+    return write_results(args.out, out, all_met=all_met, strict=args.strict)
 
 
 if __name__ == "__main__":

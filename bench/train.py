@@ -22,7 +22,6 @@ lepton ≤ 1.1 × the faster baseline, AUC within 0.002 of both. Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_io import write_results
 
 RESULTS = Path(__file__).parent / "results" / "train.json"
 CLUSTER = "bench-train"
@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_fastest": ratio, "auc_gap": auc_gap,
         "targets": {k: {"value": v, "target": t, "met": m} for k, (v, t, m) in targets.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"wrote {args.out}" + ("" if all_met else "; some targets missed"))
-    return 1 if args.strict and not all_met else 0
+    return write_results(args.out, out, all_met=all_met, strict=args.strict)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Target: lepton ≥ 0.9 × plain trials per minute. ``--quick`` runs 16 trials of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -36,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from results_io import write_results
 
 RESULTS = Path(__file__).parent / "results" / "tune.json"
 CLUSTER = "bench-tune"
@@ -174,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_tpe_vs_random": {"tpe": runs["tpe"]["best"], "random": runs["lepton"]["best"]},
         "targets": {k: {"value": v, "target": t, "met": m} for k, (v, t, m) in targets.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"wrote {args.out}" + ("" if all_met else "; some targets missed"))
-    return 1 if args.strict and not all_met else 0
+    return write_results(args.out, out, all_met=all_met, strict=args.strict)
 
 
 if __name__ == "__main__":
