@@ -8,11 +8,9 @@ nothing about users — owners and teams are labels the caller passes in.
 from __future__ import annotations
 
 import atexit
-import copy
 import dataclasses
 import itertools
 import threading
-import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -21,20 +19,18 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from distributed import Client, LocalCluster, Security, SpecCluster
+from distributed import Client, Security
 
 from ..errors import AlreadyExists, ClusterError, ConfigError, NotFound
 from . import accounts
 from . import gpus as gpu_discovery
 from .gate import SiteGate, cluster_of
-from .kubernetes import KubernetesSites, check_kubernetes_sites, is_slot, slot_spec, split_joined
+from .kubernetes import check_kubernetes_sites
 from .ledger import LEDGER, GPULedger
 from .profiles import Profile, SiteSpec
-from .ssh import SSHSiteWorker, check_ssh_sites, ssh_worker_spec
-from .workers import SiteNanny, WorkerPlan, kernel_environment, plan_site, worker_name, worker_spec
-
-#: Seconds a bring-up or a scale may take before it is reported as failed.
-START_TIMEOUT = 60.0
+from .sitecluster import START_TIMEOUT, AccountSiteCluster, SiteCluster
+from .ssh import check_ssh_sites
+from .workers import SiteNanny, WorkerPlan, kernel_environment, plan_site, worker_name
 
 
 @dataclass
@@ -73,22 +69,21 @@ class ClusterInfo:
 
 
 class ManagedCluster:
-    """One running Dask cluster: a ``LocalCluster`` whose workers are planned per site."""
+    """One running Dask cluster: a :class:`~lepton_lab.cluster.sitecluster.SiteCluster` and its GPUs.
 
-    # Kept here by the services: the cluster's CA folder and the server's own client.
-    ca_dir: Path | None = None
-    #: The operator objects of the cluster's ``launch: kubernetes`` sites, once created.
-    kubernetes: KubernetesSites | None = None
+    The Dask cluster holds the workers by site; this object adds what it is
+    (name, owner, team, profile) and which physical GPUs each worker holds.
+    """
+
+    # Kept here by the services: the server's own client.
     server_client: Client | None = None
-    #: The OS account the scheduler and workers run under, when not this process's own.
-    run_as: str | None = None
 
     def __init__(
         self,
         cluster_id: str,
         name: str,
         profile: Profile,
-        cluster: LocalCluster | SpecCluster,
+        cluster: SiteCluster | AccountSiteCluster,
         gpus: list[gpu_discovery.GPU],
         *,
         owner: str = "",
@@ -157,7 +152,7 @@ class ManagedCluster:
             plans = [p for site in profile.sites for p in plan_site(site, grants.get(site.name, []))]
             if run_as is not None:
                 assert ca_dir is not None
-                cluster: LocalCluster | SpecCluster = SpecCluster(
+                cluster: SiteCluster | AccountSiteCluster = AccountSiteCluster(
                     workers={},
                     scheduler=accounts.scheduler_spec(name=name or cluster_id, account=run_as, ca_dir=ca_dir,
                                                       host=host, timeout=timeout),
@@ -167,7 +162,7 @@ class ManagedCluster:
                 gated = cluster_of(security)
                 gate_kwargs = {"scheduler_kwargs": {"plugins": [SiteGate(gated)]}} if gated else {}
                 with kernel_environment():
-                    cluster = LocalCluster(
+                    cluster = SiteCluster(
                         name=name or cluster_id,
                         n_workers=0,
                         threads_per_worker=1,
@@ -188,89 +183,15 @@ class ManagedCluster:
         managed = cls(cluster_id, name or cluster_id, profile, cluster, gpus, owner=owner, team=team,
                       security=security, ledger=ledger, advertise=advertise)
         managed.gpu_of = {p.name: p.gpu for p in plans if p.gpu is not None}
-        managed.ca_dir = ca_dir
-        managed.run_as = run_as
-        with kernel_environment():
-            try:
-                managed._apply(plans_add=plans, timeout=timeout)
-            except BaseException:
-                managed.close()
-                raise
+        cluster.bind_sites(profile, cluster_id=cluster_id, ca_dir=ca_dir, run_as=run_as, advertise=advertise,
+                           timeout=timeout)
+        try:
+            cluster.reconcile(add=plans)
+        except BaseException:
+            managed.close()
+            raise
         _live.add(managed)
         return managed
-
-    def _base_options(self) -> dict[str, Any]:
-        return copy.copy(self.cluster.new_spec["options"])
-
-    def _apply(self, *, plans_add=(), names_remove=(), timeout: float = START_TIMEOUT) -> None:
-        """Change the worker spec and wait until the scheduler sees exactly that set."""
-        with self._lock, kernel_environment():
-            # Pods of Kubernetes sites are counted, not named (the operator names them); a failure here
-            # leaves the spec as it was.
-            pods = self._scale_kubernetes(plans_add, names_remove)
-            # A worker on another host is done once its processes and files there are gone.
-            remote = {n for n in names_remove
-                      if isinstance(self.cluster.workers.get(n), (SSHSiteWorker, accounts.AccountWorker))}
-            for name in names_remove:
-                self.cluster.worker_spec.pop(name, None)
-            for plan in plans_add:
-                site = self.profile.site(plan.site)
-                if site.launch == "ssh":
-                    spec = ssh_worker_spec(plan, site, self.address, self.ca_dir, timeout)
-                elif site.launch == "kubernetes":
-                    spec = slot_spec(plan, site)
-                elif self.run_as is not None:
-                    assert self.ca_dir is not None
-                    spec = accounts.worker_spec(plan, account=self.run_as, ca_dir=self.ca_dir, timeout=timeout)
-                else:
-                    spec = worker_spec(plan, self._base_options())
-                self.cluster.worker_spec[plan.name] = spec
-            self.cluster.scale(len(self.cluster.worker_spec))
-            want = {n for n, spec in self.cluster.worker_spec.items() if not is_slot(spec)}
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
-                have, counts = split_joined({w["name"] for w in self.cluster.scheduler_info["workers"].values()},
-                                            pods)
-                # A nanny is done (and has given the environment back) once it is running.
-                workers = self.cluster.workers
-                if have == want and counts == pods and all(
-                    n in workers and getattr(workers[n].status, "name", "") == "running" for n in want
-                ) and not remote & set(workers):
-                    return
-                if self.cluster.status.name in ("closing", "closed", "failed"):
-                    break
-                failed = sorted(str(n) for n, w in self.cluster.workers.items()
-                                if n in want and getattr(w, "status", None) is not None
-                                and w.status.name == "failed")
-                if failed:
-                    reasons = [str(r) for n in failed if (r := getattr(self.cluster.workers[n], "error", None))]
-                    if reasons:
-                        raise ClusterError(f"cluster {self.name}: {'; '.join(reasons)}")
-                    raise ClusterError(f"cluster {self.name}: workers {', '.join(failed)} failed to start; "
-                                       "see the log above for the reason")
-                time.sleep(0.05)
-            have, counts = split_joined({w["name"] for w in self.cluster.scheduler_info["workers"].values()}, pods)
-            missing = sorted(want - have) + [f"{n - counts[s]} of site {s} (kubernetes)"
-                                             for s, n in pods.items() if counts[s] < n]
-            raise ClusterError(
-                f"cluster {self.name}: workers {', '.join(map(str, missing)) or '?'} did not join "
-                f"within {timeout:.0f} s; check memory limits and the scheduler log"
-            )
-
-    def _scale_kubernetes(self, plans_add: Iterable[WorkerPlan], names_remove: Iterable[str]) -> dict[str, int]:
-        """Set each Kubernetes site's worker-group replicas to its pods after the change; the workers expected."""
-        sites = [s.name for s in self.profile.sites if s.launch == "kubernetes"]
-        if not sites:
-            return {}
-        gone = set(names_remove)
-        replicas = {s: len([n for n in self.workers_of(s) if n not in gone])
-                    + sum(1 for p in plans_add if p.site == s) for s in sites}
-        if self.kubernetes is None:
-            assert self.ca_dir is not None
-            self.kubernetes = KubernetesSites(self.profile, cluster_id=self.id, scheduler=self.address,
-                                              ca_dir=self.ca_dir)
-        self.kubernetes.scale(replicas)
-        return self.kubernetes.expected(replicas)
 
     # -- what runs -------------------------------------------------------------------------
 
@@ -282,13 +203,17 @@ class ManagedCluster:
     @property
     def address(self) -> str:
         """The scheduler address workers and clients are given: the advertised one when set."""
-        listen = self.cluster.scheduler_address
-        if not self.advertise:
-            return listen
-        protocol, _, rest = listen.rpartition("://")
-        port = rest.rsplit(":", 1)[-1]
-        where = self.advertise if _has_port(self.advertise) else f"{self.advertise}:{port}"
-        return f"{protocol or 'tcp'}://{where}"
+        return self.cluster.address
+
+    @property
+    def ca_dir(self) -> Path | None:
+        """The folder of the cluster's own CA (None without TLS)."""
+        return self.cluster.ca_dir
+
+    @property
+    def run_as(self) -> str | None:
+        """The OS account the scheduler and workers run under, when not this process's own."""
+        return self.cluster.run_as
 
     @property
     def dashboard_link(self) -> str:
@@ -301,9 +226,7 @@ class ManagedCluster:
 
     def workers_of(self, site: str) -> list[str]:
         """Names of the workers of ``site`` in the current spec, in start order."""
-        prefix = f"{site}-"
-        return [n for n in self.cluster.worker_spec if isinstance(n, str) and n.startswith(prefix)
-                and n[len(prefix):].isdigit()]
+        return self.cluster.workers_of(site)
 
     def site_counts(self) -> dict[str, int]:
         return {s.name: len(self.workers_of(s.name)) for s in self.profile.sites}
@@ -391,8 +314,10 @@ class ManagedCluster:
                 for spec in self.resolve_sites(site):
                     current = self.workers_of(spec.name)
                     if n < len(current):
-                        # CPU workers go first, so a site keeps its GPUs as long as it can.
-                        order = [w for w in current if w not in self.gpu_of] + [w for w in current if w in self.gpu_of]
+                        # The highest-numbered go first, CPU workers before GPU ones, so a site keeps
+                        # its GPUs as long as it can and edge-0 is the last to go.
+                        newest = sorted(current, key=lambda w: int(w.rsplit("-", 1)[1]), reverse=True)
+                        order = [w for w in newest if w not in self.gpu_of] + [w for w in newest if w in self.gpu_of]
                         remove += order[: len(current) - n]
                     elif n > len(current):
                         add += self._grow(spec, current, n)
@@ -401,7 +326,7 @@ class ManagedCluster:
                 raise
             self.gpu_of.update({p.name: p.gpu for p in add if p.gpu is not None})
             try:
-                self._apply(plans_add=add, names_remove=remove, timeout=timeout)
+                self.cluster.reconcile(add=add, remove=remove, timeout=timeout)
             finally:
                 # A worker scaled away gives its GPU back to the ledger.
                 self._give_back([self.gpu_of.pop(w) for w in remove if w in self.gpu_of])
@@ -417,13 +342,7 @@ class ManagedCluster:
             if self.closed:
                 return
             self.closed = True
-            if self.kubernetes is not None:
-                self.kubernetes.delete()
-            with kernel_environment():
-                try:
-                    self.cluster.close(timeout=20)
-                except Exception:
-                    pass
+            self.cluster.close_sites(timeout=20)
             self.gpu_of.clear()
             self.ledger.release(self.id)
         _live.discard(self)
@@ -520,11 +439,6 @@ class ClusterManager:
             self._clusters.clear()
         for c in clusters:
             c.close()
-
-
-def _has_port(address: str) -> bool:
-    host, sep, port = address.rpartition(":")
-    return bool(sep) and port.isdigit() and not host.endswith(":")
 
 
 _live: "weakref.WeakSet[ManagedCluster]" = weakref.WeakSet()

@@ -113,7 +113,6 @@ class ClusterServices(ServicesBase):
                 if ca_dir is not None:
                     shutil.rmtree(ca_dir, ignore_errors=True)
                 raise
-            managed.ca_dir = ca_dir
             self.records[managed.id] = {**managed.info().to_dict(), "ca_dir": str(ca_dir or "")}
             self._save_records()
             self.spend.start(managed.id)

@@ -89,6 +89,21 @@ def test_scale_a_site(cluster):
         cluster.scale(-1, "edge")
 
 
+def test_the_dask_cluster_holds_workers_by_site_and_refuses_a_scale_without_one(cluster):
+    from distributed import SpecCluster
+
+    from lepton_lab.session import session
+
+    dask_cluster = session().transport.managed(cluster.id).cluster
+    assert isinstance(dask_cluster, SpecCluster)
+    assert dask_cluster.workers_of("edge") == ["edge-0", "edge-1"]
+    # Dask's own scale(n) has no site to grow: refused in one line, the spec unchanged.
+    with pytest.raises(ClusterError, match="grows by site: scale\\(n, site=...\\)"):
+        dask_cluster.scale(9)
+    assert sorted(dask_cluster.worker_spec) == ["cloud-0", "cloud-1", "edge-0", "edge-1"]
+    assert worker_names(cluster.client) == ["cloud-0", "cloud-1", "edge-0", "edge-1"]
+
+
 def test_named_sites_of_hybrid_profile():
     handle = lepton_lab.up("hybrid", name="hybrid-test", memory="512MiB")
     try:
