@@ -19,7 +19,6 @@ naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,20 +28,20 @@ from dask.utils import format_bytes, parse_bytes
 
 from .. import config
 from ..errors import ConfigError
-
-SITE_KINDS = ("cloud", "edge")
-#: How a site's workers start: processes on this machine, over SSH on its hosts, or as Kubernetes pods.
-LAUNCHES = ("local", "ssh", "kubernetes")
-SSH_FIELDS = ("hosts", "ssh_user", "ssh_key", "known_hosts", "python")
-KUBERNETES_FIELDS = ("image", "namespace", "node_selector", "gpus_per_worker", "service_account", "tolerations")
-#: Site names become Dask resource names and worker-name prefixes.
-SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: Resource names Lepton gives a meaning of its own; a site may not take them.
-RESERVED_NAMES = ("GPU",)
-
-MAX_WORKERS_PER_SITE = 256
-MAX_THREADS = 256
+from ..schemas import parse_size, problem, validate
+from .profile_schema import (
+    KUBERNETES_FIELDS,
+    MAX_THREADS,
+    MAX_WORKERS_PER_SITE,
+    MEMORY,
+    PROFILE_NAME,
+    PROFILE_SCHEMA,
+    PROFILES_FILE_SCHEMA,
+    SITE_KINDS,
+    SITE_SCHEMA,
+    SSH_FIELDS,
+    whole,
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +124,8 @@ class Profile:
     builtin: bool = False
     #: Minutes with no task and no client activity after which the server stops the cluster.
     idle_timeout: float | None = None
+    #: Where training checkpoints go (a path or fsspec URL every worker and the kernel reach).
+    checkpoints: str | None = None
 
     def site(self, name: str) -> SiteSpec:
         for s in self.sites:
@@ -185,6 +186,7 @@ class Profile:
             "description": self.description,
             "builtin": self.builtin,
             "idle_timeout": self.idle_timeout,
+            "checkpoints": self.checkpoints,
             "sites": [s.to_dict() for s in self.sites],
         }
 
@@ -230,57 +232,32 @@ BUILTIN: dict[str, Profile] = {
 
 
 def _int_in(value: Any, lo: int, hi: int, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{where}: must be a whole number from {lo} to {hi}, got {value!r}")
+    validate(value, whole(lo, hi), where)
     return value
 
 
 def _memory(value: Any, where: str) -> int:
-    try:
-        n = parse_bytes(value) if isinstance(value, str) else int(value)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{where}: not a size such as 2GiB or 512MiB: {value!r}") from None
-    if isinstance(value, bool) or n < parse_bytes("64MiB"):
-        raise ConfigError(f"{where}: at least 64MiB, got {value!r}")
-    return n
+    validate(value, MEMORY, where)
+    return parse_size(value) or 0
 
 
 def _site_from_dict(data: Any, where: str) -> SiteSpec:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: a site must be a mapping with name and kind")
-    known = {f.name for f in dataclasses.fields(SiteSpec)}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown field (known: {', '.join(sorted(known))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not SITE_NAME.match(name) or name in RESERVED_NAMES:
-        raise ConfigError(
-            f"{where}.name: lower-case letters, digits and '-', starting with a letter; got {name!r}"
-        )
+    _check(data, SITE_SCHEMA, where)
+    name = data["name"]
     kind = data.get("kind", "edge" if name.startswith("edge") else "cloud")
-    if kind not in SITE_KINDS:
-        raise ConfigError(f"{where}.kind: one of {', '.join(SITE_KINDS)}; got {kind!r}")
     if name in SITE_KINDS and name != kind:
         raise ConfigError(f"{where}.name: a site named {name!r} must be of kind {name!r}")
-    workers = _int_in(data.get("workers", 1), 0, MAX_WORKERS_PER_SITE, f"{where}.workers")
-    threads = _int_in(data.get("threads", 1), 1, MAX_THREADS, f"{where}.threads")
-    memory = _memory(data.get("memory", "2GiB"), f"{where}.memory")
     gpus = data.get("gpus", 0)
-    if gpus != "auto":
-        gpus = _int_in(gpus, 0, MAX_WORKERS_PER_SITE, f"{where}.gpus")
     if gpus and kind != "cloud":
         raise ConfigError(f"{where}.gpus: only cloud sites carry GPUs")
-    cost = data.get("cost_per_hour", 0.0)
-    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
-        raise ConfigError(f"{where}.cost_per_hour: a number >= 0, got {cost!r}")
-    return SiteSpec(name, kind, workers, threads, memory, gpus, float(cost), **_launch_fields(data, gpus, where))
+    return SiteSpec(name, kind, data.get("workers", 1), data.get("threads", 1),
+                    _memory(data.get("memory", "2GiB"), f"{where}.memory"), gpus,
+                    float(data.get("cost_per_hour", 0.0)), **_launch_fields(data, gpus, kind, where))
 
 
-def _launch_fields(data: Mapping[str, Any], gpus: Any, where: str) -> dict[str, Any]:
-    """``launch`` and, for ``launch: ssh``, the hosts and login of a site, checked."""
+def _launch_fields(data: Mapping[str, Any], gpus: Any, kind: str, where: str) -> dict[str, Any]:
+    """``launch`` and what a launch of that kind needs, beyond the schema."""
     launch = data.get("launch", "local")
-    if launch not in LAUNCHES:
-        raise ConfigError(f"{where}.launch: one of {', '.join(LAUNCHES)}; got {launch!r}")
     for field_names, needs in ((SSH_FIELDS, "ssh"), (KUBERNETES_FIELDS, "kubernetes")):
         extra = [key for key in field_names if key in data]
         if extra and launch != needs:
@@ -288,121 +265,59 @@ def _launch_fields(data: Mapping[str, Any], gpus: Any, where: str) -> dict[str, 
     if launch == "local":
         return {}
     if launch == "kubernetes":
-        return _kubernetes_fields(data, gpus, where)
-    hosts = data.get("hosts")
-    if not isinstance(hosts, list) or not hosts:
+        return _kubernetes_fields(data, gpus, kind, where)
+    if "hosts" not in data:
         raise ConfigError(f"{where}.hosts: launch: ssh needs a non-empty list of host or host:port")
-    checked = []
-    for i, host in enumerate(hosts):
-        if not isinstance(host, str):
-            raise ConfigError(f"{where}.hosts[{i}]: a host name or IP, with an optional :port; got {host!r}")
-        checked.append(config._address(host, f"{where}.hosts[{i}]", True))
+    hosts = tuple(config._address(host, f"{where}.hosts[{i}]", True) for i, host in enumerate(data["hosts"]))
     if gpus:
         raise ConfigError(f"{where}.gpus: ssh sites start CPU workers; join a GPU machine with "
                           "`lepton-lab worker --gpus N`")
-    fields: dict[str, Any] = {"launch": "ssh", "hosts": tuple(checked)}
+    fields: dict[str, Any] = {"launch": "ssh", "hosts": hosts}
     for key in ("ssh_user", "ssh_key", "known_hosts", "python"):
-        value = data.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value.strip() or "\n" in value:
-            raise ConfigError(f"{where}.{key}: must be non-empty text on one line, got {value!r}")
-        fields[key] = value.strip()
+        if data.get(key) is not None:
+            fields[key] = data[key].strip()
     return fields
 
 
-#: Kubernetes names: a DNS label (namespaces), a DNS subdomain (service accounts), label keys and values.
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_TOLERATION: dict[str, type | tuple[str, ...]] = {"key": str, "operator": ("Exists", "Equal"), "value": str,
-               "effect": ("NoSchedule", "PreferNoSchedule", "NoExecute"), "tolerationSeconds": int}
-MAX_GPUS_PER_WORKER = 16
-
-
-def _label_key(key: Any) -> bool:
-    if not isinstance(key, str):
-        return False
-    prefix, _, name = key.rpartition("/")
-    return bool(_LABEL_NAME.match(name)) and (not prefix or bool(_DNS_SUBDOMAIN.match(prefix)))
-
-
-def _kubernetes_fields(data: Mapping[str, Any], gpus: Any, where: str) -> dict[str, Any]:
-    """The pod shape of a ``launch: kubernetes`` site, checked as the Kubernetes API would."""
+def _kubernetes_fields(data: Mapping[str, Any], gpus: Any, kind: str, where: str) -> dict[str, Any]:
+    """The pod shape of a ``launch: kubernetes`` site, beyond the schema."""
     if gpus:
         raise ConfigError(f"{where}.gpus: kubernetes sites ask for GPUs with gpus_per_worker "
                           "(Kubernetes assigns the devices)")
-    image = data.get("image")
-    if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+    if "image" not in data:
         raise ConfigError(f"{where}.image: launch: kubernetes needs a container image with lepton-lab "
-                          f"installed, e.g. registry.example.org/lepton-lab:0.1; got {image!r}")
-    fields: dict[str, Any] = {"launch": "kubernetes", "image": image}
-    namespace = data.get("namespace", "default")
-    if not isinstance(namespace, str) or not _DNS_LABEL.match(namespace):
-        raise ConfigError(f"{where}.namespace: a Kubernetes namespace (lower-case letters, digits and '-', "
-                          f"at most 63); got {namespace!r}")
-    fields["namespace"] = namespace
-    selector = data.get("node_selector", {})
-    if not isinstance(selector, Mapping):
-        raise ConfigError(f"{where}.node_selector: a mapping of node label to value; got {selector!r}")
-    for key, value in selector.items():
-        if not _label_key(key):
-            raise ConfigError(f"{where}.node_selector: {key!r} is not a Kubernetes label name")
-        if not isinstance(value, str) or not _LABEL_VALUE.match(value):
-            raise ConfigError(f"{where}.node_selector.{key}: a label value (text, at most 63 characters "
-                              f"of letters, digits, '-', '_', '.'); got {value!r}")
-    fields["node_selector"] = tuple(sorted(selector.items()))
-    fields["gpus_per_worker"] = _int_in(data.get("gpus_per_worker", 0), 0, MAX_GPUS_PER_WORKER,
-                                        f"{where}.gpus_per_worker")
-    kind = data.get("kind", "edge" if str(data.get("name", "")).startswith("edge") else "cloud")
-    if fields["gpus_per_worker"] and kind != "cloud":
+                          "installed, e.g. registry.example.org/lepton-lab:0.1; got None")
+    gpus_per_worker = data.get("gpus_per_worker", 0)
+    if gpus_per_worker and kind != "cloud":
         raise ConfigError(f"{where}.gpus_per_worker: only cloud sites carry GPUs")
-    account = data.get("service_account")
-    if account is not None:
-        if not isinstance(account, str) or not _DNS_SUBDOMAIN.match(account):
-            raise ConfigError(f"{where}.service_account: a Kubernetes service account name; got {account!r}")
-        fields["service_account"] = account
     tolerations = data.get("tolerations", [])
-    if not isinstance(tolerations, list):
-        raise ConfigError(f"{where}.tolerations: a list of tolerations (key, operator, value, effect)")
-    checked = []
     for i, tol in enumerate(tolerations):
-        at = f"{where}.tolerations[{i}]"
-        if not isinstance(tol, Mapping) or not tol:
-            raise ConfigError(f"{at}: a mapping with key, operator, value, effect or tolerationSeconds")
-        for key, value in tol.items():
-            allowed = _TOLERATION.get(key)
-            if allowed is None:
-                raise ConfigError(f"{at}.{key}: unknown field (known: {', '.join(_TOLERATION)})")
-            if isinstance(allowed, tuple):
-                ok, want = value in allowed, " or ".join(allowed)
-            else:
-                ok, want = isinstance(value, allowed) and not isinstance(value, bool), allowed.__name__
-            if not ok:
-                raise ConfigError(f"{at}.{key}: must be {want}; got {value!r}")
-        if "key" in tol and not _label_key(tol["key"]):
-            raise ConfigError(f"{at}.key: {tol['key']!r} is not a Kubernetes label name")
         if tol.get("operator") == "Exists" and tol.get("value"):
-            raise ConfigError(f"{at}.value: operator Exists takes no value")
-        checked.append(tuple(sorted(tol.items())))
-    fields["tolerations"] = tuple(checked)
+            raise ConfigError(f"{where}.tolerations[{i}].value: operator Exists takes no value")
+    fields: dict[str, Any] = {
+        "launch": "kubernetes", "image": data["image"], "namespace": data.get("namespace", "default"),
+        "node_selector": tuple(sorted(data.get("node_selector", {}).items())),
+        "gpus_per_worker": gpus_per_worker, "tolerations": tuple(tuple(sorted(t.items())) for t in tolerations),
+    }
+    if data.get("service_account") is not None:
+        fields["service_account"] = data["service_account"]
     return fields
+
+
+def _check(data: Any, schema: Mapping[str, Any], where: str) -> None:
+    """A ConfigError ``where.field: reason`` for the first problem of ``data``."""
+    found = problem(data, schema)
+    if found is not None:
+        path, reason = found
+        raise ConfigError(f"{where}{'.' + path if path else ''}: {reason}")
 
 
 def profile_from_dict(name: str, data: Any, where: str) -> Profile:
     """Build and validate one profile; ``where`` prefixes error messages."""
     if not isinstance(name, str) or not PROFILE_NAME.match(name):
         raise ConfigError(f"{where}: bad profile name {name!r}")
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: a profile must be a mapping with 'sites'")
-    for key in data:
-        if key not in ("description", "sites", "idle_timeout"):
-            raise ConfigError(f"{where}.{key}: unknown field (known: description, idle_timeout, sites)")
-    sites_data = data.get("sites")
-    if not isinstance(sites_data, list) or not sites_data:
-        raise ConfigError(f"{where}.sites: a non-empty list of sites")
-    sites = tuple(_site_from_dict(s, f"{where}.sites[{i}]") for i, s in enumerate(sites_data))
+    _check(data, PROFILE_SCHEMA, where)
+    sites = tuple(_site_from_dict(s, f"{where}.sites[{i}]") for i, s in enumerate(data["sites"]))
     seen: set[str] = set()
     for i, s in enumerate(sites):
         if s.name in seen:
@@ -412,13 +327,9 @@ def profile_from_dict(name: str, data: Any, where: str) -> Profile:
     if len(namespaces) > 1:
         raise ConfigError(f"{where}.sites: kubernetes sites of one profile share one namespace "
                           f"(they belong to one DaskCluster); got {', '.join(sorted(namespaces))}")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise ConfigError(f"{where}.description: must be text")
     idle = data.get("idle_timeout")
-    if idle is not None and (isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 1e9):
-        raise ConfigError(f"{where}.idle_timeout: minutes, a number > 0 (or leave it out); got {idle!r}")
-    return Profile(name, sites, description, idle_timeout=None if idle is None else float(idle))
+    return Profile(name, sites, data.get("description", ""), idle_timeout=None if idle is None else float(idle),
+                   checkpoints=data.get("checkpoints"))
 
 
 def load_user_profiles(path: Path | None = None) -> dict[str, Profile]:
@@ -427,16 +338,13 @@ def load_user_profiles(path: Path | None = None) -> dict[str, Profile]:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path.name}:{line} not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, Mapping) or set(data) - {"profiles"}:
-        raise ConfigError(f"{path.name}: top level must be a mapping with one key, 'profiles'")
-    profiles = data.get("profiles") or {}
-    if not isinstance(profiles, Mapping):
-        raise ConfigError(f"{path.name}: profiles: must map profile names to profiles")
+    validate(data, PROFILES_FILE_SCHEMA, path.name)
+    profiles = (data or {}).get("profiles") or {}
     return {
         name: profile_from_dict(name, body, f"{path.name}: profiles.{name}")
         for name, body in profiles.items()

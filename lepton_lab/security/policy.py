@@ -205,16 +205,18 @@ class Policy:
 def load_policy(path: str | Path | None = None) -> Policy:
     """Read and validate the policy file (default ``config.policy_path()``)."""
     path = Path(policy_path() if path is None else path)
+    # Messages name the file, not where it lives: they reach users who have no business
+    # knowing the server's directories.
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: no policy file; write a commented example with "
-            f"lepton_lab.security.policy.ensure_policy_file('{path}', '<your user name>') and edit it"
+            f"{path.name}: no policy file; write a commented example with "
+            f"lepton_lab.security.policy.ensure_policy_file(PATH, '<your user name>') and edit it"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the policy file: {exc.strerror}") from None
-    return parse_policy_text(text, source=str(path))
+        raise ConfigError(f"{path.name}: cannot read the policy file: {exc.strerror}") from None
+    return parse_policy_text(text, source=path.name)
 
 
 def parse_policy_text(text: str, source: str = "<policy>") -> Policy:

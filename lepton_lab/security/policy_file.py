@@ -16,11 +16,10 @@ from typing import Any
 import yaml
 
 from lepton_lab.errors import ConfigError
+from lepton_lab.schemas import suggest, validate
 from lepton_lab.security.quota import QUOTA_FIELDS, TEAM_FIELDS, Quota
-from lepton_lab.security.roles import ALL_TEAMS, BUILTIN_ROLES, PERMISSIONS, suggest
+from lepton_lab.security.roles import ALL_TEAMS, BUILTIN_ROLES, PERMISSIONS
 
-_TOP_LEVEL = ("version", "teams", "roles", "members", "groups", "quotas", "terminals", "trusted", "privacy")
-_QUOTA_SECTIONS = ("teams", "users", "default_user", "default_team")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -85,8 +84,9 @@ groups:
 # How much may be held at once. Fields: max_gpus, max_workers, max_clusters;
 # null (or a field left out of a default) means unlimited. A team's quota also takes
 # spend_cap (what its clusters may cost, worker-hours x cost per worker-hour; creating a
-# cluster past it is refused) and idle_timeout (minutes with no task and no client
-# activity after which a cluster is stopped).
+# cluster past it is refused), spend_period (what the cap counts: month, the calendar
+# month in UTC, the default; or total) and idle_timeout (minutes with no task and no
+# client activity after which a cluster is stopped).
 quotas:
   # Everything a team's members hold together.
   teams:
@@ -121,37 +121,145 @@ trusted: []
 
 
 
+_KEYS = {"type": "string", "x-reason": "keys must be strings, got {kind} {value!r} (quote it)"}
+
+
+def _names(noun: str, *, strict: bool = True) -> dict[str, Any]:
+    """A list of distinct names; ``strict`` names hold only letters, digits, '.', '_' and '-'."""
+    name: dict[str, Any] = {
+        "type": "string",
+        "pattern": r"\S",
+        "x-reason": f"a {noun} name must be a non-empty string, got {{value!r}} (quote it)",
+    }
+    if strict:
+        name["allOf"] = [{"pattern": _NAME.pattern,
+                          "x-reason": f"{noun} name {{value!r}} may hold only letters, digits, '.', '_' and '-'"}]
+    return {"type": "array", "uniqueItems": True, "items": name,
+            "x-reason": {"type": f"must be a list of {noun} names, got {{kind}}",
+                         "uniqueItems": f"{noun} {{value!r}} is listed twice"}}
+
+
+def _mapping(what: str, values: dict[str, Any], *, keys: dict[str, Any] | None = None,
+             empty: bool = True) -> dict[str, Any]:
+    """A mapping of names to ``values``; ``keys`` checks each name (the path names the key at fault)."""
+    names: dict[str, Any] = dict(_KEYS)
+    if keys:
+        names["allOf"] = [{**keys, "x-at-key": True}]
+    return {"type": ["object", "null"] if empty else "object", "propertyNames": names,
+            "additionalProperties": values,
+            "x-reason": {"type": f"{what} must be a mapping (key: value), got {{kind}}"}}
+
+
+def _user_names(noun: str) -> dict[str, Any]:
+    return {"pattern": r"\S", "x-reason": f"a {noun} name must be a non-empty string, got {{value!r}} (quote it)"}
+
+
+_WHOLE_LIMIT: dict[str, Any] = {"type": ["integer", "null"], "minimum": 0,
+                "x-reason": "must be a whole number >= 0, or null for unlimited; got {value!r}"}
+_TEAM_ONLY: dict[str, Any] = {"not": {}, "x-reason": "a team's limit; set it under quotas.teams or default_team"}
+_TEAM_LIMITS: dict[str, dict[str, Any]] = {
+    "spend_cap": {"type": ["number", "null"], "minimum": 0,
+                  "x-reason": "must be a number >= 0, or null for none; got {value!r}"},
+    "idle_timeout": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                     "x-reason": "must be a number > 0 (minutes), or null for none; got {value!r}"},
+    "spend_period": {"enum": ["month", "total", None], "x-reason": "must be month or total; got {value!r}"},
+}
+
+
+def _quota(*, team: bool, default: bool = False) -> dict[str, Any]:
+    """A quota; a default one may be left empty (``default_user:`` with nothing after it)."""
+    limits: dict[str, dict[str, Any]] = {name: _WHOLE_LIMIT for name in QUOTA_FIELDS}
+    limits.update(_TEAM_LIMITS if team else {name: _TEAM_ONLY for name in TEAM_FIELDS})
+    return {"type": ["object", "null"] if default else "object", "propertyNames": _KEYS,
+            "additionalProperties": False, "properties": limits,
+            "x-unknown": "unknown quota field{close} (fields: {known})",
+            "x-reason": {"type": "a quota must be a mapping (key: value), got {kind}"}}
+
+
+_ROLE = {"type": "string", "x-reason": "a role is a string, got {kind}"}
+_RULES = {"type": "object",
+          "propertyNames": {"type": "string", "x-reason": "team names are strings, got {kind} {value!r}"},
+          "additionalProperties": _ROLE}
+_BUDGET = {
+    "type": "object", "required": ["epsilon", "delta"], "additionalProperties": False,
+    "properties": {
+        "epsilon": {"type": "number", "exclusiveMinimum": 0, "x-reason": "must be a positive number, got {value!r}"},
+        "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                  "x-reason": "must be between 0 and 1, got {value!r}"},
+    },
+    "x-reason": {"type": "a budget must be a mapping (key: value), got {kind}"},
+    "x-missing": "give epsilon and delta, e.g. {{epsilon: 8, delta: 1e-5}}",
+    "x-unknown": "give epsilon and delta only, e.g. {{epsilon: 8, delta: 1e-5}}",
+}
+
+#: The policy file's shape. Names it refers to (teams, roles) are checked after it, in code.
+POLICY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Lepton Lab policy file",
+    "type": "object",
+    "propertyNames": _KEYS,
+    "additionalProperties": False,
+    "required": ["version"],
+    "properties": {
+        "version": {"type": "integer", "const": 1, "x-reason": "unsupported version {value!r} (supported: 1)"},
+        "teams": _names("team"),
+        "roles": _mapping("roles", {
+            "type": "array",
+            "items": {"type": "string", "enum": list(PERMISSIONS),
+                      "x-reason": {"type": "a permission is a string, got {kind}",
+                                   "enum": "unknown permission {value!r}{close} (known: {choices})"}},
+            "x-reason": "must be a list of permissions, got {kind}",
+        }, keys={"pattern": _NAME.pattern, "x-reason": "role name {value!r} may hold only letters, digits, "
+                                                        "'.', '_' and '-'"}),
+        "members": _mapping("members", {**_RULES, "x-reason": {
+            "type": "a user's teams ({{team: role}}) must be a mapping (key: value), got {kind}"}},
+            keys=_user_names("user")),
+        "groups": _mapping("groups", {**_RULES, "x-reason": {
+            "type": "a group's teams ({{team: role}}) must be a mapping (key: value), got {kind}"}},
+            keys=_user_names("group")),
+        "quotas": {
+            "type": ["object", "null"], "additionalProperties": False,
+            "propertyNames": _KEYS,
+            "properties": {
+                "teams": _mapping("team quotas", _quota(team=True)),
+                "users": _mapping("user quotas", _quota(team=False), keys=_user_names("user")),
+                "default_user": _quota(team=False, default=True),
+                "default_team": _quota(team=True, default=True),
+            },
+            "x-unknown": "unknown section{close} (sections: {known})",
+            "x-reason": {"type": "quotas must be a mapping (key: value), got {kind}"},
+        },
+        "terminals": _names("role"),
+        "trusted": {**_names("user", strict=False), "type": ["array", "null"]},
+        "privacy": _mapping("privacy budgets", _BUDGET),
+    },
+    "x-unknown": "unknown section{close} (sections: {known})",
+    "x-missing": {"version": "missing; add 'version: 1' at the top"},
+    "x-reason": {"type": "the top level must be a mapping (key: value), got {kind}"},
+}
+
+
 def policy_fields(data: Any, source: str = "<policy>") -> dict[str, Any]:
     """Validate parsed YAML/JSON into the fields of a Policy; any problem raises a one-line ConfigError."""
+    if data is None:
+        raise ConfigError(f"{source}: the policy is empty; start from example_policy_text()")
+    validate(data, POLICY_SCHEMA, source)
     return _Parser(source).policy(data)
 
 
 class _Parser:
-    """Turns untrusted data into the fields of a Policy, failing on the first problem with its field path."""
+    """The checks a schema cannot make: names used where they must be defined, and the Policy's fields."""
 
     def __init__(self, source: str):
         self.source = source
 
     def fail(self, where: str, reason: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {where}: {reason}" if where else f"{self.source}: {reason}")
+        return ConfigError(f"{self.source}: {where}: {reason}")
 
-    def policy(self, data: Any) -> dict[str, Any]:
-        if data is None:
-            raise self.fail("", "the policy is empty; start from example_policy_text()")
-        data = self.mapping(data, "", "the top level")
-        unknown = [key for key in data if key not in _TOP_LEVEL]
-        if unknown:
-            raise self.fail(
-                str(unknown[0]), f"unknown section{suggest(str(unknown[0]), _TOP_LEVEL, 'sections')}"
-            )
-        if "version" not in data:
-            raise self.fail("version", "missing; add 'version: 1' at the top")
-        if data["version"] != 1 or isinstance(data["version"], bool):
-            raise self.fail("version", f"unsupported version {data['version']!r} (supported: 1)")
-
-        teams = self.names(data.get("teams", []), "teams", "team")
+    def policy(self, data: dict[str, Any]) -> dict[str, Any]:
+        teams = list(data.get("teams", []))
         roles = self.roles(_section(data, "roles"))
-        terminals = self.names(data.get("terminals", ["admin"]), "terminals", "role")
+        terminals = list(data.get("terminals", ["admin"]))
         for position, role in enumerate(terminals):
             if role not in roles:
                 raise self.fail(f"terminals[{position}]", f"unknown role {role!r}{suggest(role, roles)}")
@@ -161,26 +269,18 @@ class _Parser:
             name: (perms - {"terminals:use"}) | ({"terminals:use"} if name in terminal_roles else set())
             for name, perms in roles.items()
         }
-        trusted = self.names(_section(data, "trusted") or [], "trusted", "user", strict=False)
-        members = self.rules(_section(data, "members"), "members", "user", teams, roles)
-        groups = self.rules(_section(data, "groups"), "groups", "group", teams, roles)
-        quotas = self.mapping(_section(data, "quotas"), "quotas", "quotas")
-        for key in quotas:
-            if key not in _QUOTA_SECTIONS:
-                raise self.fail(f"quotas.{key}", f"unknown section{suggest(key, _QUOTA_SECTIONS, 'sections')}")
-        default_user = Quota(**self.quota(_section(quotas, "default_user"), "quotas.default_user"))
-        default_team = Quota(**self.quota(_section(quotas, "default_team"), "quotas.default_team", team=True))
+        members = self.rules(_section(data, "members"), "members", teams, roles)
+        groups = self.rules(_section(data, "groups"), "groups", teams, roles)
+        quotas = _section(data, "quotas")
+        default_user = Quota(**_section(quotas, "default_user"))
+        default_team = Quota(**_section(quotas, "default_team"))
         team_quotas = {}
-        for team, value in self.mapping(_section(quotas, "teams"), "quotas.teams", "team quotas").items():
-            where = f"quotas.teams.{team}"
+        for team, value in _section(quotas, "teams").items():
             if team not in teams:
-                raise self.fail(where, f"unknown team {team!r}{suggest(team, teams)}")
-            team_quotas[team] = replace(default_team, **self.quota(value, where, team=True))
-        user_quotas = {}
-        for user, value in self.mapping(_section(quotas, "users"), "quotas.users", "user quotas").items():
-            where = f"quotas.users.{user}"
-            self.name(user, where, "user", strict=False)
-            user_quotas[user] = replace(default_user, **self.quota(value, where))
+                raise self.fail(f"quotas.teams.{team}", f"unknown team {team!r}{suggest(team, teams)}")
+            team_quotas[team] = replace(default_team, **value)
+        user_quotas = {user: replace(default_user, **value)
+                       for user, value in _section(quotas, "users").items()}
         return dict(
             teams=tuple(teams),
             roles=MappingProxyType({name: frozenset(perms) for name, perms in roles.items()}),
@@ -191,118 +291,45 @@ class _Parser:
             default_user_quota=default_user,
             default_team_quota=default_team,
             terminal_roles=terminal_roles,
-            trusted=frozenset(trusted),
+            trusted=frozenset(_section(data, "trusted") or ()),
             source=self.source,
             version=1,
             privacy=MappingProxyType(self.privacy(_section(data, "privacy"), teams)),
         )
 
-    def privacy(self, value: Any, teams: list[str]) -> dict[str, tuple[float, float]]:
+    def privacy(self, budgets: dict[str, Any], teams: list[str]) -> dict[str, tuple[float, float]]:
         """``privacy: {team: {epsilon: 8, delta: 1e-5}, team/dataset: {...}}``."""
         out = {}
-        for key, budget in self.mapping(value, "privacy", "privacy budgets").items():
-            where = f"privacy.{key}"
-            team = str(key).split("/")[0]
+        for key, budget in budgets.items():
+            team = key.split("/")[0]
             if team not in teams:
-                raise self.fail(where, f"unknown team {team!r}{suggest(team, teams)}")
-            budget = self.mapping(budget, where, "a budget")
-            if set(budget) != {"epsilon", "delta"}:
-                raise self.fail(where, "give epsilon and delta, e.g. {epsilon: 8, delta: 1e-5}")
-            eps, delta = budget["epsilon"], budget["delta"]
-            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-                raise self.fail(f"{where}.epsilon", f"must be a positive number, got {eps!r}")
-            if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
-                raise self.fail(f"{where}.delta", f"must be between 0 and 1, got {delta!r}")
-            out[str(key)] = (float(eps), float(delta))
+                raise self.fail(f"privacy.{key}", f"unknown team {team!r}{suggest(team, teams)}")
+            out[key] = (float(budget["epsilon"]), float(budget["delta"]))
         return out
 
-    def roles(self, value: Any) -> dict[str, frozenset[str]]:
+    def roles(self, declared: dict[str, list[str]]) -> dict[str, frozenset[str]]:
         roles = dict(BUILTIN_ROLES)
-        for name, perms in self.mapping(value, "roles", "roles").items():
-            where = f"roles.{name}"
-            self.name(name, where, "role")
-            if not isinstance(perms, list):
-                raise self.fail(where, f"must be a list of permissions, got {_kind(perms)}")
-            for position, perm in enumerate(perms):
-                if not isinstance(perm, str):
-                    raise self.fail(f"{where}[{position}]", f"a permission is a string, got {_kind(perm)}")
-                if perm not in PERMISSIONS:
-                    raise self.fail(
-                        f"{where}[{position}]", f"unknown permission {perm!r}{suggest(perm, PERMISSIONS)}"
-                    )
-                if perm == "terminals:use":
-                    raise self.fail(
-                        f"{where}[{position}]",
-                        f"terminals:use is given by the top-level 'terminals' list; add {name} there instead",
-                    )
+        for name, perms in declared.items():
+            if "terminals:use" in perms:
+                raise self.fail(
+                    f"roles.{name}[{perms.index('terminals:use')}]",
+                    f"terminals:use is given by the top-level 'terminals' list; add {name} there instead",
+                )
             roles[name] = frozenset(perms)
         return roles
 
-    def rules(self, value: Any, section: str, noun: str, teams: list[str], roles: Mapping[str, Any]) -> dict:
+    def rules(self, value: dict[str, dict[str, str]], section: str, teams: list[str],
+              roles: Mapping[str, Any]) -> dict:
         rules = {}
-        for who, per_team in self.mapping(value, section, section).items():
-            where = f"{section}.{who}"
-            self.name(who, where, noun, strict=False)
-            per_team = self.mapping(per_team, where, f"a {noun}'s teams ({{team: role}})")
+        for who, per_team in value.items():
             for team, role in per_team.items():
-                if not isinstance(team, str):
-                    raise self.fail(where, f"team names are strings, got {_kind(team)} {team!r}")
+                where = f"{section}.{who}.{team}"
                 if team != ALL_TEAMS and team not in teams:
-                    raise self.fail(
-                        f"{where}.{team}", f"unknown team {team!r}{suggest(team, teams + [ALL_TEAMS])}"
-                    )
-                if not isinstance(role, str):
-                    raise self.fail(f"{where}.{team}", f"a role is a string, got {_kind(role)}")
+                    raise self.fail(where, f"unknown team {team!r}{suggest(team, teams + [ALL_TEAMS])}")
                 if role not in roles:
-                    raise self.fail(f"{where}.{team}", f"unknown role {role!r}{suggest(role, roles)}")
+                    raise self.fail(where, f"unknown role {role!r}{suggest(role, roles)}")
             rules[who] = MappingProxyType(dict(per_team))
         return rules
-
-    def quota(self, value: Any, where: str, *, team: bool = False) -> dict[str, Any]:
-        value = self.mapping(value, where, "a quota")
-        for key, limit in value.items():
-            if key in TEAM_FIELDS:
-                if not team:
-                    raise self.fail(f"{where}.{key}", "a team's limit; set it under quotas.teams or default_team")
-                if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
-                                          or not 0 <= limit < float("inf") or (key == "idle_timeout" and not limit)):
-                    low = "> 0 (minutes)" if key == "idle_timeout" else ">= 0"
-                    raise self.fail(f"{where}.{key}", f"must be a number {low}, or null for none; got {limit!r}")
-                continue
-            if key not in QUOTA_FIELDS:
-                raise self.fail(
-                    f"{where}.{key}", f"unknown quota field{suggest(key, QUOTA_FIELDS + TEAM_FIELDS, 'fields')}"
-                )
-            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-                raise self.fail(
-                    f"{where}.{key}", f"must be a whole number >= 0, or null for unlimited; got {limit!r}"
-                )
-        return dict(value)
-
-    def names(self, value: Any, where: str, noun: str, *, strict: bool = True) -> list[str]:
-        if not isinstance(value, list):
-            raise self.fail(where, f"must be a list of {noun} names, got {_kind(value)}")
-        seen: list[str] = []
-        for position, name in enumerate(value):
-            self.name(name, f"{where}[{position}]", noun, strict=strict)
-            if name in seen:
-                raise self.fail(f"{where}[{position}]", f"{noun} {name!r} is listed twice")
-            seen.append(name)
-        return seen
-
-    def name(self, name: Any, where: str, noun: str, *, strict: bool = True) -> None:
-        if not isinstance(name, str) or not name.strip():
-            raise self.fail(where, f"a {noun} name must be a non-empty string, got {name!r} (quote it)")
-        if strict and not _NAME.match(name):
-            raise self.fail(where, f"{noun} name {name!r} may hold only letters, digits, '.', '_' and '-'")
-
-    def mapping(self, value: Any, where: str, what: str) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(where, f"{what} must be a mapping (key: value), got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.fail(where, f"keys must be strings, got {_kind(key)} {key!r} (quote it)")
-        return value
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -334,16 +361,4 @@ def _section(data: dict, key: str) -> Any:
     return {} if value is None else value
 
 
-def _kind(value: Any) -> str:
-    kinds = {
-        dict: "a mapping",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-    }
-    return kinds.get(type(value), "nothing" if value is None else f"a {type(value).__name__}")
-
-
-__all__ = ["example_policy_text", "policy_fields", "read_policy_yaml"]
+__all__ = ["POLICY_SCHEMA", "example_policy_text", "policy_fields", "read_policy_yaml"]

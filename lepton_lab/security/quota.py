@@ -9,7 +9,9 @@ from lepton_lab.errors import QuotaExceeded
 
 QUOTA_FIELDS = ("max_gpus", "max_workers", "max_clusters")
 #: Fields only a team's quota takes: money its clusters may cost, minutes a cluster may sit idle.
-TEAM_FIELDS = ("spend_cap", "idle_timeout")
+TEAM_FIELDS = ("spend_cap", "spend_period", "idle_timeout")
+#: What a spend cap counts: this calendar month's spend (UTC; the default) or everything ever spent.
+SPEND_PERIODS = ("month", "total")
 
 
 @dataclass(frozen=True)
@@ -23,12 +25,17 @@ class Quota:
     spend_cap: float | None = None
     #: Teams only: minutes a cluster may run with no task and no client activity before it is stopped.
     idle_timeout: float | None = None
+    #: Teams only: what ``spend_cap`` counts, ``month`` (the calendar month, UTC) or ``total``; None is month.
+    spend_period: str | None = None
 
     def tighter(self, other: Quota) -> Quota:
         """The field-by-field smaller of two quotas (``None`` loses to any number)."""
         merged: dict[str, Any] = {}
         for name in QUOTA_FIELDS + TEAM_FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
+            if name == "spend_period":  # not a limit: a team's own setting
+                merged[name] = mine or theirs
+                continue
             merged[name] = theirs if mine is None else mine if theirs is None else min(mine, theirs)
         return Quota(**merged)
 

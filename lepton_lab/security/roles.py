@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
+
+from lepton_lab.schemas import suggest
 
 #: Every permission a role can carry.
 PERMISSIONS: tuple[str, ...] = (
@@ -55,12 +56,6 @@ ALL_TEAMS = "*"
 def role_rank(role: str) -> int:
     """Rank of a role for display and ownership: admin 40 > lead 30 > analyst 20 > viewer 10, others 0."""
     return ROLE_RANKS.get(role, 0)
-
-
-def suggest(name: str, known: Iterable[str], label: str = "known") -> str:
-    known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    return (f"; did you mean {close[0]!r}?" if close else "") + f" ({label}: {', '.join(known) or 'none'})"
 
 
 __all__ = ["ALL_TEAMS", "BUILTIN_ROLES", "PERMISSIONS", "ROLE_RANKS", "role_rank", "suggest"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
@@ -11,11 +12,32 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from ..errors import LeptonError
+from ..schemas import problem
 from ..security.authz import RequestTrace
 from ..services import Actor, Services
 
 #: Largest JSON body a Lepton route accepts.
 MAX_BODY = 64 * 1024
+
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
+
+
+def object_schema(properties: Mapping[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The schema of a request body: these fields and no other, the ``required`` ones present."""
+    return {"type": "object", "properties": dict(properties), "additionalProperties": False,
+            "required": list(required), "x-unknown": "unknown field {key!r} (fields: {known})",
+            "x-missing": "missing field {key!r}"}
+
+
+def fields_schema(allowed: Mapping[str, type | tuple[type, ...]], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A body schema from field -> Python type(s); null stands for a field left out."""
+    properties = {}
+    for key, types in allowed.items():
+        names = [_JSON_TYPES[t] for t in (types if isinstance(types, tuple) else (types,))]
+        if "number" in names and "integer" in names:
+            names.remove("integer")
+        properties[key] = {"type": [*names, "null"], "x-reason": "wrong type: must be {expected}, got {kind}"}
+    return object_schema(properties, required)
 
 
 def json_error(handler: Any, status_code: int, **kwargs: Any) -> None:
@@ -46,7 +68,11 @@ class LeptonHandler(APIHandler):
         return Actor.of(self.current_user)
 
     def body(self, allowed: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()) -> dict[str, Any]:
-        """The JSON object body, checked: size, unknown fields, types, required fields (400 otherwise)."""
+        """The JSON object body with only ``allowed`` fields of their types and the ``required`` ones (400 else)."""
+        return self.json_body(fields_schema(allowed, required))
+
+    def json_body(self, schema: Mapping[str, Any]) -> dict[str, Any]:
+        """The JSON object body, checked against ``schema``: its first problem is a one-line 400."""
         raw = self.request.body or b""
         if len(raw) > MAX_BODY:
             raise web.HTTPError(400, f"request body over {MAX_BODY // 1024} KiB")
@@ -56,20 +82,10 @@ class LeptonHandler(APIHandler):
             raise web.HTTPError(400, f"body is not valid JSON ({e.__class__.__name__})") from None
         if not isinstance(data, dict):
             raise web.HTTPError(400, "body must be a JSON object")
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise web.HTTPError(400, f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(allowed))})")
-        for key in required:
-            if key not in data:
-                raise web.HTTPError(400, f"missing field {key!r}")
-        for key, value in data.items():
-            types = allowed[key]
-            if value is None:
-                continue
-            if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-                raise web.HTTPError(400, f"field {key!r} has the wrong type")
-            if not isinstance(value, types):
-                raise web.HTTPError(400, f"field {key!r} has the wrong type")
+        found = problem(data, schema)
+        if found is not None:
+            path, reason = found
+            raise web.HTTPError(400, (f"{path}: {reason}" if path else reason).replace("%", "%%"))
         return data
 
     def check_xsrf_cookie(self) -> None:

@@ -12,9 +12,17 @@ import re
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from .base import LeptonHandler
+from .base import LeptonHandler, object_schema
 
 HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+_HOSTS = "up to 16 host names or IP addresses; got {value!r}"
+#: The token, the site the worker means to join as, the names its certificate may carry.
+JOIN_BODY = object_schema({
+    "token": {"type": "string", "x-reason": "wrong type: the join token, got {kind}"},
+    "site": {"type": ["string", "null"], "x-reason": "wrong type: a site name, got {kind}"},
+    "hosts": {"type": ["array", "null"], "maxItems": 16, "x-reason": _HOSTS,
+              "items": {"type": "string", "pattern": HOST.pattern, "x-reason": _HOSTS}},
+}, required=("token",))
 
 
 class JoinHandler(LeptonHandler):
@@ -26,10 +34,8 @@ class JoinHandler(LeptonHandler):
 
     @allow_unauthenticated
     async def post(self):
-        body = self.body({"token": str, "site": str, "hosts": list}, required=("token",))
-        hosts = tuple(h for h in (body.get("hosts") or ["127.0.0.1", "localhost"]) if isinstance(h, str))
-        if not hosts or not all(HOST.match(h) for h in hosts) or len(hosts) > 16:
-            raise web.HTTPError(400, "hosts: up to 16 host names or IP addresses")
+        body = self.json_body(JOIN_BODY)
+        hosts = tuple(body.get("hosts") or ["127.0.0.1", "localhost"])
         services = self.services
         try:
             out = await self.run(services.redeem_join, body["token"], hosts)

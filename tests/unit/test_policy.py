@@ -178,7 +178,7 @@ def test_yaml_syntax_error_is_one_line_with_line_number(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_policy(path)
     text = str(caught.value)
-    assert text.startswith(f"{path}: line ")
+    assert text.startswith("policy.yaml: line ") and str(path.parent) not in text
     assert "YAML syntax error" in text and "\n" not in text
 
 
@@ -201,7 +201,7 @@ def test_missing_file_says_how_to_create_one(tmp_path):
 def test_load_policy_names_the_file_in_errors(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(changed(["members", "bob", "finance"], "nobody")))
-    with pytest.raises(ConfigError, match=rf"^{path}: members.bob.finance: unknown role 'nobody'"):
+    with pytest.raises(ConfigError, match=r"^policy.yaml: members.bob.finance: unknown role 'nobody'"):
         load_policy(path)
 
 
