@@ -259,6 +259,33 @@ def run_join_token(a: argparse.Namespace) -> int:
     return 0
 
 
+def run_revoke(a: argparse.Namespace) -> int:
+    from .security.identity import local_user
+    from .services.certs import revoke_offline
+
+    revoked = revoke_offline(a.user, by=local_user())
+    total = sum(revoked.values())
+    print(f"revoked {total} certificate(s) of {a.user} on {sum(1 for n in revoked.values() if n)} cluster(s)")
+    return 0
+
+
+def run_registry_migrate(a: argparse.Namespace) -> int:
+    from .security.identity import local_user
+    from .security.policy import load_policy
+    from .services import Actor, Services
+
+    services = Services(load_policy(), tls=False)
+    try:
+        done = services.migrate_registry(Actor(local_user()), a.team)
+    finally:
+        services.close()
+    for m in done:
+        aliases = ", ".join(f"{k}={v}" for k, v in m["aliases"].items()) or "no aliases"
+        print(f"{m['team']}/{m['name']}: signed alias log written for versions {m['versions']} ({aliases})")
+    print(f"migrated {len(done)} model(s); every other model already has its alias log")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lepton-lab", description="Lepton Lab command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     ver = aud_sub.add_parser("verify", help="check the hash chain; exit 1 if a line was changed or removed")
     ver.add_argument("--file", default=None)
     ver.set_defaults(run=run_audit_verify)
+    rv = sub.add_parser("revoke", help="revoke USER's client certificates on every cluster; running ones "
+                        "close USER's connections at once")
+    rv.add_argument("user")
+    rv.set_defaults(run=run_revoke)
+    reg = sub.add_parser("registry", help="the model registry")
+    reg_sub = reg.add_subparsers(dest="action", required=True)
+    mig = reg_sub.add_parser("migrate", help="give models published before alias logs their signed log, "
+                             "after verifying every version (admins of the team)")
+    mig.add_argument("--team", default=None, help="one team (default: every team of the policy)")
+    mig.set_defaults(run=run_registry_migrate)
     jt = sub.add_parser("join-token", help="a one-time token for a worker joining CLUSTER over TLS")
     jt.add_argument("cluster")
     jt.add_argument("--site", required=True)

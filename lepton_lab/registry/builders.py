@@ -4,7 +4,7 @@ A manifest is data written by a publisher; the name in its ``construction`` is
 checked against this list *before* anything is imported, so loading or
 predicting never runs a module a publisher chose. Allowed are:
 
-- the package's own builders (``lepton_lab.ml.modelspec:build_model``);
+- the package's own builders (``lepton_lab.registry.modelspec:build_model``);
 - PyTorch's layers (classes in ``torch.nn.modules.*``) and XGBoost's
   scikit-learn estimators (``xgboost.sklearn``);
 - classes this process registered itself: with :func:`allow_builder`, with
@@ -27,15 +27,18 @@ from typing import Any
 
 from lepton_lab.errors import ConfigError
 
-PACKAGE_BUILDERS = frozenset({"lepton_lab.ml.modelspec:build_model"})
+PACKAGE_BUILDERS = frozenset({"lepton_lab.registry.modelspec:build_model"})
 #: Names older versions recorded for a package builder, and where it lives now.
-_RENAMED = {"lepton_lab.ml.compress:build_model": "lepton_lab.ml.modelspec:build_model"}
+_RENAMED = {"lepton_lab.ml.compress:build_model": "lepton_lab.registry.modelspec:build_model",
+            "lepton_lab.ml.modelspec:build_model": "lepton_lab.registry.modelspec:build_model"}
 _TORCH_LAYERS = "torch.nn.modules."
 _XGB_ESTIMATORS = "xgboost.sklearn"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _TARGET_RE = re.compile(rf"^({_DOTTED}):({_DOTTED})$")
 
 _registered: set[str] = set()
+#: target -> the object :func:`allow_builder` was given.
+_live: dict[str, Any] = {}
 
 
 def target_of(obj: Any) -> str:
@@ -44,11 +47,21 @@ def target_of(obj: Any) -> str:
 
 
 def allow_builder(obj: Any) -> Any:
-    """Let this process rebuild models with ``obj`` (a class or function); usable as a decorator."""
+    """Let this process rebuild models with ``obj`` (a class or function); usable as a decorator.
+
+    The object itself is kept: rebuilding with it imports nothing, so a class defined in a
+    notebook (``__main__``) and shipped to a worker by value works there too.
+    """
     if "<locals>" in getattr(obj, "__qualname__", "<locals>"):
         raise ConfigError(f"{obj!r} is defined inside a function; define it at module level")
     _registered.add(target_of(obj))
+    _live[target_of(obj)] = obj
     return obj
+
+
+def registered_builder(target: Any) -> Any:
+    """The live object this process allowed under ``target`` with :func:`allow_builder`, or None."""
+    return _live.get(target) if isinstance(target, str) else None
 
 
 def configured() -> frozenset[str]:
@@ -83,6 +96,9 @@ def resolve_builder(target: str, framework: str) -> Any:
     """The allowed class or builder function named ``target``; ConfigError saying why not."""
     target = check_target(target, framework)
     module_name, _, qualname = target.partition(":")
+    live = _live.get(target)
+    if live is not None:
+        return _check_kind(live, target, framework)
     try:
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -93,6 +109,10 @@ def resolve_builder(target: str, framework: str) -> Any:
         ) from None
     if getattr(obj, "__module__", None) != module_name or getattr(obj, "__qualname__", None) != qualname:
         raise ConfigError(f"{target} names an object defined elsewhere; name it where it is defined")
+    return _check_kind(obj, target, framework)
+
+
+def _check_kind(obj: Any, target: str, framework: str) -> Any:
     if framework == "torch":
         import torch
 
@@ -108,4 +128,5 @@ def resolve_builder(target: str, framework: str) -> Any:
     return obj
 
 
-__all__ = ["PACKAGE_BUILDERS", "allow_builder", "check_target", "configured", "resolve_builder", "target_of"]
+__all__ = ["PACKAGE_BUILDERS", "allow_builder", "check_target", "configured", "registered_builder", "resolve_builder",
+           "target_of"]

@@ -7,9 +7,12 @@
      "sig": "<root signature over the entry without sig>"}
 
 Events: ``publish`` (version, manifest SHA-256, signer, and the permission the
-signer held in the team when it was granted), ``alias``, ``unalias`` and
-``delete``. Folding the verified entries gives the versions that exist and
-where each alias points: what a reader trusts, rather than ``index.json``.
+signer held in the team when it was granted), ``alias``, ``unalias``,
+``delete`` and ``migrate`` (an admin wrote the log of a model published before
+alias logs, from its verified versions; it carries the highest version number
+the model ever used, so numbers of deleted versions are not reused). Folding
+the verified entries gives the versions that exist and where each alias points:
+what a reader trusts, rather than ``index.json``.
 Each entry names the previous one, so none can be edited, dropped from the
 middle or reordered; a witness kept beside the root key remembers the length
 of the log, so it cannot be cut back either.
@@ -140,6 +143,11 @@ class AliasLog:
                 state.aliases[str(entry.get("alias"))] = version
         elif event == "unalias":
             ok = state.aliases.pop(str(entry.get("alias")), None) is not None
+        elif event == "migrate":
+            last = entry.get("last_version")
+            ok = isinstance(last, int) and not isinstance(last, bool) and last >= state.last_version
+            if ok:
+                state.last_version = int(last)  # type: ignore[arg-type]
         elif event == "delete":
             ok = state.versions.pop(version, None) is not None
             state.aliases = {a: v for a, v in state.aliases.items() if v != version}

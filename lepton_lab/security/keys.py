@@ -237,6 +237,26 @@ class KeyRing:
         except (ValueError, IntegrityError):
             raise ConfigError(f"the registered public key of {user} is damaged") from None
 
+    def held_public_key(self, user: str) -> Ed25519PublicKey:
+        """The key that checks signatures ``user`` made before public keys were certified; writes nothing.
+
+        A certified record's key as :meth:`public_key` gives it; else an uncertified
+        record's, only if the services hold its private half (what :meth:`signing_key`
+        would certify on the user's next use). IntegrityError otherwise.
+        """
+        record = PublicKeyFile.read(self.public_keys_path).find(_check_user(user))
+        if record is not None and record.certificate:
+            return self.public_key(user)
+        path = self.directory / "users" / f"{user}.ed25519"
+        if record is None or not path.exists():
+            raise IntegrityError(f"the services hold no signing key of {user}, so nothing {user} signed can be "
+                                 "checked; restore their key file from a backup")
+        public = _load_private(path).public_key()
+        if _b64(_public_raw(public)) != record.public_key:
+            raise IntegrityError(f"the public key registered for {user} is not the one of the signing key the "
+                                 "services hold; it was replaced")
+        return public
+
     def users(self) -> list[str]:
         """Users with a registered public key."""
         return sorted(k.user for k in PublicKeyFile.read(self.public_keys_path).keys)

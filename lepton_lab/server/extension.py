@@ -1,4 +1,8 @@
-"""The server extension: load the policy (refusing to start on a bad one), wire services and routes."""
+"""The server extension: load the policy (refusing to start on a bad one), wire services and routes.
+
+Once running, the policy file is read again whenever it changes (the services' watch) or an
+admin asks (``POST /lepton/api/admin/policy``); a bad edit is refused and the policy in force stays.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from ..security.identity import local_user, server_owner, set_current_policy
 from ..security.policy import ensure_policy_file, load_policy
 from ..services import Actor, Services
 from .kernels import watch_kernels
+from .lab import guard_lab_handlers
 from .routes import setup_route_handlers
 
 
@@ -38,11 +43,18 @@ def load_server_extension(server_app) -> None:
         raise SystemExit(f"Lepton Lab: invalid policy, server not started: {e}") from None
     set_current_policy(policy)
     # In the control plane, every cluster runs under its owner's OS account, never under this one.
-    services = Services(policy, run_as_owner=role == "control-plane")
+    services = Services(policy, run_as_owner=role == "control-plane", policy_path=path)
+    try:  # edits to the policy file take effect within one watch period (services.policy_reload)
+        services.start_watch()
+    except ConfigError as e:
+        server_app.log.critical(f"Lepton Lab: {e}")
+        raise SystemExit(f"Lepton Lab: server not started: {e}") from None
     web_app = server_app.web_app
     web_app.settings["lepton"] = services
     web_app.settings["lepton_control_plane"] = role == "control-plane"
     setup_route_handlers(web_app)
+    # JupyterLab's own routes (workspaces, settings, ...) ask the authorizer too.
+    guard_lab_handlers(web_app)
     if role == "personal":
         owners = KernelOwners(server_owner())
         web_app.settings["lepton_kernel_owners"] = owners

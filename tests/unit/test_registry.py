@@ -203,10 +203,10 @@ def test_compressed_chain_round_trip(registry, mlp, data, steps):
     xs = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
     small, _ = compress(mlp, data=(xs, y), force=True, epochs=0, progress=False, **steps)
     manifest = registry.publish(small, name="mlp-small", team="finance", user="bob")
-    assert manifest.construction.target == "lepton_lab.ml.modelspec:build_model"
-    # versions published before the builder had a module of its own name it in the compressor
-    assert serialize_module.resolve("lepton_lab.ml.compress:build_model") is serialize_module.resolve(
-        manifest.construction.target)
+    assert manifest.construction.target == "lepton_lab.registry.modelspec:build_model"
+    # versions published before name the builder where it lived then: in the compressor, then in ml
+    for older in ("lepton_lab.ml.compress:build_model", "lepton_lab.ml.modelspec:build_model"):
+        assert serialize_module.resolve(older) is serialize_module.resolve(manifest.construction.target)
     assert manifest.construction.kwargs["spec"]["layers"][0]["out_features"] == 8
     model = registry.load("mlp-small", team="finance").model
     if "quantize" in steps:
@@ -810,12 +810,17 @@ def test_load_holds_the_payload_once(registry):
 def test_public_publish_streams_into_the_registry(registry, monkeypatch, data):
     import importlib
 
-    from lepton_lab.session import EmbeddedTransport
+    from lepton_lab.embedded import EmbeddedTransport
+    from lepton_lab.security.identity import local_user
+    from lepton_lab.security.policy import default_policy
+    from lepton_lab.services import Services
 
     models_module = importlib.import_module("lepton_lab.models")
 
-    transport = EmbeddedTransport.__new__(EmbeddedTransport)
-    transport._registry = registry
+    # The in-process door: the services (policy, audit) with this registry behind them.
+    services = Services(default_policy(local_user()), keep_records=False)
+    services._registry = registry
+    transport = EmbeddedTransport(services)
 
     class Local:
         def __init__(self):
