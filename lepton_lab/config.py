@@ -17,6 +17,10 @@ CONNECT_TIMEOUT = float(os.environ.get("LEPTON_CONNECT_TIMEOUT", "5"))
 #: Seconds between two snapshots of the live allocation view.
 REFRESH_INTERVAL = 1.0
 
+#: Seconds a job stays in the allocation view after the scheduler forgot its tasks, and how many such jobs.
+ENDED_JOB_SECONDS = 600.0
+ENDED_JOBS_KEPT = 20
+
 #: Profile used by ``up()`` when none is named.
 DEFAULT_PROFILE = "local"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 import weakref
@@ -11,7 +10,8 @@ from typing import Any
 from dask.utils import format_bytes
 
 from . import config
-from .cluster.allocation import Snapshot
+from .cluster.allocation import JobAllocation, Snapshot, WorkerAllocation
+from .reprs import render
 
 SITE_COLOURS = {"cloud": "#3b6fb6", "edge": "#2f9e6e", "unknown": "#888888"}
 
@@ -20,34 +20,13 @@ def _pct(used: float, total: float) -> float:
     return round(100.0 * used / total, 1) if total else 0.0
 
 
-# The sidebar's look, inline so that it holds wherever the output is shown (JupyterLab's
-# variables with fallbacks for other frontends and exported HTML).
-_CHIP = {"cloud": "var(--jp-brand-color3, #bbdefb)", "edge": "var(--jp-success-color3, #c8e6c9)",
-         "gpu": "var(--jp-warn-color3, #ffe0b2)"}
-_MUTED = "color:var(--jp-ui-font-color2, #616161);font-size:var(--jp-ui-font-size0, 11px)"
-_CELL = "padding:2px 8px 2px 4px;border-bottom:1px solid var(--jp-border-color3, #eeeeee);text-align:left"
-_HEAD = f"{_CELL};{_MUTED};font-weight:normal"
+def _cost(per_hour: float) -> str:
+    """``"$0.50/h"``; empty where no cost is set."""
+    return f"${per_hour:.2f}/h" if per_hour else ""
 
 
-def chip(text: str, kind: str = "") -> str:
-    """A small rounded label, coloured by site kind like the sidebar's."""
-    background = _CHIP.get(kind, "var(--jp-layout-color3, #e0e0e0)")
-    return (f"<span style='background:{background};border-radius:8px;padding:0 6px;margin-right:4px;"
-            f"font-size:var(--jp-ui-font-size0, 11px);line-height:1.5;display:inline-block'>"
-            f"{html.escape(str(text))}</span>")
-
-
-def bar(percent: float, label: str, colour: str = "var(--jp-brand-color2, #64b5f6)") -> str:
-    """A horizontal bar with its label on it, red past 90 %, amber past 70 %."""
-    width = max(0.0, min(100.0, percent))
-    if width > 90:
-        colour = "var(--jp-error-color2, #e57373)"
-    elif width > 70:
-        colour = "var(--jp-warn-color2, #ffb74d)"
-    return (f"<div style='position:relative;min-width:110px;height:14px;border-radius:2px;overflow:hidden;"
-            f"background:var(--jp-layout-color3, #e0e0e0)'><div style='width:{width:.1f}%;height:100%;"
-            f"background:{colour}'></div><span style='position:absolute;left:4px;top:0;line-height:14px;"
-            f"font-size:var(--jp-ui-font-size0, 11px);white-space:nowrap'>{html.escape(label)}</span></div>")
+def _with_costs(snap: Snapshot) -> bool:
+    return any(s.cost_per_hour for s in snap.sites)
 
 
 def memory_short(used: int, limit: int) -> str:
@@ -63,31 +42,33 @@ def memory_short(used: int, limit: int) -> str:
     return f"{used / scale:.{digits}f}/{limit / scale:.{digits}f} {unit}"
 
 
-class Html(str):
-    """A table cell that is already HTML (everything else is escaped)."""
+def duration(seconds: float) -> str:
+    """``"4.2 s"``, ``"3m 05s"``, ``"2h 03m"``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole // 60 % 60:02d}m"
+
+
+def job_status(job: JobAllocation) -> str:
+    """Where a job stands: ``"done in 4.2 s"``, ``"running 12.0 s"``, ``"waiting"``,
+    ``"stopped after 3.1 s"`` (ended with tasks that never finished); erred tasks are named."""
+    erred = f", {job.erred} erred" if job.erred else ""
+    if job.finished is not None:
+        if job.done + job.erred >= job.total:
+            return f"done in {duration(job.elapsed)}{erred}"
+        return f"stopped after {duration(job.elapsed)}{erred}"
+    if job.started is None:
+        return f"waiting{erred}"
+    return f"running {duration(job.elapsed)}{erred}"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(c: Any, tag: str, style: str) -> str:
-        return f"<{tag} style='{style}'>{c if isinstance(c, Html) else html.escape(str(c))}</{tag}>"
-
-    head = "".join(cell(h, "th", _HEAD) for h in headers)
-    body = "".join("<tr>" + "".join(cell(c, "td", _CELL) for c in row) + "</tr>" for row in rows)
-    return (f"<table class='lepton-table' style='border-collapse:collapse;margin:4px 0 8px'>"
-            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-
-
-def _cost(per_hour: float) -> str:
-    """``"$0.50/h"``; empty where no cost is set."""
-    return f"${per_hour:.2f}/h" if per_hour else ""
-
-
-def _with_costs(snap: Snapshot) -> bool:
-    return any(s.cost_per_hour for s in snap.sites)
-
-
-def _heading(text: str) -> str:
-    return f"<div style='font-weight:600;margin:8px 0 2px'>{html.escape(text)}</div>"
+    """A table in the sidebar's look; every cell is text (``markupsafe.Markup`` for one that is HTML)."""
+    return render("cluster_table", headers=headers, rows=rows)
 
 
 #: Dashboard panes linked from a cluster view: (label, pane id of the sidebar's command, dashboard page).
@@ -97,38 +78,82 @@ DASHBOARD_PANES = (("task stream", "task-stream", "individual-task-stream"),
                    ("memory", "memory", "individual-workers-memory"))
 
 
+def _links(dashboard: str, cluster: str) -> dict[str, Any] | None:
+    """The dashboard's link and, when it goes through the Jupyter server, its panes'."""
+    if not dashboard:
+        return None
+    root, _, _ = dashboard.rpartition("/")
+    if not root.rpartition("/")[0].endswith("/lepton/dashboard"):
+        return {"href": dashboard, "panes": []}
+    cluster_id = root.rpartition("/")[2]
+    return {"href": dashboard, "cluster_id": cluster_id, "cluster_name": cluster or cluster_id,
+            "panes": [{"label": label, "pane": pane, "href": f"{root}/{page}"}
+                      for label, pane, page in DASHBOARD_PANES]}
+
+
 def dashboard_links(dashboard: str, cluster: str = "") -> str:
     """Links to the dashboard: through the Jupyter server (``.../lepton/dashboard/<id>/status``),
     its panes too, which the Lepton extension opens as JupyterLab tabs (a browser tab elsewhere)."""
-    if not dashboard:
-        return ""
-    whole = f"<a href='{html.escape(dashboard)}' target='_blank' rel='noopener'>Dask dashboard</a>"
-    root, _, _ = dashboard.rpartition("/")
-    proxied = root.rpartition("/")[0].endswith("/lepton/dashboard")
-    if not proxied:
-        return f" · {whole}"
-    cluster_id = root.rpartition("/")[2]
-    panes = []
-    for label, pane, page in DASHBOARD_PANES:
-        panes.append(f"<a href='{html.escape(root)}/{page}' target='_blank' rel='noopener' "
-                     f"data-lepton-pane='{pane}' data-lepton-cluster='{html.escape(cluster_id)}' "
-                     f"data-lepton-cluster-name='{html.escape(cluster or cluster_id)}'>{label}</a>")
-    return f" · {whole}: {' · '.join(panes)}"
+    return render("cluster_links", links=_links(dashboard, cluster))
+
+
+def _header(snap: Snapshot, title: str, dashboard: str) -> dict[str, Any]:
+    t = snap.totals
+    totals = [f"{t.workers} workers", f"{t.nthreads} threads",
+              f"memory {format_bytes(t.memory_used)} / {format_bytes(t.memory_limit)}",
+              f"{t.gpus} GPUs", f"{t.processing} tasks running"]
+    if t.cost_per_hour:
+        totals.append(_cost(t.cost_per_hour))
+    return {"title": title or snap.cluster, "scheduler": snap.scheduler, "totals": totals,
+            "links": _links(dashboard, snap.cluster)}
+
+
+def _sites(snap: Snapshot) -> dict[str, Any]:
+    return {"costs": _with_costs(snap), "sites": [
+        {"name": s.name, "kind": s.kind, "workers": s.workers, "threads": s.nthreads,
+         "memory_pct": _pct(s.memory_used, s.memory_limit), "memory": memory_short(s.memory_used, s.memory_limit),
+         "gpus": s.gpus, "tasks": s.processing, "cost": _cost(s.cost_per_hour)} for s in snap.sites]}
+
+
+def _gpus(w: WorkerAllocation) -> str:
+    return ", ".join(f"{g.name} {g.utilization or 0:.0f}%" for g in w.gpus)
+
+
+def _held(w: WorkerAllocation) -> str:
+    return ", ".join(f"{j}×{n}" for j, n in w.jobs.items())
+
+
+def _holds(j: JobAllocation) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(j.resources.items()))
+
+
+def _workers(snap: Snapshot) -> dict[str, Any]:
+    return {"workers": [
+        {"name": w.name, "site": w.site, "kind": w.kind, "threads": w.nthreads, "cpu": w.cpu,
+         "memory_pct": _pct(w.memory_used, w.memory_limit), "memory": memory_short(w.memory_used, w.memory_limit),
+         "gpus": _gpus(w), "tasks": w.processing, "jobs": _held(w)} for w in snap.workers]}
+
+
+def _jobs(snap: Snapshot) -> dict[str, Any]:
+    return {"jobs": [
+        {"name": j.name, "done": j.done, "total": j.total, "done_pct": _pct(j.done, j.total),
+         "erred_pct": _pct(j.erred, j.total), "status": job_status(j), "tasks": j.tasks, "sites": j.sites,
+         "workers": ", ".join(j.workers), "holds": _holds(j)} for j in snap.jobs]}
 
 
 def header_html(snap: Snapshot, title: str = "", dashboard: str = "") -> str:
-    t = snap.totals
-    link = dashboard_links(dashboard, snap.cluster)
-    parts = [f"{t.workers} workers", f"{t.nthreads} threads",
-             f"memory {format_bytes(t.memory_used)} / {format_bytes(t.memory_limit)}",
-             f"{t.gpus} GPUs", f"{t.processing} tasks running"]
-    if t.cost_per_hour:
-        parts.append(_cost(t.cost_per_hour))
-    return (
-        f"<div class='lepton-header' style='margin-bottom:4px'><b>{html.escape(title or snap.cluster)}</b> "
-        f"<code style='{_MUTED}'>{html.escape(snap.scheduler)}</code>{link}"
-        f"<div style='{_MUTED}'>{html.escape(' · '.join(parts))}</div></div>"
-    )
+    """The view's first lines: its title, scheduler, dashboard links and totals."""
+    return render("cluster_header", **_header(snap, title, dashboard))
+
+
+def tables_html(snap: Snapshot) -> str:
+    """The live widget's tables: sites and jobs (its figure shows the workers)."""
+    return render("cluster_live", **_sites(snap), **_jobs(snap))
+
+
+def snapshot_html(snap: Snapshot, title: str = "", dashboard: str = "") -> str:
+    """A static HTML view of one snapshot (for ``_repr_html_`` and non-widget frontends)."""
+    return render("cluster_view", **_header(snap, title, dashboard), **_sites(snap), **_workers(snap), **_jobs(snap))
 
 
 def sites_rows(snap: Snapshot) -> list[list[Any]]:
@@ -140,62 +165,24 @@ def sites_rows(snap: Snapshot) -> list[list[Any]]:
 
 def workers_rows(snap: Snapshot) -> list[list[Any]]:
     return [[w.site, w.name, w.nthreads, f"{w.cpu:.0f}%",
-             f"{format_bytes(w.memory_used)} / {format_bytes(w.memory_limit)}",
-             ", ".join(f"{g.name} {g.utilization or 0:.0f}%" for g in w.gpus) or "-",
-             w.processing, ", ".join(f"{j}×{n}" for j, n in w.jobs.items()) or "-"]
+             f"{format_bytes(w.memory_used)} / {format_bytes(w.memory_limit)}", _gpus(w) or "-",
+             w.processing, _held(w) or "-"]
             for w in snap.workers]
 
 
 def jobs_rows(snap: Snapshot) -> list[list[Any]]:
-    return [[j.name, j.tasks, ", ".join(j.sites), ", ".join(j.workers),
-             ", ".join(f"{k}={v:g}" for k, v in sorted(j.resources.items()))] for j in snap.jobs]
+    return [[j.name, f"{j.done}/{j.total}", job_status(j), j.tasks, ", ".join(j.sites) or "-",
+             ", ".join(j.workers) or "-", _holds(j) or "-"]
+            for j in snap.jobs]
 
 
 SITE_HEAD = ["site", "kind", "workers", "threads", "memory", "GPUs", "tasks", "cost"]
 WORKER_HEAD = ["site", "worker", "threads", "CPU", "memory", "GPU", "tasks", "jobs"]
-JOB_HEAD = ["job", "tasks", "sites", "workers", "holds"]
+JOB_HEAD = ["job", "done", "status", "running", "sites", "workers", "holds"]
 
 
 def _site_head(snap: Snapshot) -> list[str]:
     return SITE_HEAD if _with_costs(snap) else SITE_HEAD[:-1]
-
-
-def _sites_html(snap: Snapshot) -> str:
-    rows = [[Html(chip(s.kind, s.kind) + html.escape(s.name)), s.workers, s.nthreads,
-             Html(bar(_pct(s.memory_used, s.memory_limit), memory_short(s.memory_used, s.memory_limit),
-                      "var(--jp-success-color2, #66bb6a)")),
-             Html(chip(f"{s.gpus} GPU", "gpu")) if s.gpus else "", s.processing]
-            + ([_cost(s.cost_per_hour)] if _with_costs(snap) else []) for s in snap.sites]
-    return _table(["site", "workers", "threads", "memory", "GPUs", "tasks"]
-                  + (["cost"] if _with_costs(snap) else []), rows)
-
-
-def _workers_html(snap: Snapshot) -> str:
-    rows = [[Html(chip(w.site, w.kind) + html.escape(w.name)), w.nthreads,
-             Html(bar(w.cpu, f"{w.cpu:.0f}%")),
-             Html(bar(_pct(w.memory_used, w.memory_limit), memory_short(w.memory_used, w.memory_limit),
-                      "var(--jp-success-color2, #66bb6a)")),
-             ", ".join(f"{g.name} {g.utilization or 0:.0f}%" for g in w.gpus) or "–",
-             w.processing, ", ".join(f"{j}×{n}" for j, n in w.jobs.items()) or "–"]
-            for w in snap.workers]
-    return _table(["worker", "threads", "CPU", "memory", "GPU", "tasks", "jobs"], rows)
-
-
-def _jobs_html(snap: Snapshot) -> str:
-    if not snap.jobs:
-        return _heading("Jobs") + f"<div style='{_MUTED};font-style:italic'>no job running</div>"
-    rows = [[j.name, j.tasks, Html("".join(chip(s) for s in j.sites)), ", ".join(j.workers),
-             ", ".join(f"{k}={v:g}" for k, v in sorted(j.resources.items()))] for j in snap.jobs]
-    return _heading("Jobs") + _table(JOB_HEAD, rows)
-
-
-def snapshot_html(snap: Snapshot, title: str = "", dashboard: str = "") -> str:
-    """A static HTML view of one snapshot (for ``_repr_html_`` and non-widget frontends)."""
-    return (
-        f"<div class='lepton-allocation'>{header_html(snap, title, dashboard)}"
-        f"{_heading('Sites')}{_sites_html(snap)}{_heading('Workers')}{_workers_html(snap)}"
-        f"{_jobs_html(snap)}</div>"
-    )
 
 
 def snapshot_text(snap: Snapshot) -> str:
@@ -275,7 +262,7 @@ class AllocationView:
             snap = self.handle.snapshot()
         except Exception as e:
             self.error = f"{type(e).__name__}: {e}"
-            self.header.value = f"<b>{html.escape(self.handle.name)}</b>: not reachable ({html.escape(self.error)})"
+            self.header.value = render("cluster_unreachable", cluster=self.handle.name, error=self.error)
             return None
         data = figure_data(snap)
         with self.figure.batch_update():
@@ -283,7 +270,7 @@ class AllocationView:
                 trace.x = data["x"]
                 trace.y = data[key]
         self.header.value = header_html(snap, f"Lepton cluster {self.handle.name}", self.handle.dashboard_link)
-        self.tables.value = f"{_heading('Sites')}{_sites_html(snap)}{_jobs_html(snap)}"
+        self.tables.value = tables_html(snap)
         self.updates += 1
         self.last = snap
         return snap
@@ -299,8 +286,7 @@ class AllocationView:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2 * self.interval + 5)
         when = time.strftime("%H:%M:%S")
-        self.header.value += (f"<div class='lepton-stopped' style='{_MUTED}'>{html.escape(reason)} at {when}; "
-                              "the view shows the last snapshot</div>")
+        self.header.value += render("cluster_stopped", reason=reason, when=when)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

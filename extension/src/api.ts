@@ -153,10 +153,21 @@ export interface ISiteSnapshot {
 
 export interface IJobSnapshot {
   name: string;
+  /** Tasks running now, on `workers` of `sites`, holding `resources`. */
   tasks: number;
   workers: string[];
   sites: string[];
   resources: { [name: string]: number };
+  /** Tasks finished (in memory or released after running) of all the scheduler knows. */
+  done: number;
+  total: number;
+  erred: number;
+  /** Seconds since the epoch; null before a task started. */
+  started: number | null;
+  /** Set once no task is left to run (null while the job runs or waits). */
+  finished: number | null;
+  /** Seconds from `started` to `finished`, or to the snapshot while running. */
+  elapsed: number;
 }
 
 export interface ITotals {

@@ -13,6 +13,7 @@ import { Allocation } from './components/Allocation';
 import { ClusterList, IClusterActions } from './components/ClusterList';
 import { DashboardCommandIDs } from './dashboardTabs';
 import { NewClusterForm } from './components/NewClusterForm';
+import { PlanPanel } from './components/PlanPanel';
 import { Templates } from './components/Templates';
 import { WhoAmI } from './components/WhoAmI';
 import { leptonIcon } from './icon';
@@ -157,6 +158,16 @@ export class LeptonPanel extends ReactWidget {
                 snapshot={model.snapshot}
                 mode={model.streamMode}
                 error={model.snapshotError}
+              />
+            </section>
+            <section className="lepton-Section" data-testid="lepton-plan-section">
+              <div className="lepton-Section-header">
+                <h3>Plan</h3>
+              </div>
+              <PlanPanel
+                key={model.selected?.id ?? ''}
+                clusterId={model.selected?.id ?? null}
+                sites={(model.selected?.sites ?? []).map(s => s.name)}
               />
             </section>
             <section className="lepton-Section">

@@ -6,7 +6,9 @@ the server's stream call :func:`snapshot` on their own clock.
 
 A **job** is a named group of tasks: the ``job`` annotation when there is one
 (``with dask.annotate(job="fraud-train"): ...``), else the task's key prefix
-(``train-xgboost-1f3a...`` → ``train-xgboost``).
+(``train-xgboost-1f3a...`` → ``train-xgboost``). Beside what its running tasks hold,
+each job carries how far it has come (:mod:`.jobs`): done of total tasks, erred, elapsed;
+a job that ended stays listed, finished, for a while.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jobs import job_of, progress
 from .workers import site_of
 
 
@@ -60,11 +63,21 @@ class SiteTotals:
 
 @dataclass
 class JobAllocation:
+    """A job: what its running tasks hold now (``tasks``, ``workers``, ``sites``, ``resources``)
+    and how far it has come (``done`` of ``total`` tasks, ``erred``; ``started`` and ``finished``
+    in seconds since the epoch, ``finished`` set once no task is left to run; ``elapsed`` seconds)."""
+
     name: str
     tasks: int = 0
     workers: list[str] = field(default_factory=list)
     sites: list[str] = field(default_factory=list)
     resources: dict[str, float] = field(default_factory=dict)
+    done: int = 0
+    total: int = 0
+    erred: int = 0
+    started: float | None = None
+    finished: float | None = None
+    elapsed: float = 0.0
 
 
 @dataclass
@@ -132,13 +145,6 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _job_of(ts: Any) -> str:
-    annotations = getattr(ts, "annotations", None) or {}
-    if "job" in annotations:
-        return str(annotations["job"])
-    return str(ts.prefix.name) if getattr(ts, "prefix", None) is not None else str(ts.key)
-
-
 def _gpu_usage(ws: Any) -> list[dict[str, Any]]:
     """A worker's GPUs as ``GPUUsage`` fields."""
     live = (ws.metrics or {}).get("gpu") or {}
@@ -156,6 +162,7 @@ def collect(dask_scheduler: Any, cluster: str = "", costs: dict[str, float] | No
     (the fields of ``WorkerAllocation``), since there are many of them.
     """
     costs = costs or {}
+    now = time.time()
     workers: list[dict[str, Any]] = []
     sites: dict[str, SiteTotals] = {}
     jobs: dict[str, JobAllocation] = {}
@@ -167,7 +174,7 @@ def collect(dask_scheduler: Any, cluster: str = "", costs: dict[str, float] | No
         site, kind = site_of(ws.name, resources)
         per_job: dict[str, int] = {}
         for ts in list(ws.processing):
-            job_name = _job_of(ts)
+            job_name = job_of(ts)
             per_job[job_name] = per_job.get(job_name, 0) + 1
             job = jobs.get(job_name)
             if job is None:
@@ -208,12 +215,25 @@ def collect(dask_scheduler: Any, cluster: str = "", costs: dict[str, float] | No
             agg.gpus += n_gpus
             agg.processing += processing
             agg.cost_per_hour = round(agg.cost_per_hour + cost, 4)
+    for job_name, p in progress(dask_scheduler, now).items():
+        job = jobs.get(job_name)
+        if job is None:
+            job = jobs[job_name] = JobAllocation(job_name)
+        job.done, job.total, job.erred = p.done, p.total, p.erred
+        job.started, job.finished, job.elapsed = p.started, p.finished, p.elapsed
     workers.sort(key=lambda w: (w["kind"] != "cloud", w["site"], _natural(w["name"])))
     return {
-        "cluster": cluster, "time": time.time(), "scheduler": dask_scheduler.address, "workers": workers,
+        "cluster": cluster, "time": now, "scheduler": dask_scheduler.address, "workers": workers,
         "sites": _plain(sorted(sites.values(), key=lambda s: (s.kind != "cloud", s.name))),
-        "jobs": _plain(sorted(jobs.values(), key=lambda j: (-j.tasks, j.name))), "totals": _plain(totals),
+        "jobs": _plain(sorted(jobs.values(), key=_job_order)), "totals": _plain(totals),
     }
+
+
+def _job_order(job: JobAllocation) -> tuple:
+    """Running jobs first, the busiest first; then the jobs that finished, the latest first."""
+    if job.finished is None:
+        return (0, -job.tasks, job.name)
+    return (1, -job.finished, job.name)
 
 
 def _natural(name: str) -> tuple:

@@ -1,222 +1,24 @@
-"""Plan where jobs run: each job on one site, within capacity, cheapest first, data kept home.
+"""Where a job goes on a live cluster: the planner (:mod:`lepton_lab.cluster.planner`) over its allocation.
 
-A small mixed-integer program (``scipy.optimize.milp``): binary ``x[j, s]`` puts job
-``j`` on site ``s``. Constraints: every job placed exactly once; per site, the
-threads, memory and GPUs of its jobs fit what its workers have; a job pinned to its
-data's site (``data_site`` with ``data_moves=False``) may go nowhere else. The
-objective is the cost of the worker-hours each job uses plus a penalty per GB of
-data moved off its site. The plan is advice: nothing is submitted here.
+``choose(JobRequest(...), snapshot, profile)`` turns a job of the magics and the API
+(train, serve, tune, federate) into planner jobs over the sites' free workers and
+GPUs, solves them and says why in one line and its reasons.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..reprs import render
 from .allocation import Snapshot
+from .planner import Job, Plan, SiteCapacity, capacities, greedy, plan
 
+__all__ = ["Choice", "Job", "JobRequest", "Pick", "Plan", "SiteCapacity", "capacities", "choose", "greedy", "plan"]
 
-@dataclass(frozen=True)
-class Job:
-    """What a job needs: threads, memory (bytes), GPUs, hours, and where its data lives."""
-
-    name: str
-    threads: int = 1
-    memory: int = 0
-    gpus: int = 0
-    hours: float = 1.0
-    data_site: str | None = None
-    data_gb: float = 0.0
-    data_moves: bool = True
-
-
-@dataclass(frozen=True)
-class SiteCapacity:
-    """Free capacity of a site and its cost per worker-hour."""
-
-    name: str
-    kind: str
-    threads: int
-    memory: int
-    gpus: int
-    cost_per_thread_hour: float
-
-
-@dataclass
-class Plan:
-    """Where each job goes, what it costs, and why a job could not be placed."""
-
-    placement: dict[str, str]
-    cost: float
-    moved_gb: float
-    status: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def resources(self, job: str) -> dict[str, float]:
-        """The Dask ``resources=`` that send ``job`` to its planned site."""
-        return {self.placement[job]: 1}
-
-
-def capacities(snapshot: Snapshot) -> list[SiteCapacity]:
-    """Free threads, memory and GPUs per site, from an allocation snapshot."""
-    out = []
-    for s in snapshot.sites:
-        workers = [w for w in snapshot.workers if w.site == s.name]
-        busy = sum(w.processing for w in workers)
-        cost = s.cost_per_hour / s.nthreads if s.nthreads else 0.0
-        used_gpus = sum(w.used_resources.get("GPU", 0) for w in workers)
-        out.append(SiteCapacity(s.name, s.kind, max(s.nthreads - busy, 0), max(s.memory_limit - s.memory_used, 0),
-                                int(max(s.gpus - used_gpus, 0)), cost))
-    return out
-
-
-def plan(jobs: list[Job], sites: list[SiteCapacity], *, move_penalty_per_gb: float = 1.0,
-         time_limit: float = 5.0, bias: np.ndarray | None = None, gap: float = 0.01) -> Plan:
-    """The cheapest placement of ``jobs`` on ``sites``; ConfigError naming a job that fits nowhere.
-
-    ``bias`` (jobs × sites) is added to the objective only, to break ties between equal costs.
-    Large fleets may stop ``gap`` (a fraction) above the optimum's lower bound; ``status`` says so.
-    """
-    if not jobs:
-        return Plan({}, 0.0, 0.0, "optimal")
-    if not sites:
-        raise ConfigError("no site to place jobs on")
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        raise ConfigError("job names must be unique")
-    J, S = len(jobs), len(sites)
-    site_index = {s.name: i for i, s in enumerate(sites)}
-    allowed = np.ones((J, S))
-    for j, job in enumerate(jobs):
-        for s, site in enumerate(sites):
-            if job.threads > site.threads or job.memory > site.memory or job.gpus > site.gpus:
-                allowed[j, s] = 0
-        if job.data_site is not None and not job.data_moves:
-            if job.data_site not in site_index:
-                raise ConfigError(f"job {job.name}: its data stays on {job.data_site}, which is not a site here")
-            keep = site_index[job.data_site]
-            allowed[j, :] = 0 if allowed[j, keep] == 0 else np.eye(S)[keep]
-        if not allowed[j].any():
-            where = (f"on its data's site {job.data_site} (its data may not move)"
-                     if job.data_site and not job.data_moves else "on any site")
-            raise ConfigError(f"job {job.name} ({job.threads} threads, {job.gpus} GPUs) does not fit {where}")
-
-    threads = np.array([j.threads for j in jobs], float)
-    hours = np.array([j.hours for j in jobs], float)
-    per_hour = np.array([s.cost_per_thread_hour for s in sites], float)
-    cost = np.outer(threads * hours, per_hour)
-    for j, job in enumerate(jobs):
-        if job.data_site and job.data_gb:
-            cost[j] += move_penalty_per_gb * job.data_gb
-            if job.data_site in site_index:
-                cost[j, site_index[job.data_site]] -= move_penalty_per_gb * job.data_gb
-    c = cost.ravel() + (bias.ravel() if bias is not None else 0.0)
-
-    need = np.array([[j.threads, j.memory, j.gpus] for j in jobs], float)
-    caps = np.array([[s.threads, s.memory, s.gpus] for s in sites], float)
-    x, status = _assign(c.reshape(J, S), allowed, need, caps, time_limit, gap)
-    placement = {jobs[j].name: sites[int(x[j])].name for j in range(J)}
-    moved = sum(job.data_gb for job in jobs if job.data_site and placement[job.name] != job.data_site)
-    total = float(cost[np.arange(J), x].sum())
-    return Plan(placement, round(total, 6), moved, status, {"objective": float(c.reshape(J, S)[np.arange(J), x].sum())})
-
-
-def _assign(c: np.ndarray, allowed: np.ndarray, need: np.ndarray, caps: np.ndarray, time_limit: float,
-            gap: float) -> tuple[np.ndarray, str]:
-    """Each job's site index, minimising ``c`` within capacity, and how close to optimal that is.
-
-    Small problems go straight to the MILP. Large ones solve the LP relaxation first: on
-    fleets like ours it is nearly integral, so the jobs it places whole are kept and only
-    the split ones (then also the jobs on the sites they are split over) go to the MILP,
-    on the capacity left. The LP's cost bounds the optimum from below: a placement within
-    ``gap`` of it is returned with that gap; else the full MILP decides.
-    """
-    J, S = c.shape
-    if J * S > 4000:
-        lp = _milp(c, allowed, need, caps, integral=False, time_limit=time_limit)
-        if lp.x is None:
-            raise ConfigError(f"the jobs do not fit together on these sites ({lp.message})")
-        x = lp.x.reshape(J, S)
-        site = x.argmax(1)
-        whole = x[np.arange(J), site] > 1 - 1e-6
-        bound = float(lp.fun)
-        touched = (x[~whole] > 1e-6).any(0)
-        for keep in (whole, whole & ~touched[site]):
-            left = caps - np.array([need[keep & (site == s)].sum(0) for s in range(S)])
-            redo = np.flatnonzero(~keep)
-            if len(redo):
-                sub = _milp(c[redo], allowed[redo], need[redo], np.maximum(left, 0), integral=True,
-                            time_limit=time_limit)
-                if sub.x is None:
-                    continue
-                site[redo] = np.round(sub.x).reshape(len(redo), S).argmax(1)
-            off = (c[np.arange(J), site].sum() - bound) / max(abs(bound), 1e-9)
-            if off <= 1e-7:
-                return site, "optimal"
-            if off <= gap:
-                return site, f"within {off:.2%} of optimal"
-    full = _milp(c, allowed, need, caps, integral=True, time_limit=time_limit)
-    if full.x is None:
-        raise ConfigError(f"the jobs do not fit together on these sites ({full.message})")
-    return np.round(full.x).reshape(J, S).argmax(1), "optimal" if full.status == 0 else str(full.message)
-
-
-def _milp(c: np.ndarray, allowed: np.ndarray, need: np.ndarray, caps: np.ndarray, *, integral: bool,
-           time_limit: float):
-    """``scipy.optimize.milp`` on binary ``x[j, s]``: each job once, per site and resource within capacity."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_matrix, vstack
-
-    J, S = c.shape
-    cols = np.arange(J * S)
-    blocks = [coo_matrix((np.ones(J * S), (cols // S, cols)), shape=(J, J * S))]
-    lo, hi = [np.ones(J)], [np.ones(J)]
-    for r in range(need.shape[1]):
-        if not need[:, r].any():
-            continue
-        # Memory in bytes next to thread counts makes a badly scaled matrix: rows are scaled to their largest need.
-        scale = need[:, r].max()
-        blocks.append(coo_matrix((np.repeat(need[:, r] / scale, S), (cols % S, cols)), shape=(S, J * S)))
-        lo.append(np.full(S, -np.inf))
-        hi.append(caps[:, r] / scale)
-    return milp(c.ravel(), constraints=LinearConstraint(vstack(blocks).tocsr(), np.concatenate(lo), np.concatenate(hi)),
-                integrality=np.full(J * S, 1 if integral else 0), bounds=Bounds(np.zeros(J * S), allowed.ravel()),
-                options={"time_limit": time_limit})
-
-
-def greedy(jobs: list[Job], sites: list[SiteCapacity], *, move_penalty_per_gb: float = 1.0) -> Plan:
-    """A baseline: biggest jobs first, each on the cheapest site that still has room for it."""
-    left = {s.name: [s.threads, s.memory, s.gpus] for s in sites}
-    placement: dict[str, str] = {}
-    total = moved = 0.0
-    for job in sorted(jobs, key=lambda j: (-j.gpus, -j.threads, -j.memory)):
-        best: tuple[float, str] | None = None
-        for s in sites:
-            room = left[s.name]
-            if job.threads > room[0] or job.memory > room[1] or job.gpus > room[2]:
-                continue
-            if job.data_site and not job.data_moves and s.name != job.data_site:
-                continue
-            gb = job.data_gb if job.data_site and job.data_site != s.name else 0.0
-            cost = job.threads * job.hours * s.cost_per_thread_hour + move_penalty_per_gb * gb
-            if best is None or cost < best[0]:
-                best = (cost, s.name)
-        if best is None:
-            raise ConfigError(f"greedy: job {job.name} fits on no site that is left")
-        room = left[best[1]]
-        room[0] -= job.threads
-        room[1] -= job.memory
-        room[2] -= job.gpus
-        placement[job.name] = best[1]
-        total += best[0]
-        moved += job.data_gb if job.data_site and job.data_site != best[1] else 0.0
-    return Plan(placement, round(total, 6), moved, "greedy")
-
-
-# =========================================================================== a job on a live cluster
 
 #: What ``choose`` plans: one site for train and serve, a slot per trial anywhere for tune,
 #: one worker on each data site for federate.
@@ -320,13 +122,7 @@ class Choice:
         return "\n".join([self.line()] + [f"  because {w}" for w in self.why])
 
     def _repr_html_(self) -> str:
-        from html import escape
-
-        rows = "".join(f"<tr><td>{escape(p.site)}</td><td>{escape(p.kind)}</td><td>{p.workers}</td>"
-                       f"<td>{p.gpus}</td><td>${p.cost_per_hour:.2f}/h</td></tr>" for p in self.picks)
-        why = "".join(f"<li>{escape(w)}</li>" for w in self.why)
-        return (f"<div><b>{escape(self.line())}</b><table><tr><th>site</th><th>kind</th><th>workers</th>"
-                f"<th>GPUs</th><th>cost</th></tr>{rows}</table><ul>{why}</ul></div>")
+        return render("placement_choice", line=self.line(), picks=self.picks, why=self.why)
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..reprs import render
 from .train import TrainResult
 
 __all__ = ["TuneResult", "trials_rows"]
@@ -60,20 +60,7 @@ class TuneResult(TrainResult):
                 f"({params}); {self.n_complete} complete, {self.n_pruned} pruned, {self.n_failed} failed>")
 
     def _repr_html_(self) -> str:
-        rows = [
-            ("study", f"{self.study_name} (team {self.team}), {self.sampler} sampler, {self.pruner} pruner"),
-            ("best trial", f"#{self.trial}: {self.metric} {self.value:.4f} ({self.direction})"),
-            ("parameters", ", ".join(f"{k}={_short(v)}" for k, v in self.params.items())),
-            ("trials", f"{self.n_complete} complete, {self.n_pruned} pruned, {self.n_failed} failed "
-                       f"({self.ran_now} run now)"),
-            ("holdout", ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())),
-            ("model", f"{self.kind} ({self.task}), {len(self.history)} "
-                      f"{'rounds' if self.kind == 'xgboost' else 'epochs'}"),
-        ]
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                       f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        return (f"<div class='lepton-tune'><b>Lepton tuning {html.escape(self.study_name)}</b>"
-                f"<table>{body}</table></div>")
+        return render("tune_result", r=self)
 
 
 def trials_rows(study: Any) -> list[dict[str, Any]]:

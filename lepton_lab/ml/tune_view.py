@@ -9,11 +9,11 @@ refresh, and say so.
 
 from __future__ import annotations
 
-import html
 import math
 import time
 from typing import Any
 
+from ..reprs import render
 from .tune_result import trials_rows
 
 __all__ = ["StudyView"]
@@ -42,7 +42,7 @@ class StudyView:
             import ipywidgets as w
         except ImportError:
             return
-        self.status = w.HTML(value=f"<b>study {html.escape(self.name)}</b>: starting")
+        self.status = w.HTML(value=render("study_status", line=f"study {self.name}: starting"))
         self.table = w.HTML(value="")
         self.outputs = [w.Output() for _ in FIGURES]
         tabs = w.Tab(children=self.outputs)
@@ -118,7 +118,7 @@ class StudyView:
         return f"study {self.name} ({self.direction} {self.metric}): {counts}{best}"
 
     def _status_html(self) -> str:
-        return f"<b>{html.escape(self._status_line())}</b>"
+        return render("study_status", line=self._status_line())
 
     def _shown(self) -> list[dict[str, Any]]:
         rows = sorted(self.rows, key=lambda r: -r["number"])
@@ -126,20 +126,13 @@ class StudyView:
             rows = [self.best] + [r for r in rows if r is not self.best]
         return rows[:MAX_ROWS]
 
+    def _trials(self) -> dict[str, Any]:
+        """What the trials table shows: the metric, the parameters' names, the rows, the best, how many are left out."""
+        return {"metric": self.metric, "params": sorted({k for r in self.rows for k in r["params"]}),
+                "shown": self._shown(), "best": self.best, "more": len(self.rows) - MAX_ROWS}
+
     def _table_html(self) -> str:
-        params = sorted({k for r in self.rows for k in r["params"]})
-        head = ["#", "state", self.metric, *params, "steps", "worker", "s"]
-        cells = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in head)
-        body = []
-        for r in self._shown():
-            values = [r["number"], r["state"], _fmt(r["value"]), *(_fmt(r["params"].get(p)) for p in params),
-                      r["steps"] if r["steps"] is not None else "", r["worker"], _fmt(r["seconds"])]
-            style = " style='font-weight:bold'" if r is self.best else ""
-            body.append(f"<tr{style}>" + "".join(f"<td style='text-align:left'>{html.escape(str(v))}</td>"
-                                                  for v in values) + "</tr>")
-        more = len(self.rows) - MAX_ROWS
-        tail = f"<div>… {more} more trial(s)</div>" if more > 0 else ""
-        return f"<table class='lepton-tune-trials'><tr>{cells}</tr>{''.join(body)}</table>{tail}"
+        return render("study_trials", **self._trials())
 
     def _when(self) -> str:
         if not self.refreshed:
@@ -154,8 +147,7 @@ class StudyView:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        note = f"<div><i>{html.escape(self._when())}; a static copy (the live view needs widgets)</i></div>"
-        return (f"<div class='lepton-tune'>{self._status_html()}{note}{self._table_html()}</div>")
+        return render("study_view", line=self._status_line(), when=self._when(), **self._trials())
 
 
 def _fmt(v: Any) -> str:

@@ -1,10 +1,11 @@
 """Snapshots of a real cluster: who holds which resources, for which job."""
 
 import json
+import time
 
 import dask
 import pytest
-from distributed import Event
+from distributed import Event, wait
 
 import lepton_lab
 from lepton_lab.cluster.allocation import Snapshot
@@ -89,7 +90,9 @@ def test_static_and_text_views(costed):
     html = snapshot_html(snap, title="t")
     assert "edge-hospital-a-1" in html and "$2.00/h" in html
     text = snapshot_text(snap)
-    assert "edge-hospital-a-0" in text and "no job running" in text
+    assert "edge-hospital-a-0" in text
+    # the job of the test before has ended and stays listed as done
+    assert "fraud-train" in text and "1/1" in text and "done in " in text
     assert "alloc-test" in repr(costed)
     assert "edge-hospital-a-0" in costed._repr_html_()
 
@@ -118,6 +121,10 @@ def test_live_view_stops_when_cluster_goes_away():
 # Synthetic scheduler state: the scheduler's own WorkerState and TaskState objects,
 # without running workers, so that a snapshot can be checked against a reference.
 
+#: When the synthetic state's finished task ran (seconds before the state is built).
+_FIT_0_RAN = (30.0, 28.0)
+
+
 def _synthetic_scheduler():
     from types import SimpleNamespace
 
@@ -125,16 +132,22 @@ def _synthetic_scheduler():
     from distributed.scheduler import TaskGroup, TaskPrefix, TaskState, WorkerState
 
     groups: dict[str, TaskGroup] = {}
+    tasks: dict[str, TaskState] = {}
 
-    def task(key, job=None, restrictions=None):
+    def task(key, job=None, restrictions=None, state="processing"):
         prefix = key.rsplit("-", 1)[0]
         if prefix not in groups:
             groups[prefix] = TaskGroup(prefix, TaskPrefix(prefix))
-        ts = TaskState(key, None, "processing", groups[prefix], False)
+        ts = tasks[key] = TaskState(key, len, state, groups[prefix], False)
         ts.annotations = {"job": job} if job else {}
         ts.resource_restrictions = restrictions
         return ts
 
+    now = time.time()
+    fit_0 = task("fit-0", "fraud", state="memory")  # finished: in memory, its compute timed on its group
+    fit_0.nbytes = 8
+    fit_0.group.add_duration("compute", now - _FIT_0_RAN[0], now - _FIT_0_RAN[1])
+    task("agg-0", "federated", state="erred")
     layout = [  # name, resources, tasks
         ("cloud-0", {"cloud": 2, "cloud-0x": 0}, [task("fit-1", "fraud", {"cloud": 1}), task("score-1")]),
         ("cloud-1", {"cloud": 2, "GPU": 1}, [task("fit-2", "fraud", {"cloud": 1, "GPU": 0.5}),
@@ -146,7 +159,7 @@ def _synthetic_scheduler():
         ("stray", {}, [task("score-3")]),
     ]
     workers = {}
-    for i, (name, resources, tasks) in enumerate(layout):
+    for i, (name, resources, running) in enumerate(layout):
         address = f"tcp://10.0.0.{i}:4000"
         ws = WorkerState(address=address, status=Status.running, pid=i, name=name, nthreads=2 if "cloud" in name else 1,
                          memory_limit=2**30 * (i + 1), local_directory="", nanny=None, server_id=f"s{i}")
@@ -156,9 +169,10 @@ def _synthetic_scheduler():
         if "GPU" in resources:
             ws.extra = {"gpu": {"name": "Tesla T4", "memory-total": 16 * 2**30}}
             ws.metrics["gpu"] = {"utilization": 42, "memory-used": 2**30}
-        ws.processing.update(tasks)
+        ws.processing.update(running)
         workers[address] = ws
-    return SimpleNamespace(workers=workers, address="tcp://10.0.0.100:8786")
+    return SimpleNamespace(workers=workers, address="tcp://10.0.0.100:8786", tasks=tasks,
+                           task_groups=groups, extensions={})
 
 
 def _reference_snapshot(sched, cluster, costs):
@@ -205,6 +219,14 @@ def _reference_snapshot(sched, cluster, costs):
         head, _, tail = name.rpartition("-")
         return (head, int(tail)) if tail.isdigit() else (name, 0)
 
+    for ts in sched.tasks.values():
+        name = ts.annotations["job"] if ts.annotations.get("job") else ts.prefix.name
+        job = jobs.setdefault(name, JobAllocation(name))
+        job.total += 1
+        job.done += ts.state == "memory"
+        job.erred += ts.state == "erred"
+    # Only the fit group has a finished task; no job has all its tasks finished.
+    jobs["fraud"].started = time.time() - _FIT_0_RAN[0]
     workers.sort(key=lambda w: (w.kind != "cloud", w.site, natural(w.name)))
     return {"cluster": cluster, "scheduler": sched.address, "workers": [asdict(w) for w in workers],
             "sites": [asdict(s) for s in sorted(sites.values(), key=lambda s: (s.kind != "cloud", s.name))],
@@ -220,6 +242,11 @@ def test_snapshot_equals_reference_on_synthetic_state():
     data = collect(sched, cluster="synthetic", costs=costs)
     expected = _reference_snapshot(sched, "synthetic", costs)
     assert isinstance(data.pop("time"), float)
+    for got, want in zip(data["jobs"], expected["jobs"]):  # times: to the clock's resolution
+        assert got["started"] == pytest.approx(want["started"], abs=0.5)
+        want["started"] = got["started"]
+        assert got["elapsed"] == (pytest.approx(_FIT_0_RAN[0], abs=0.5) if got["name"] == "fraud" else 0.0)
+        want["elapsed"] = got["elapsed"]
     assert data == expected
     # Same order of keys too: the JSON a client receives does not change.
     assert json.dumps(data) == json.dumps(expected)
@@ -227,6 +254,9 @@ def test_snapshot_equals_reference_on_synthetic_state():
     assert fraud["tasks"] == 4 and fraud["workers"] == ["cloud-0", "cloud-1", "edge-hospital-a-0"]
     assert fraud["sites"] == ["cloud", "edge-hospital-a"]
     assert fraud["resources"] == {"threads": 4, "cloud": 2, "GPU": 0.75, "edge": 1}
+    assert (fraud["done"], fraud["total"], fraud["erred"], fraud["finished"]) == (1, 5, 0, None)
+    federated = next(j for j in data["jobs"] if j["name"] == "federated")
+    assert (federated["done"], federated["total"], federated["erred"], federated["started"]) == (0, 3, 1, None)
     assert [j["name"] for j in data["jobs"]] == ["fraud", "score", "federated"]
     assert data["totals"]["gpus"] == 1 and data["totals"]["workers"] == 7
     assert [w["name"] for w in data["workers"]][-3:] == ["edge-hospital-b-2", "edge-hospital-b-10", "stray"]
@@ -251,3 +281,101 @@ def test_snapshot_lists_a_worker_once_per_job_whatever_its_name():
     jobs = {j["name"]: j for j in collect(sched)["jobs"]}
     assert jobs["fraud"]["workers"] == ["0", "1", "2"]
     assert all(len(j["workers"]) == len(set(j["workers"])) for j in jobs.values())
+
+
+def test_a_job_the_scheduler_forgot_stays_listed_as_ended(monkeypatch):
+    from lepton_lab import config
+    from lepton_lab.cluster.allocation import collect
+
+    sched = _synthetic_scheduler()
+    assert next(j for j in collect(sched)["jobs"] if j["name"] == "federated")["finished"] is None
+    # agg-1 finishes and agg-2 is cancelled; then the scheduler forgets the job's three tasks.
+    for key, state in (("agg-1", "memory"), ("agg-2", "released"), ("agg-0", "forgotten")):
+        ts = sched.tasks.pop(key)
+        for ws in sched.workers.values():
+            ws.processing.discard(ts)
+        ts.state = state
+    sched.task_groups.pop("agg")
+    before = time.time()
+    jobs = {j["name"]: j for j in collect(sched)["jobs"]}
+    ended = jobs["federated"]
+    assert (ended["done"], ended["erred"], ended["total"], ended["tasks"]) == (1, 1, 3, 0)
+    assert ended["finished"] >= before and ended["workers"] == []
+    assert [j["name"] for j in collect(sched)["jobs"]][-1] == "federated"  # after the running ones
+    monkeypatch.setattr(config, "ENDED_JOB_SECONDS", 0.0)
+    time.sleep(0.01)
+    assert "federated" not in {j["name"] for j in collect(sched)["jobs"]}
+
+
+def quick(x):
+    return x
+
+
+def slow_unless(x, ev: str | None):
+    if ev:
+        Event(ev).wait(30)
+    else:
+        time.sleep(0.05)
+    return x
+
+
+def fail(x):
+    raise ValueError(x)
+
+
+def _forgotten(client, keys) -> bool:
+    return client.run_on_scheduler(lambda dask_scheduler: not any(k in dask_scheduler.tasks for k in keys))
+
+
+def test_finished_job_shows_all_done_and_its_elapsed_time(costed):
+    client = costed.client
+    with dask.annotate(job="batch-12"):
+        futures = client.map(slow_unless, range(12), ev=None, pure=False)
+    client.gather(futures)
+    job = costed.snapshot().job("batch-12")
+    assert (job.done, job.total, job.erred, job.tasks) == (12, 12, 0, 0)
+    assert job.started is not None and job.finished is not None and job.finished >= job.started
+    assert job.elapsed > 0 and job.elapsed == pytest.approx(job.finished - job.started, abs=0.01)
+    html = snapshot_html(costed.snapshot())
+    assert ">12/12</span>" in html and "done in " in html
+    keys = [f.key for f in futures]
+    del futures
+    assert eventually(lambda: _forgotten(client, keys))
+    gone = costed.snapshot().job("batch-12")  # the scheduler forgot it; the view still shows it, finished
+    assert gone is not None and (gone.done, gone.total) == (12, 12)
+    assert gone.elapsed == pytest.approx(job.elapsed, abs=0.01)
+
+
+def test_running_job_shows_done_below_total(costed):
+    client = costed.client
+    ev = Event("release-batch")
+    with dask.annotate(job="batch-6"):
+        first = client.map(quick, range(3), pure=False)
+        client.gather(first)
+        rest = client.map(slow_unless, range(3), ev="release-batch", pure=False)
+    try:
+        # the second batch reaches the scheduler a moment after ``map`` returns
+        job = eventually(lambda: (j := costed.snapshot().job("batch-6")) and j.total == 6 and j.tasks and j)
+        assert job, costed.snapshot().jobs
+        assert (job.done, job.total, job.finished) == (3, 6, None) and job.started is not None
+        later = eventually(lambda: (j := costed.snapshot().job("batch-6")).elapsed > job.elapsed and j)
+        assert later and later.done == 3  # elapsed keeps growing while the job runs
+        view = AllocationView(costed, start=False)
+        assert ">3/6</span>" in view.tables.value and "running " in view.tables.value
+        assert "batch-6" in snapshot_text(view.last) and "3/6" in snapshot_text(view.last)
+        view.close()
+    finally:
+        ev.set()
+        client.gather(rest)
+    done = costed.snapshot().job("batch-6")
+    assert (done.done, done.total) == (6, 6) and done.finished is not None
+
+
+def test_erred_tasks_are_counted_apart(costed):
+    client = costed.client
+    with dask.annotate(job="half-bad"):
+        futures = client.map(quick, range(3), pure=False) + client.map(fail, range(2), pure=False)
+    wait(futures)
+    job = costed.snapshot().job("half-bad")
+    assert (job.done, job.erred, job.total) == (3, 2, 5) and job.finished is not None
+    assert "2 erred" in snapshot_html(costed.snapshot())

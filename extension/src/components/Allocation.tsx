@@ -7,11 +7,11 @@ import {
   costText,
   formatMemory,
   formatMemoryShort,
-  formatPercent,
-  formatResources
+  formatPercent
 } from '../format';
 import { groupWorkersBySite } from '../sites';
 import { StreamMode } from '../stream';
+import { JobTable } from './JobTable';
 
 function Bar(props: {
   value: number;
@@ -166,36 +166,7 @@ function AllocationBody(props: { snapshot: ISnapshot }): JSX.Element {
           </table>
         </div>
       ))}
-      <table className="lepton-Table lepton-JobTable" data-testid="lepton-jobs">
-        <thead>
-          <tr>
-            <th>job</th>
-            <th>tasks</th>
-            <th>where</th>
-            <th>holds</th>
-          </tr>
-        </thead>
-        <tbody>
-          {snapshot.jobs.length === 0 ? (
-            <tr>
-              <td colSpan={4} className="lepton-Empty">
-                No job is running.
-              </td>
-            </tr>
-          ) : (
-            snapshot.jobs.map(job => (
-              <tr key={job.name} data-testid="lepton-job-row">
-                <td>{job.name}</td>
-                <td className="lepton-Num">{job.tasks}</td>
-                <td title={job.workers.join(', ')}>
-                  {job.sites.join(', ')} ({job.workers.length} w)
-                </td>
-                <td>{formatResources(job.resources)}</td>
-              </tr>
-            ))
-          )}
-        </tbody>
-      </table>
+      <JobTable jobs={snapshot.jobs} />
     </>
   );
 }

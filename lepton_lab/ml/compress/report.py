@@ -9,6 +9,12 @@ from typing import Any, NamedTuple
 
 from lepton_lab.config import COMPRESSION_TOLERANCE
 from lepton_lab.errors import LeptonError
+from lepton_lab.reprs import render
+
+#: Below this many milliseconds a call, latency is mostly the call's own overhead.
+OVERHEAD_MS = 1.0
+#: A speed-up below this counts as slower (under it, the difference is measurement noise).
+SLOWER = 0.95
 
 
 class CompressionRefused(LeptonError):
@@ -96,8 +102,8 @@ class CompressionReport:
     def label(self) -> str:
         return "+".join(self.steps)
 
-    def refusal(self) -> str:
-        """The one-line reason this compression is over the tolerance."""
+    def refusal(self, keep: str = "force=True") -> str:
+        """The one-line reason this compression is over the tolerance; ``keep`` says how to keep it anyway."""
         name, b, a = self.metric_name, self.before.metric, self.after.metric
         verb = "raises" if name == "rmse" else "drops"
         change = self.metric_change
@@ -107,8 +113,28 @@ class CompressionReport:
             f"{self.label} {verb} {name} from {_fmt_metric(name, b)} to {_fmt_metric(name, a)} "
             f"({sign}{abs(change):.1f} {self.metric_unit} > tolerance "
             f"{_num(self.tolerance)}{' %' if name == 'rmse' else ''}); "
-            f"pass force=True to keep it"
+            f"pass {keep} to keep it"
         )
+
+    def notes(self) -> list[str]:
+        """Why the compressed model is not faster, when it is slower on a model already small.
+
+        A call that takes well under a millisecond spends it on the call itself (argument
+        checks, dispatch, the output's allocation); a smaller model saves only compute,
+        and int8 or a sliced booster add a little work per call.
+        """
+        out = []
+        for batch, before, after, speedup in (
+                (1, self.before.latency_ms_batch1, self.after.latency_ms_batch1, self.speedup_batch1),
+                (64, self.before.latency_ms_batch64, self.after.latency_ms_batch64, self.speedup_batch64)):
+            if speedup is None or speedup >= SLOWER or before is None or before >= OVERHEAD_MS:
+                continue
+            out.append(
+                f"batch {batch} is {1 / speedup:.2f}x slower ({before:.3g} -> {after:.3g} ms): "
+                f"batch-{batch} latency is dominated by call overhead at this size "
+                f"({_size(self.before.size_bytes)}, under {OVERHEAD_MS:g} ms a call), not by the "
+                f"model's arithmetic, so a smaller model cannot make it faster")
+        return out
 
     # serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +146,7 @@ class CompressionReport:
             speedup_batch64=self.speedup_batch64,
             metric_change=self.metric_change,
             metric_unit=self.metric_unit,
+            notes=self.notes(),
         )
         return out
 
@@ -169,13 +196,13 @@ class CompressionReport:
 
     def __str__(self) -> str:
         frame = self.table().map(_cell)
-        return self._headline() + "\n" + frame.to_string()
+        notes = "".join(f"\nnote: {n}" for n in self.notes())
+        return self._headline() + "\n" + frame.to_string() + notes
 
     def _repr_html_(self) -> str:
-        import html
-
-        table = self.table().map(_cell).to_html()
-        return f"<div><b>{html.escape(self._headline())}</b>{table}</div>"
+        frame = self.table().map(_cell)
+        return render("compression_report", headline=self._headline(), columns=list(frame.columns),
+                      rows=list(zip(frame.index, frame.values.tolist())), notes=self.notes())
 
     def figure(self):
         """A plotly figure: grouped before/after bars for size, latency and the metric."""
@@ -195,6 +222,12 @@ class CompressionReport:
                                  showlegend=False, **common), 1, 3)
         fig.update_layout(barmode="group", title=self._headline(), height=360)
         return fig
+
+
+def _size(n: int) -> str:
+    from dask.utils import format_bytes
+
+    return format_bytes(n)
 
 
 def _num(value: float) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import html
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ...reprs import render
 
 if TYPE_CHECKING:
     from torch import nn
@@ -76,28 +77,4 @@ class FederatedResult:
                 f"{self.completed_rounds}/{self.rounds} rounds over {len(self.sites)} sites{acc_s}{eps}>")
 
     def _repr_html_(self) -> str:
-        e = html.escape
-        head = ["round", "aggregated", "dropped", "local accuracy", "global loss", "global accuracy", "ε", "s"]
-        rows = []
-        for r in self.history:
-            local = ", ".join(f"{e(s)} {m['accuracy']:.3f}" for s, m in sorted(r.site_metrics.items())
-                              if "accuracy" in m)
-            dropped = "; ".join(f"{e(s)} ({e(why)})" for s, why in r.dropped.items())
-            if r.skipped:
-                dropped = (dropped + "; " if dropped else "") + f"<b>skipped</b>: {e(r.skipped)}"
-            g = r.global_metrics
-            rows.append([str(r.round), e(", ".join(r.aggregated)), dropped, local,
-                         f"{g['loss']:.4f}" if "loss" in g else "",
-                         f"{g['accuracy']:.4f}" if "accuracy" in g else "",
-                         f"{r.epsilon:.3f}" if r.epsilon is not None else "", f"{r.seconds:.2f}"])
-        table = "".join(f"<th style='text-align:left'>{h}</th>" for h in head)
-        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in row) + "</tr>"
-                       for row in rows)
-        dp = (f"central DP, clip {self.dp['clip']:g}, noise ×{self.dp['noise_multiplier']:g}: "
-              f"ε = {self.dp['epsilon']:.3f} at δ = {self.dp['delta']:g}") if self.dp else "no DP"
-        samples = ", ".join(f"{e(s['site'])}: {s['samples']}" for s in self.lineage.get("sites", []))
-        return (f"<div><b>Federated run {e(self.name)}</b>: {e(self.strategy)}, "
-                f"{'secure aggregation' if self.secure else 'plain aggregation'}, {dp}; "
-                f"{self.completed_rounds}/{self.rounds} rounds in {self.seconds:.1f} s; samples per site "
-                f"(counts only) {samples}"
-                f"<table><thead><tr>{table}</tr></thead><tbody>{body}</tbody></table></div>")
+        return render("federated_result", r=self)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ClusterError
+from ...reprs import render
 
 
 class TrainingError(ClusterError):
@@ -56,20 +56,9 @@ class TrainResult:
         return (f"<TrainResult {self.name!r} {self.kind} {self.task} [{metrics}] on {self.site} "
                 f"({', '.join(self.workers)}) in {self.duration_s:.1f} s{resumed}>")
 
+    def _stopped(self) -> str:
+        best = self.model.attr("best_iteration") if self.kind == "xgboost" and hasattr(self.model, "attr") else None
+        return "" if best is None else f", stopped early: best round {int(best) + 1}"
+
     def _repr_html_(self) -> str:
-        unit = "rounds" if self.kind == "xgboost" else "epochs"
-        rows = [
-            ("model", f"{self.kind} ({self.task}), {len(self.history)} {unit}"),
-            ("holdout", ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())),
-            ("strategy", self.strategy),
-            ("workers", f"{', '.join(self.workers)} on {self.site}"),
-            ("time", f"{self.duration_s:.1f} s"),
-            ("resumed from", "—" if self.resumed_from is None
-             else f"{unit[:-1]} {self.resumed_from} ({self.restarts} restart(s))"),
-            ("checkpoints", self.checkpoints or "—"),
-            ("data", f"{self.input_schema.get('shape')} sha256 {self.data_fingerprint[:16]}…"),
-        ]
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                       f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        return (f"<div class='lepton-train'><b>Lepton training {html.escape(self.name)}</b>"
-                f"<table>{body}</table></div>")
+        return render("train_result", r=self, stopped=self._stopped())
