@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "xgboost", "distributed", "dask", "numpy", "pandas", "sklearn", "cryptography",
+HEAVY = ("torch", "xgboost", "optuna", "distributed", "dask", "numpy", "pandas", "sklearn", "cryptography",
          "lepton_lab.cluster", "lepton_lab.session", "lepton_lab.registry", "lepton_lab.ml")
 
 
@@ -26,6 +26,23 @@ PROBE = ("import sys, json; print(json.dumps({'loaded': sorted(m for m in %r if 
 
 def test_load_ext_imports_no_heavy_library():
     got = _fresh("%load_ext lepton_lab\n" + PROBE)
+    assert got == {"loaded": [], "magics": True}
+
+
+def test_refused_magic_lines_import_no_heavy_library():
+    # %load_ext builds every subcommand's parser; the training choices are read only when used.
+    lines = ["frob", "up --bogus 3", "scale many", "plan sing", "train --rounds many", "federate --model m",
+             "tune", "help nope"]
+    got = _fresh(
+        "%load_ext lepton_lab\n"
+        "from IPython.core.error import UsageError\n"
+        "refused = 0\n"
+        f"for line in {lines!r}:\n"
+        "    try:\n"
+        "        get_ipython().run_line_magic('lepton', line)\n"
+        "    except UsageError:\n"
+        "        refused += 1\n"
+        f"assert refused == {len(lines)}, refused\n" + PROBE)
     assert got == {"loaded": [], "magics": True}
 
 

@@ -16,7 +16,6 @@ from sklearn.datasets import load_digits, make_classification, make_regression
 import lepton_lab
 from lepton_lab.api import train
 from lepton_lab.errors import ConfigError
-from lepton_lab.kernel.train_magics import register_magics
 from lepton_lab.ml.train import TrainingError, TrainResult
 from tests.helpers import checked_cluster
 
@@ -160,7 +159,8 @@ def test_job_shows_in_allocation_and_progress_streams(cluster):
     deadline = time.monotonic() + 60
     while t.is_alive() and time.monotonic() < deadline and seen is None:
         snap = lepton_lab.status(CLUSTER)
-        seen = snap.job("train-watched")
+        job = snap.job("train-watched")
+        seen = job if job is not None and job.tasks else None  # listed from submission; wait for it to run
         time.sleep(0.05)
     t.join(120)
     assert seen is not None, "job train-watched never appeared in an allocation snapshot"
@@ -416,9 +416,6 @@ def shell(cluster):
 
     sh = InteractiveShell.instance()
     sh.run_line_magic("load_ext", "lepton_lab")
-    magics = sh.magics_manager.registry["LeptonMagics"]
-    if "train" not in magics.parsers:  # until lepton_lab.kernel.magics.load wires it in
-        register_magics(magics)
     return sh
 
 

@@ -22,8 +22,8 @@ from lepton_lab.ml.compress.pytorch import DISTILL_TEMPERATURE as DISTILL_TEMPER
 from lepton_lab.ml.compress.pytorch import FINETUNE_EPOCHS as FINETUNE_EPOCHS
 from lepton_lab.ml.compress.pytorch import FINETUNE_LR as FINETUNE_LR
 from lepton_lab.ml.compress.report import CompressionRefused, CompressionReport, CompressionResult, Measurement
-from lepton_lab.ml.modelspec import SPEC_FORMAT as SPEC_FORMAT
-from lepton_lab.ml.modelspec import build_model, model_spec
+from lepton_lab.registry.modelspec import SPEC_FORMAT as SPEC_FORMAT
+from lepton_lab.registry.modelspec import build_model, model_spec
 
 __all__ = [
     "CompressionRefused",

@@ -17,7 +17,10 @@ from torch import nn
 
 from lepton_lab.errors import ConfigError
 from lepton_lab.ml.compress.report import Measurement
-from lepton_lab.ml.modelspec import model_spec
+from lepton_lab.registry.modelspec import model_spec
+
+#: The holdout ``compress`` keeps of data it splits itself: ``train``'s default.
+TEST_SIZE = 0.2
 
 
 @dataclass(kw_only=True)
@@ -59,17 +62,54 @@ class EvalData:
         return self.y_test.dtype.kind in "iub"
 
     @classmethod
-    def of(cls, data: Any) -> EvalData:
-        """An ``EvalData`` from an ``EvalData`` or a 2- or 4-tuple of arrays."""
+    def of(cls, data: Any, target: Any = None, *, test_size: float | int = TEST_SIZE,
+           seed: int = 0) -> EvalData:
+        """An ``EvalData`` from an ``EvalData``, a 2- or 4-tuple of arrays, or what ``train`` takes.
+
+        With ``target`` (a column name of a DataFrame, or the labels of ``X``), the rows are
+        split into training and holdout rows as ``train`` splits them for the same
+        ``test_size`` and ``seed``, so a model's holdout is the one it was measured on.
+        """
+        if target is not None:
+            return cls.split(data, target, test_size=test_size, seed=seed)
         if isinstance(data, EvalData):
             return data
         if isinstance(data, (tuple, list)) and len(data) == 2:
             return cls(X_test=data[0], y_test=data[1])
         if isinstance(data, (tuple, list)) and len(data) == 4:
             return cls(X_train=data[0], y_train=data[1], X_test=data[2], y_test=data[3])
+        if hasattr(data, "columns"):
+            from lepton_lab.ml.compress.arguments import CompressArgumentError
+
+            raise CompressArgumentError("data is a DataFrame: name its label column with target='column'",
+                                        "--data is a DataFrame: name its label column with --target COL")
         raise ConfigError(
-            "data must be (X_test, y_test), (X_train, y_train, X_test, y_test) or an EvalData"
+            "data must be a DataFrame with target='column', (X_test, y_test), "
+            "(X_train, y_train, X_test, y_test) or an EvalData"
         )
+
+    @classmethod
+    def split(cls, data: Any, target: Any, *, test_size: float | int = TEST_SIZE,
+              seed: int = 0) -> EvalData:
+        """Features and labels as ``train`` reads them, split into training and holdout rows."""
+        from lepton_lab.ml.train.data import _as_table, _detect_task, _split_indices, _take
+
+        if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not test_size > 0 \
+                or (isinstance(test_size, float) and test_size >= 1):
+            raise ConfigError(f"test_size must be a fraction in (0, 1) or a row count, not {test_size!r}")
+        table = _as_table("xgboost", data, target)
+        if table.dask:
+            raise ConfigError("compress measures in this process: pass in-memory data "
+                              "(a pandas DataFrame or arrays), not a Dask collection")
+        task = _detect_task(table, None)
+        table.encode(task)  # class labels become 0..K-1, as the trained model predicts them
+        y = np.asarray(table.y)
+        if task.kind != "regression":
+            y = y.astype("int64")
+        X = table.X.to_numpy() if hasattr(table.X, "to_numpy") else np.asarray(table.X)
+        train_idx, test_idx = _split_indices(table.n_rows, test_size, seed)
+        return cls(X_train=_take(X, train_idx), y_train=y[train_idx],
+                   X_test=_take(X, test_idx), y_test=y[test_idx])
 
 
 def _as_numpy(value: Any) -> np.ndarray:

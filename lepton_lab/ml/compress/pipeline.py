@@ -10,18 +10,21 @@ from torch import nn
 
 from lepton_lab.config import COMPRESSION_TOLERANCE
 from lepton_lab.errors import ConfigError
-from lepton_lab.ml.compress.measure import EvalData, _measure_torch, _measure_xgboost
+from lepton_lab.ml.compress.arguments import METRICS as METRICS
+from lepton_lab.ml.compress.arguments import check_arguments
+from lepton_lab.ml.compress.measure import TEST_SIZE, EvalData, _measure_torch, _measure_xgboost
 from lepton_lab.ml.compress.pytorch import _compress_torch
 from lepton_lab.ml.compress.report import CompressionRefused, CompressionReport, CompressionResult
 from lepton_lab.ml.compress.trees import _booster, _compress_xgboost
-
-METRICS = ("accuracy", "auc", "rmse")
 
 
 def compress(
     model: Any,
     *,
     data: Any = None,
+    target: Any = None,
+    test_size: float | int = TEST_SIZE,
+    seed: int = 0,
     quantize: str | None = None,
     prune: float | None = None,
     distill: nn.Module | str | None = None,
@@ -43,8 +46,15 @@ def compress(
 
     XGBoost (``Booster``, ``XGBClassifier``, ``XGBRegressor``): ``trees=N`` keeps
     the first N boosting rounds, ``trees="best"`` those up to the early-stopping
-    best iteration; ``prune=gamma`` runs XGBoost's prune updater (splits gaining
-    less than ``gamma`` become leaves) on the training data.
+    best iteration (of a model trained with ``early_stopping=N``); ``prune=gamma``
+    runs XGBoost's prune updater (splits gaining less than ``gamma`` become leaves)
+    on the training data.
+
+    ``data`` is ``(X_test, y_test)``, ``(X_train, y_train, X_test, y_test)``, an
+    :class:`EvalData`, or what ``train`` takes: a DataFrame with ``target`` naming the
+    label column (or ``X`` with ``target`` the labels), split into training and
+    holdout rows as ``train`` splits them (``test_size``, ``seed``: ``train``'s
+    defaults), so a trained model is measured on its own holdout.
 
     ``metric`` is "accuracy" (default for integer labels), "auc" or "rmse"
     (default for float labels). If it gets worse by more than ``tolerance``
@@ -53,8 +63,8 @@ def compress(
     """
     started = time.perf_counter()
     framework = _framework(model)
-    evald = EvalData.of(data) if data is not None else None
-    _check_arguments(framework, evald, quantize, prune, distill, trees, tolerance, metric, epochs)
+    evald = EvalData.of(data, target, test_size=test_size, seed=seed) if data is not None else None
+    check_arguments(framework, evald, quantize, prune, distill, trees, tolerance, metric, epochs)
     metric = metric or (None if evald is None else
                         ("accuracy" if evald.is_classification else "rmse"))
     if framework == "torch":
@@ -86,43 +96,3 @@ def _framework(model: Any) -> str:
         f"compress() takes a torch.nn.Module, an xgboost.Booster or an XGBClassifier/"
         f"XGBRegressor, not {kind}"
     )
-
-
-def _check_arguments(framework, evald, quantize, prune, distill, trees, tolerance, metric, epochs):
-    if quantize is None and prune is None and distill is None and trees is None:
-        raise ConfigError("nothing to do: pass quantize='int8', prune=, distill= or trees=")
-    if quantize not in (None, "int8"):
-        raise ConfigError(f"quantize must be 'int8' or None, not {quantize!r}")
-    if prune is not None and (isinstance(prune, bool) or not isinstance(prune, (int, float))):
-        raise ConfigError(f"prune must be a number, not {prune!r}")
-    if metric not in (None, *METRICS):
-        raise ConfigError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
-        raise ConfigError(f"tolerance must be a number >= 0, not {tolerance!r}")
-    if epochs is not None and (not isinstance(epochs, int) or epochs < 0):
-        raise ConfigError(f"epochs must be an integer >= 0, not {epochs!r}")
-    if framework == "torch":
-        if trees is not None:
-            raise ConfigError("trees= is for XGBoost models; use prune= or distill= for PyTorch")
-        if prune is not None and not 0 < prune < 1:
-            raise ConfigError(f"prune is the fraction of hidden units to remove, in (0, 1), "
-                              f"not {prune}")
-        if distill is not None and distill != "auto" and not isinstance(distill, nn.Module):
-            raise ConfigError(f"distill must be 'auto' or a student nn.Module, not {distill!r}")
-        if distill is not None and (evald is None or not evald.has_train):
-            raise ConfigError("distillation trains a student: pass "
-                              "data=(X_train, y_train, X_test, y_test)")
-    else:
-        if quantize is not None or distill is not None:
-            raise ConfigError("XGBoost models take trees= and prune=, not quantize= or distill=")
-        if trees is not None and trees != "best" and (
-                isinstance(trees, bool) or not isinstance(trees, int) or trees < 1):
-            raise ConfigError(f"trees must be 'best' or a number of rounds >= 1, not {trees!r}")
-        if prune is not None and prune < 0:
-            raise ConfigError(f"prune is XGBoost's gamma for the prune updater, >= 0, not {prune}")
-        if prune is not None and (evald is None or not evald.has_train):
-            raise ConfigError("XGBoost's prune updater needs training data: pass "
-                              "data=(X_train, y_train, X_test, y_test)")
-    if metric in ("accuracy", "auc") and evald is not None and not evald.is_classification:
-        raise ConfigError(f"metric {metric!r} needs integer class labels; y_test is "
-                          f"{evald.y_test.dtype}")

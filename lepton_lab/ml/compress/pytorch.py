@@ -16,11 +16,11 @@ from torch import nn
 
 from lepton_lab.errors import ConfigError
 from lepton_lab.ml.compress.measure import EvalData, _forward_all, _sample_input, interleaved_latency
-from lepton_lab.ml.modelspec import CHANNELWISE as _CHANNELWISE
-from lepton_lab.ml.modelspec import SPEC_FORMAT, build_model
-from lepton_lab.ml.modelspec import quantize_with as _quantize_with
-from lepton_lab.ml.modelspec import quantized_engine as _engine
-from lepton_lab.ml.modelspec import trace_chain as _trace_chain
+from lepton_lab.registry.modelspec import CHANNELWISE as _CHANNELWISE
+from lepton_lab.registry.modelspec import SPEC_FORMAT, build_model
+from lepton_lab.registry.modelspec import quantize_with as _quantize_with
+from lepton_lab.registry.modelspec import quantized_engine as _engine
+from lepton_lab.registry.modelspec import trace_chain as _trace_chain
 
 #: Knowledge-distillation defaults: softening temperature and weight of the teacher term.
 DISTILL_TEMPERATURE = 4.0

@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Any
 
-from lepton_lab.errors import ConfigError
+from lepton_lab.ml.compress.arguments import no_best_iteration, trees_cut_nothing
 
 
 def _booster(model):
@@ -26,12 +26,10 @@ def _compress_xgboost(model, evald, gamma, trees):
         if trees == "best":
             best = booster.attr("best_iteration")
             if best is None:
-                raise ConfigError("trees='best' needs a model trained with early stopping; "
-                                  "pass trees=N instead")
+                raise no_best_iteration(rounds)
             keep = int(best) + 1
         elif trees >= rounds:
-            raise ConfigError(f"trees={trees} does not cut anything: the model has {rounds} "
-                              f"rounds")
+            raise trees_cut_nothing(trees, rounds)
         else:
             keep = trees
         # Slicing drops best_iteration, which described the uncut model.

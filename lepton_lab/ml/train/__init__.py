@@ -41,7 +41,6 @@ import functools
 import os
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Callable
 
 from ... import config
@@ -89,6 +88,7 @@ def train(
     workers: int | None = None,
     checkpoint_every: int = 10,
     test_size: float = 0.2,
+    early_stopping: int | None = None,
     progress: bool = True,
     client: Any,
     strategy: str = "auto",
@@ -108,7 +108,10 @@ def train(
     count) is held out for the metrics.
 
     XGBoost: ``rounds`` and ``params`` (``xgboost.train`` parameters; objective
-    and eval metric follow the target unless given). ``strategy`` ``"auto"``
+    and eval metric follow the target unless given). ``early_stopping=N`` sets a
+    tenth of the training rows aside as a validation set and stops when its first
+    eval metric has not improved for N rounds; the model keeps its
+    ``best_iteration``, and ``compress(result, trees="best")`` cuts it there. ``strategy`` ``"auto"``
     trains in one worker when the data fits its memory, else spreads it with
     ``xgboost.dask``; ``"single"``/``"distributed"`` force one.
 
@@ -130,6 +133,10 @@ def train(
                 optimizer=optimizer, workers=workers, checkpoint_every=checkpoint_every,
                 test_size=test_size, strategy=strategy, max_restarts=max_restarts, params=params,
                 model=model, timeout=timeout)
+    if early_stopping is not None and (kind != "xgboost" or isinstance(early_stopping, bool)
+                                       or not isinstance(early_stopping, int) or early_stopping < 1):
+        raise ConfigError("train: early_stopping is for xgboost, a number of rounds >= 1; "
+                          f"got {early_stopping!r} for {kind}")
     if stall_timeout is not None and not (isinstance(stall_timeout, (int, float)) and stall_timeout > 0):
         raise ConfigError(f"train: stall_timeout must be a positive number of seconds or None, got {stall_timeout!r}")
     site_view = _Site(client, site)
@@ -142,7 +149,7 @@ def train(
     fingerprint = _Background(functools.partial(_fingerprint, table.header(), table.X, table.y, table.dask,
                                                 table.frame))
     table.encode(task)
-    checkpoints = _Checkpoints(Path(checkpoint_dir) if checkpoint_dir else
+    checkpoints = _Checkpoints(checkpoint_dir if checkpoint_dir else
                                config.home() / "checkpoints" / name, checkpoint_every)
     run = uuid.uuid4().hex[:10]
     checkpoints.reset(run)
@@ -151,7 +158,7 @@ def train(
                    topic=_progress.topic_for(name), job=f"train-{name}")
     if kind == "xgboost":
         job: _Job = _XGBoostJob(ctx, rounds=rounds, params=params or {}, strategy=strategy,
-                                workers=workers)
+                                workers=workers, early_stopping=early_stopping)
     else:
         job = _TorchJob(ctx, model=model, epochs=epochs, batch_size=batch_size, lr=float(lr),
                         optimizer=optimizer, workers=workers, strategy=strategy)

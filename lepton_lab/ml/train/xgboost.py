@@ -29,6 +29,10 @@ MEMORY_FRACTION = 0.6
 #: a tenth of the training time.
 MONITOR_ROWS = 10_000
 
+#: With early stopping, this fraction of the training rows is set aside as the validation
+#: set the stopping rule watches; the holdout stays untouched for the final metrics.
+VALIDATION_SIZE = 0.1
+
 
 def _XGBProgress(*args: Any, **kwargs: Any) -> Any:
     """``xgboost.callback.TrainingCallback``: post progress and write checkpoints (rank 0 only)."""
@@ -60,6 +64,7 @@ class _XGBProgressBase:
         self.start_round: int | None = None
         self.sent = 0  # last round posted
         self.sent_at = 0.0
+        self.log: dict | None = None
 
     def __reduce__(self):
         return (_XGBProgress, (self.topic, self.run, self.total, self.ckpt, self.prior, self.worker))
@@ -90,7 +95,21 @@ class _XGBProgressBase:
             history = self.prior + _xgb_history(evals_log, self.start_round or 0)
             raw = model.save_raw("ubj")
             _save_checkpoint(self.ckpt, "xgboost", done, lambda f: f.write(bytes(raw)), history)
+        self.log = evals_log
         return False
+
+    def after_training(self, model):
+        # Early stopping ends before the last round: post the rounds not yet shown.
+        from xgboost import collective
+
+        done = model.num_boosted_rounds()
+        if collective.get_rank() == 0 and done > self.sent and self.log is not None:
+            fresh = [r for r in _xgb_history(self.log, self.start_round or 0) if r["round"] > self.sent]
+            latest = {k: v for k, v in fresh[-1].items() if k != "round"} if fresh else {}
+            _progress.post(self.topic, {"run": self.run, "round": done, "total": self.total, "metrics": latest,
+                                        "rows": fresh, "worker_name": self.worker or _worker_name()})
+            self.sent = done
+        return model
 
 
 def _xgb_history(evals_log: dict, start: int) -> list[dict[str, float]]:
@@ -114,6 +133,16 @@ def _xgb_params(task: _Task, params: dict[str, Any], gpu: bool) -> dict[str, Any
     if gpu:
         p["device"] = "cuda"
     return p
+
+
+def _early_stopping(rounds: int, params: dict[str, Any]) -> Any:
+    """XGBoost's rule: stop when the validation set's first metric has not improved for ``rounds`` rounds."""
+    import xgboost as xgb
+
+    metric = params.get("eval_metric")
+    if isinstance(metric, (list, tuple)):
+        metric = metric[0] if metric else None
+    return xgb.callback.EarlyStopping(rounds=rounds, metric_name=metric, data_name="validation", save_best=False)
 
 
 def _concat(parts: Any) -> Any:
@@ -155,6 +184,11 @@ def _xgb_single(X: Any, y: Any, test_idx: Any, X_test: Any, y_test: Any, spec: d
     else:
         X_test, y_test = _concat(X_test), _concat(y_test)
     y_test = np.asarray(y_test)
+    stop = spec.get("early_stopping")
+    if stop:
+        fit, val = _split_indices(len(y), VALIDATION_SIZE, spec.get("seed", 0) + 1)
+        X_val, y_val = _take(X, val), _take(y, val)
+        X, y = _take(X, fit), _take(y, fit)
     nthread = int(spec["nthread"])
     params = dict(spec["params"])
     params.setdefault("nthread", nthread)  # the nanny set OMP_NUM_THREADS=1: say it explicitly
@@ -166,6 +200,12 @@ def _xgb_single(X: Any, y: Any, test_idx: Any, X_test: Any, y_test: Any, spec: d
     X_mon, y_mon = (X_test, y_test) if mon is None else (_take(X_test, mon), y_test[mon])
     dmon = xgb.QuantileDMatrix(X_mon, y_mon, ref=dtrain, nthread=nthread, enable_categorical=cat,
                                feature_names=names)
+    evals = [(dmon, "holdout")]
+    callbacks = []
+    if stop:
+        evals.append((xgb.QuantileDMatrix(X_val, y_val, ref=dtrain, nthread=nthread, enable_categorical=cat,
+                                          feature_names=names), "validation"))
+        callbacks.append(_early_stopping(int(stop), params))
     clock.lap("dmatrix")
     resume = spec.get("resume")
     booster = xgb.Booster(model_file=bytearray(resume)) if resume else None
@@ -173,10 +213,11 @@ def _xgb_single(X: Any, y: Any, test_idx: Any, X_test: Any, y_test: Any, spec: d
     evals_log: dict = {}
     callback = _XGBProgress(spec["topic"], spec["run"], spec["rounds"], spec["checkpoints"],
                             spec.get("history", []), _worker_name())
-    booster = xgb.train(params, dtrain, num_boost_round=spec["rounds"] - done, evals=[(dmon, "holdout")],
-                        evals_result=evals_log, verbose_eval=False, xgb_model=booster, callbacks=[callback])
+    booster = xgb.train(params, dtrain, num_boost_round=spec["rounds"] - done, evals=evals,
+                        evals_result=evals_log, verbose_eval=False, xgb_model=booster,
+                        callbacks=[callback, *callbacks])
     clock.lap("train")
-    del dtrain, dmon
+    del dtrain, dmon, evals
     pred = booster.inplace_predict(X_test)
     metrics = _metrics(spec["task"], y_test, pred)
     clock.lap("evaluate")
@@ -194,8 +235,9 @@ class _XGBoostJob(_Job):
     unit = "round"
 
     def __init__(self, ctx: _Context, *, rounds: int, params: dict[str, Any], strategy: str,
-                 workers: int | None):
+                 workers: int | None, early_stopping: int | None = None):
         self.ctx = ctx
+        self.early_stopping = early_stopping
         self.total = rounds
         self.params = params
         self.n_workers = workers
@@ -240,7 +282,7 @@ class _XGBoostJob(_Job):
             "params": _xgb_params(ctx.task, self.params, gpu),
             "rounds": self.total, "task": ctx.task.kind, "topic": ctx.topic, "run": ctx.run,
             "checkpoints": ctx.checkpoints.spec(), "categorical": ctx.table.categorical,
-            "history": [], "resume": None, "seed": ctx.seed,
+            "history": [], "resume": None, "seed": ctx.seed, "early_stopping": self.early_stopping,
         }
         if resume:
             spec["resume"] = ctx.checkpoints.read(resume)
@@ -311,8 +353,8 @@ class _XGBoostJob(_Job):
 
         return _Attempt(ctx, {pick.address: pick.name}, futures=[fut], collect=collect, cleanup=cleanup)
 
-    def _dask_split(self, persist_on: list[str]) -> dict[str, list[Any]]:
-        """Split Dask data into train/holdout, persisted on ``persist_on``; futures per partition."""
+    def _dask_split(self, persist_on: list[str], validation: bool = False) -> dict[str, list[Any]]:
+        """Split Dask data into train/holdout (and validation), persisted on ``persist_on``; futures per partition."""
         from distributed import futures_of
 
         ctx = self.ctx
@@ -326,8 +368,12 @@ class _XGBoostJob(_Job):
                 else X.assign(__lepton_target__=y)
             train_df, test_df = whole.random_split([1 - frac, frac], random_state=ctx.seed)
             cols = [c for c in whole.columns if c != "__lepton_target__"]
-            colls = {"X": train_df[cols], "y": train_df["__lepton_target__"],
-                     "X_test": test_df[cols], "y_test": test_df["__lepton_target__"]}
+            colls = {"X_test": test_df[cols], "y_test": test_df["__lepton_target__"]}
+            if validation:
+                train_df, val_df = train_df.random_split([1 - VALIDATION_SIZE, VALIDATION_SIZE],
+                                                         random_state=ctx.seed + 1)
+                colls.update(X_val=val_df[cols], y_val=val_df["__lepton_target__"])
+            colls.update(X=train_df[cols], y=train_df["__lepton_target__"])
         else:
             import dask.array as da
 
@@ -335,6 +381,10 @@ class _XGBoostJob(_Job):
             y = y.rechunk((X.chunks[0],))
             mask = da.random.default_rng(ctx.seed).random(X.shape[0], chunks=(X.chunks[0],)) < frac
             colls = {"X": X[~mask], "y": y[~mask], "X_test": X[mask], "y_test": y[mask]}
+            if validation:
+                val = ~mask & (da.random.default_rng(ctx.seed + 1).random(X.shape[0], chunks=(X.chunks[0],))
+                               < VALIDATION_SIZE)
+                colls.update(X=X[~mask & ~val], y=y[~mask & ~val], X_val=X[val], y_val=y[val])
         persisted = ctx.client.persist(list(colls.values()), workers=persist_on, allow_other_workers=False)
         out = {}
         for k, coll in zip(colls, persisted):
@@ -356,13 +406,14 @@ class _XGBoostJob(_Job):
                          f"({', '.join(names)}){', on GPUs' if gpu else ''}; {self.why}")
         addrs = [w.address for w in workers]
         if ctx.table.dask:
-            parts = self._dask_split(persist_on=addrs)
+            parts = self._dask_split(persist_on=addrs, validation=bool(self.early_stopping))
             colls = self.placed
             X_tr, y_tr, X_te, y_te = colls["X"], colls["y"], colls["X_test"], colls["y_test"]
             X_mon, y_mon = X_te, y_te
+            X_val, y_val = colls.get("X_val"), colls.get("y_val")
             data = [f for v in parts.values() for f in v]
         else:
-            X_tr, y_tr, X_te, y_te, X_mon, y_mon, data = self._scatter_parts(workers)
+            X_tr, y_tr, X_te, y_te, X_mon, y_mon, X_val, y_val, data = self._scatter_parts(workers)
 
         def run() -> _Outcome:
             import xgboost as xgb
@@ -375,11 +426,17 @@ class _XGBoostJob(_Job):
             callback = _XGBProgress(ctx.topic, ctx.run, self.total, spec["checkpoints"], spec["history"])
             dtrain = dxgb.DaskQuantileDMatrix(client, X_tr, y_tr, enable_categorical=cat)
             dmon = dxgb.DaskQuantileDMatrix(client, X_mon, y_mon, ref=dtrain, enable_categorical=cat)
+            evals = [(dmon, "holdout")]
+            callbacks = [callback]
+            if self.early_stopping:
+                evals.append((dxgb.DaskQuantileDMatrix(client, X_val, y_val, ref=dtrain, enable_categorical=cat),
+                               "validation"))
+                callbacks.append(_early_stopping(self.early_stopping, spec["params"]))
             # The annotation reaches the tasks xgboost submits, so the allocation view shows the
             # job; dask-expr collections ignore annotations, so none are built inside.
             with dask.annotate(job=ctx.job):
                 out = dxgb.train(client, spec["params"], dtrain, num_boost_round=self.total - done,
-                                 evals=[(dmon, "holdout")], xgb_model=booster, callbacks=[callback],
+                                 evals=evals, xgb_model=booster, callbacks=callbacks,
                                  verbose_eval=False, coll_cfg=Config(timeout=COLLECTIVE_TIMEOUT))
             model = out["booster"]
             pred = dxgb.predict(client, model, X_te)
@@ -400,7 +457,8 @@ class _XGBoostJob(_Job):
     def _scatter_parts(self, workers: list[_Worker]):
         """In-memory data cut into one piece per worker and scattered there (no big graph).
 
-        Returns train X, y; holdout X, y; the holdout sample for the per-round metric; futures.
+        Returns train X, y; holdout X, y; the holdout sample for the per-round metric; the
+        validation X, y of early stopping (None without it); futures.
         """
         import dask.array as da
 
@@ -409,9 +467,16 @@ class _XGBoostJob(_Job):
         train_idx, test_idx = _split_indices(t.n_rows, ctx.test_size, ctx.seed)
         mon = _monitor_rows(len(test_idx), ctx.seed)
         mon_idx = test_idx if mon is None else test_idx[mon]
+        val_idx = None
+        if self.early_stopping:
+            fit, val = _split_indices(len(train_idx), VALIDATION_SIZE, ctx.seed + 1)
+            train_idx, val_idx = train_idx[fit], train_idx[val]
         futures: list[Any] = []
         colls = []
-        for idx in (train_idx, test_idx, mon_idx):
+        for idx in (train_idx, test_idx, mon_idx, val_idx):
+            if idx is None:
+                colls += [None, None]
+                continue
             pieces = [p for p in np.array_split(idx, len(workers)) if len(p)]
             xs, ys = [], []
             for w, piece in zip(workers, pieces):

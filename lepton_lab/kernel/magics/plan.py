@@ -14,8 +14,8 @@ from typing import Any
 
 from IPython.display import display
 
-from .. import api
-from .parsing import MagicParser, count
+from ... import api
+from .arguments import add_verb, count
 
 KINDS = ("train", "federate", "serve", "tune")
 
@@ -30,9 +30,10 @@ def _amount(text: str) -> float:
     return x
 
 
-def _parser() -> MagicParser:
-    p = MagicParser(prog="plan", add_help=False,
-                    description="where the planner would put a job: sites, workers, GPUs, cost per hour, why")
+def add_parsers(verbs: Any) -> None:
+    """Add ``%lepton plan`` to ``%lepton``'s sub-parsers."""
+    p = add_verb(verbs, "plan", "where the planner would put a job: sites, workers, GPUs, cost per hour, why",
+                 _plan)
     p.add_argument("kind", choices=KINDS, help="train and serve: one site; tune: a worker per trial; "
                                                 "federate: a worker on each edge site")
     p.add_argument("--workers", type=count, default=None, help="workers the job takes (default 1)")
@@ -45,17 +46,10 @@ def _parser() -> MagicParser:
                    help="the data may not leave --data-site")
     p.add_argument("--sites", default=None, help="allowed sites (federate: its sites), comma-separated")
     p.add_argument("--cluster", default=None, help="cluster name (default: the current one)")
-    return p
 
 
-def _plan(a: argparse.Namespace) -> Any:
+def _plan(magics: Any, a: argparse.Namespace) -> None:
     choice = api.plan(a.kind, workers=a.workers, gpus=a.gpus, memory=a.memory, hours=a.hours,
                       data_site=a.data_site, data_gb=a.data_gb, data_moves=a.data_moves, sites=a.sites,
                       name=a.cluster)
     display({"text/plain": repr(choice), "text/html": choice._repr_html_()}, raw=True)
-    return None
-
-
-def register_magics(magics: Any) -> None:
-    """Add ``%lepton plan`` to a :class:`~lepton_lab.kernel.magics.LeptonMagics`."""
-    magics.register("plan", _parser(), line=_plan)

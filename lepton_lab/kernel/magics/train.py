@@ -1,7 +1,7 @@
 """``%lepton train xgboost|torch ...``: train on a site and bind the result in the notebook.
 
-The option choices come from :mod:`lepton_lab.ml.train`, imported when the subcommand is
-registered (on first need), not when this module is.
+The option choices come from :mod:`lepton_lab.ml.train`, read when a line is parsed or
+help is shown, not when this module is imported.
 """
 
 from __future__ import annotations
@@ -13,18 +13,34 @@ from typing import Any
 
 from IPython.display import display
 
-from .. import api
-from ..errors import ConfigError
-from .parsing import MagicParser
+from ... import api
+from ...errors import ConfigError
+from .arguments import add_verb, choices_later
 
 
-def register_magics(magics: Any) -> None:
-    """Add ``%lepton train xgboost|torch ...`` to a ``LeptonMagics`` instance."""
-    from ..ml.train import KINDS, OPTIMIZERS, STRATEGIES
+def _kinds() -> tuple[str, ...]:
+    from ...ml.train import KINDS
 
-    p = MagicParser(prog="train", add_help=False,
-                    description="train an XGBoost or PyTorch model on a site; binds the result to --name")
-    p.add_argument("kind", choices=KINDS + ("pytorch",))
+    return KINDS + ("pytorch",)
+
+
+def _strategies() -> tuple[str, ...]:
+    from ...ml.train import STRATEGIES
+
+    return STRATEGIES
+
+
+def optimizers() -> tuple[str, ...]:
+    """The optimizers ``train`` (and ``tune``) take."""
+    from ...ml.train import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def add_parsers(verbs: Any) -> None:
+    """Add ``%lepton train xgboost|torch ...`` to ``%lepton``'s sub-parsers."""
+    p = add_verb(verbs, "train", "train an XGBoost or PyTorch model on a site; binds the result to --name", _train)
+    choices_later(p.add_argument("kind"), _kinds)
     p.add_argument("--data", required=True, help="a DataFrame variable, or X,y")
     p.add_argument("--target", default=None, help="label column (or a variable holding the labels)")
     p.add_argument("--name", required=True, help="result variable, job and checkpoint name")
@@ -32,7 +48,9 @@ def register_magics(magics: Any) -> None:
     p.add_argument("--cluster", default=None, help="cluster name (default: the current one)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--params", default=None, help="xgboost parameters as JSON")
-    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
+    choices_later(p.add_argument("--strategy", default="auto"), _strategies)
+    p.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="N",
+                   help="xgboost: stop when the validation metric has not improved for N rounds")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=10)
     p.add_argument("--test-size", dest="test_size", type=_fraction_or_count, default=0.2,
                    help="holdout: a fraction such as 0.2, or a row count")
@@ -40,34 +58,31 @@ def register_magics(magics: Any) -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    choices_later(p.add_argument("--optimizer", default="adam"), optimizers)
     p.add_argument("--workers", type=int, default=None, help="torch: data-parallel ranks")
     p.add_argument("--max-restarts", dest="max_restarts", type=int, default=2)
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
-    def line(a) -> None:
-        ns = magics.shell.user_ns
-        data, target, params, model = training_inputs(ns, a)
-        client = api.current(a.cluster).client
-        result = api.train(a.kind, data=data, target=target, name=a.name, site=a.site, rounds=a.rounds,
-                           params=params, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                           optimizer=a.optimizer, model=model, workers=a.workers,
-                           checkpoint_every=a.checkpoint_every, test_size=a.test_size, progress=a.progress,
-                           client=client, strategy=a.strategy, max_restarts=a.max_restarts)
-        var = a.name if a.name.isidentifier() else re.sub(r"\W", "_", a.name)
-        ns[var] = result
-        display(result)
-        print(f"bound the result to `{var}` ({var}.model is the trained model)")
 
-    magics.register("train", p, line=line)
+def _train(magics: Any, a: argparse.Namespace) -> None:
+    ns = magics.shell.user_ns
+    data, target, params, model = training_inputs(ns, a)
+    client = api.current(a.cluster).client
+    result = api.train(a.kind, data=data, target=target, name=a.name, site=a.site, rounds=a.rounds,
+                       params=params, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                       optimizer=a.optimizer, model=model, workers=a.workers,
+                       early_stopping=a.early_stopping,
+                       checkpoint_every=a.checkpoint_every, test_size=a.test_size, progress=a.progress,
+                       client=client, strategy=a.strategy, max_restarts=a.max_restarts)
+    var = a.name if a.name.isidentifier() else re.sub(r"\W", "_", a.name)
+    ns[var] = result
+    display(result)
+    print(f"bound the result to `{var}` ({var}.model is the trained model)")
 
 
 def training_inputs(ns: dict[str, Any], a: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """``--data``, ``--target``, ``--params`` and ``--model`` of a training magic, looked up in ``ns``."""
-    data = _lookup_data(ns, a.data)
-    target = a.target
-    if target is not None and not hasattr(data, "columns") and target in ns:
-        target = ns[target]
+    data, target = data_and_target(ns, a.data, a.target)
     params = None
     if a.params:
         try:
@@ -83,6 +98,14 @@ def training_inputs(ns: dict[str, Any], a: argparse.Namespace) -> tuple[Any, Any
             raise ConfigError(f"no variable {a.model!r} in the notebook for --model")
         model = ns[a.model]
     return data, target, params, model
+
+
+def data_and_target(ns: dict[str, Any], data: str, target: str | None) -> tuple[Any, Any]:
+    """``--data`` (a variable, or X,y) and ``--target`` (a column, or a variable of labels) from ``ns``."""
+    value = _lookup_data(ns, data)
+    if target is not None and not hasattr(value, "columns") and target in ns:
+        return value, ns[target]
+    return value, target
 
 
 def _fraction_or_count(text: str) -> float | int:

@@ -1,36 +1,48 @@
 """``%lepton federate ...``: federated training on edge sites, the result bound in the notebook.
 
-The option choices come from :mod:`lepton_lab.ml.federated` (which imports torch), imported
-when the subcommand is registered (on first need), not when this module is.
+The option choices come from :mod:`lepton_lab.ml.federated` (which imports torch), read when
+a line is parsed or help is shown, not when this module is imported.
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from IPython.display import display
 
-from .. import api
-from ..errors import ConfigError
-from .parsing import MagicParser
+from ... import api
+from ...errors import ConfigError
+from .arguments import add_verb, choices_later
 
 
-def _parser() -> MagicParser:
-    from ..ml.federated import OPTIMIZERS, STRATEGIES
+def _strategies() -> tuple[str, ...]:
+    from ...ml.federated import STRATEGIES
 
-    p = MagicParser(prog="federate", add_help=False,
-                    description="federated training on edge sites (FedAvg/FedProx, secure aggregation, DP)")
+    return tuple(STRATEGIES)
+
+
+def _optimizers() -> tuple[str, ...]:
+    from ...ml.federated import OPTIMIZERS
+
+    return tuple(OPTIMIZERS)
+
+
+def add_parsers(verbs: Any) -> None:
+    """Add ``%lepton federate`` to ``%lepton``'s sub-parsers."""
+    p = add_verb(verbs, "federate",
+                 "federated training on edge sites (FedAvg/FedProx, secure aggregation, DP)", _federate)
     p.add_argument("--model", required=True, help="name of a torch.nn.Module in the notebook")
     p.add_argument("--loader", required=True, help="name of a function loader(site) -> (X, y)")
     p.add_argument("--sites", default=None,
                    help="site names, comma-separated (default: the planner's choice, every edge site)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
+    choices_later(p.add_argument("--strategy", default="fedavg"), _strategies)
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    choices_later(p.add_argument("--optimizer", default="sgd"), _optimizers)
     p.add_argument("--fraction", type=float, default=1.0, help="share of sites sampled per round")
     p.add_argument("--min-sites", type=int, default=2)
     sec = p.add_mutually_exclusive_group()
@@ -46,7 +58,6 @@ def _parser() -> MagicParser:
     p.add_argument("--cluster", default=None, help="cluster name (default: the current one)")
     p.add_argument("--name", default=None, help="bind the FederatedResult to this name (default: federated)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
 def _lookup(ns: dict, name: str, what: str) -> Any:
@@ -55,8 +66,8 @@ def _lookup(ns: dict, name: str, what: str) -> Any:
     return ns[name]
 
 
-def _federate(magics: Any, a) -> None:
-    from ..ml.privacy import DPConfig
+def _federate(magics: Any, a: argparse.Namespace) -> None:
+    from ...ml.privacy import DPConfig
 
     ns = magics.shell.user_ns
     model = _lookup(ns, a.model, "model")
@@ -72,8 +83,3 @@ def _federate(magics: Any, a) -> None:
     ns[bound] = result
     print(f"{result!r}; bound to `{bound}`")
     display(result)
-
-
-def register_magics(magics: Any) -> None:
-    """Add ``%lepton federate`` to a :class:`~lepton_lab.kernel.magics.LeptonMagics`."""
-    magics.register("federate", _parser(), line=lambda a: _federate(magics, a))

@@ -1,29 +1,34 @@
 """``%lepton tune xgboost|torch --space ...``: hyper-parameter search, the best trial bound in the notebook.
 
-The option choices come from :mod:`lepton_lab.ml.tune`, imported when the subcommand is
-registered (on first need), not when this module is.
+The option choices come from :mod:`lepton_lab.ml.tune_plan`, read when a line is parsed or
+help is shown, not when this module is imported.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Any
 
 from IPython.display import display
 
-from .. import api
-from ..errors import ConfigError
-from .parsing import MagicParser
-from .train_magics import _fraction_or_count, training_inputs
+from ... import api
+from ...errors import ConfigError
+from .arguments import add_verb, choices_later
+from .train import _fraction_or_count, optimizers, training_inputs
 
 
-def _parser() -> MagicParser:
-    from ..ml.train import OPTIMIZERS
-    from ..ml.tune_plan import DIRECTIONS, KINDS, PRUNERS, SAMPLERS
+def _plan(name: str) -> tuple[str, ...]:
+    from ...ml import tune_plan
 
-    p = MagicParser(prog="tune", add_help=False,
-                    description="hyper-parameter search with Optuna on a site's workers; binds the best to --name")
-    p.add_argument("kind", choices=KINDS + ("pytorch", "federate"))
+    return tuple(getattr(tune_plan, name))
+
+
+def add_parsers(verbs: Any) -> None:
+    """Add ``%lepton tune`` to ``%lepton``'s sub-parsers."""
+    p = add_verb(verbs, "tune",
+                 "hyper-parameter search with Optuna on a site's workers; binds the best to --name", _tune)
+    choices_later(p.add_argument("kind"), lambda: _plan("KINDS") + ("pytorch", "federate"))
     p.add_argument("--data", default=None, help="a DataFrame variable, or X,y (not for federate)")
     p.add_argument("--target", default=None, help="label column (or a variable holding the labels)")
     p.add_argument("--space", required=True, help="e.g. 'max_depth=int:2..8 eta=float:0.01..0.3:log'")
@@ -31,10 +36,10 @@ def _parser() -> MagicParser:
     p.add_argument("--team", default=None, help="team that keeps the study (default LEPTON_TEAM)")
     p.add_argument("--trials", type=int, default=20, help="finished trials the study should have")
     p.add_argument("--timeout", type=float, default=None, help="seconds after which no new trial starts")
-    p.add_argument("--direction", choices=DIRECTIONS, default=None)
+    choices_later(p.add_argument("--direction", default=None), lambda: _plan("DIRECTIONS"))
     p.add_argument("--metric", default=None, help="holdout metric: auc, accuracy or rmse (default by target)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
-    p.add_argument("--pruner", choices=PRUNERS, default="median")
+    choices_later(p.add_argument("--sampler", default="tpe"), lambda: _plan("SAMPLERS"))
+    choices_later(p.add_argument("--pruner", default="median"), lambda: _plan("PRUNERS"))
     p.add_argument("--name", default="tuned", help="variable for the best trial's result")
     p.add_argument("--site", default=None, help="site(s) or kind for the trials (default: the planner's choice)")
     p.add_argument("--cluster", default=None, help="cluster name (default: the current one)")
@@ -44,7 +49,7 @@ def _parser() -> MagicParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    choices_later(p.add_argument("--optimizer", default="adam"), optimizers)
     p.add_argument("--test-size", dest="test_size", type=_fraction_or_count, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     fed = p.add_argument_group("federate")
@@ -58,10 +63,9 @@ def _parser() -> MagicParser:
     fed.add_argument("--no-secure", dest="secure", action="store_false", help="federate: plain aggregation")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-view", dest="view", action="store_false", default=None)
-    return p
 
 
-def _tune(magics: Any, a) -> None:
+def _tune(magics: Any, a: argparse.Namespace) -> None:
     ns = magics.shell.user_ns
     if a.kind == "federate":
         return _tune_federated(magics, a)
@@ -81,7 +85,7 @@ def _tune(magics: Any, a) -> None:
           f"{result.metric}={result.value:.4g}; bound to `{var}` ({var}.model is its model)")
 
 
-def _tune_federated(magics: Any, a) -> None:
+def _tune_federated(magics: Any, a: argparse.Namespace) -> None:
     ns = magics.shell.user_ns
 
     def var(name: str | None, what: str) -> Any:
@@ -104,8 +108,3 @@ def _tune_federated(magics: Any, a) -> None:
     stopped = f"; stopped: {t['stopped']}" if t["stopped"] else ""
     print(f"study {t['study']}: best trial #{t['trial']} {t['metric']}={t['value']:.4g}, "
           f"ε spent {t['epsilon_total']:.3f} at δ={t['delta']:g}{stopped}; bound to `{var_name}`")
-
-
-def register_magics(magics: Any) -> None:
-    """Add ``%lepton tune`` to a :class:`~lepton_lab.kernel.magics.LeptonMagics`."""
-    magics.register("tune", _parser(), line=lambda a: _tune(magics, a))
