@@ -15,7 +15,15 @@ The breast-cancer training set is split into three disjoint, unevenly sized part
    interleaved, median over rounds 2.. (round 1 also makes the keys; reported apart)
    (target ratio <= 1.5);
 3. **differential privacy**: ε at δ = 1e-5 after the rounds of a DP run (clip 1.0, noise
-   ×1.0, central DP) and its accuracy.
+   ×1.0, central DP) and its accuracy;
+4. **scaling** (a second cluster of 24 edge sites, 256 synthetic samples each): a round
+   at 3, 6, 12 and 24 sites with secure aggregation against a plain-Dask FedAvg of the
+   same model (same shards, the same local training function, ``client.submit`` per
+   site pinned to its worker, numpy mean), runs alternated, median round; the ratio
+   secure ÷ plain (target <= 1.3 at 12 sites), Lepton without secure aggregation as a
+   middle step, and how each phase (keys, train, unmask) grows with the sites.
+
+``--only scaling`` (or any of accuracy, round_time, dp, scaling, comma-separated) runs a selection.
 """
 
 from __future__ import annotations
@@ -161,46 +169,217 @@ def bench_dp(client, rounds: int) -> dict:
             "accuracy": round(accuracy(r.model, Xte, yte), 4), "mode": "central DP, site level, RDP accountant"}
 
 
+SCALE_SITES = (3, 6, 12, 24)
+SCALE_SAMPLES = 256
+
+
+def scale_profile(n: int) -> str:
+    lines = ["profiles:", "  fedscale:", f"    description: one cloud worker and {n} edge sites", "    sites:",
+             "      - {name: cloud, kind: cloud, workers: 1, threads: 1, memory: 512MiB}"]
+    lines += [f"      - {{name: edge-{i:02d}, kind: edge, workers: 1, threads: 1, memory: 1GiB}}" for i in range(n)]
+    return "\n".join(lines) + "\n"
+
+
+def _plain_load(X, y):
+    """The site's shard as tensors, on the site's worker (what federate's loader step makes)."""
+    import torch
+
+    return torch.as_tensor(X), torch.as_tensor(y)
+
+
+def _plain_site_round(data, template, vector, cfg: dict, seed: int):
+    """One site's FedAvg step with Lepton's own local training function: samples x update."""
+    import copy
+
+    from lepton_lab.ml.federated.local import _train_local, get_vector, set_vector
+
+    X, y = data
+    model = set_vector(copy.deepcopy(template), vector)
+    _train_local(model, X, y, cfg, seed)
+    return len(X) * (get_vector(model) - vector), len(X)
+
+
+def plain_fedavg(client, shards: dict, make, rounds: int) -> list[float]:
+    """FedAvg as a Dask user writes it: ``client.submit`` per site, numpy mean. Seconds per round."""
+    import numpy as np
+
+    from lepton_lab.cluster.workers import on_site
+    from lepton_lab.ml.federated.local import get_vector, set_vector
+
+    model = make()
+    vector = get_vector(model)
+    cfg = {"local_epochs": 1, "lr": 0.1, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
+           "strategy": "fedavg", "mu": 0.0, "kind": "binary"}
+    data = {s: client.submit(_plain_load, *xy, resources=on_site(s), pure=False) for s, xy in shards.items()}
+    client.gather(list(data.values()))
+    holders = client.who_has(list(data.values()))
+    where = {s: holders[f.key][0] for s, f in data.items()}
+    templates = {s: client.scatter(model, workers=[where[s]], hash=False) for s in shards}
+    times = []
+    for r in range(rounds):
+        t = time.perf_counter()
+        futs = [client.submit(_plain_site_round, data[s], templates[s], vector, cfg, r * 7919 + i,
+                              workers=[where[s]], allow_other_workers=False, pure=False)
+                for i, s in enumerate(shards)]
+        out = client.gather(futs)
+        total = np.sum([u for u, _ in out], axis=0)
+        vector = vector + total / sum(n for _, n in out)
+        set_vector(model, vector)
+        times.append(time.perf_counter() - t)
+    for f in [*data.values(), *templates.values()]:
+        f.release()
+    return times
+
+
+def bench_scaling(client, sites: list[str], runs: int, rounds: int) -> dict:
+    import numpy as np
+    from sklearn.datasets import make_classification
+
+    from lepton_lab.ml.federated import federate
+
+    X, y = make_classification(n_samples=SCALE_SAMPLES * len(sites), n_features=30, n_informative=10,
+                               random_state=0)
+    X, y = X.astype(np.float32), y.astype(np.float32)
+    make = models()["mlp"]
+    out: dict = {"model": "mlp 30-16-1", "samples_per_site": SCALE_SAMPLES, "local_epochs": 1,
+                 "rounds_per_run": rounds, "runs": runs, "target": "secure / plain-Dask <= 1.3 at 12 sites",
+                 "sites": {}}
+    for n in SCALE_SITES:
+        chosen = sites[:n]
+        shards = {s: (X[i::len(sites)], y[i::len(sites)]) for i, s in enumerate(chosen)}
+
+        def loader(site, shards=shards):
+            return shards[site]
+
+        per: dict[str, list[float]] = {"plain_dask": [], "lepton_plain": [], "secure": []}
+        per_run: dict[str, list[float]] = {m: [] for m in per}
+        phases: dict[str, list[float]] = {}
+        first_secure = []
+        for i in range(runs + 1):
+            modes = ["plain_dask", "lepton_plain", "secure"]
+            for mode in (modes if i % 2 == 0 else modes[::-1]):  # alternated: drift hits every mode
+                if mode == "plain_dask":
+                    times = plain_fedavg(client, shards, make, rounds)
+                else:
+                    r = federate(make(), loader=loader, sites=chosen, rounds=rounds, secure=mode == "secure",
+                                 client=client, progress=False, name=f"bench-scale-{n}-{mode}-{i}")
+                    times = [h.seconds for h in r.history]
+                    if mode == "secure" and i:
+                        first_secure.append(r.history[0].seconds)
+                        for h in r.history[1:]:
+                            for phase, sec in h.timings.items():
+                                phases.setdefault(phase, []).append(sec)
+                if i:  # run 0 is the warm-up
+                    per[mode].extend(times[1:])  # round 1 also loads and, secure, makes the keys
+                    per_run[mode].append(statistics.median(times[1:]))
+        med = {m: statistics.median(v) for m, v in per.items()}
+        out["sites"][str(n)] = {
+            "plain_dask_round_ms": round(1000 * med["plain_dask"], 1),
+            "lepton_plain_round_ms": round(1000 * med["lepton_plain"], 1),
+            "secure_round_ms": round(1000 * med["secure"], 1),
+            "secure_over_plain_dask": round(med["secure"] / med["plain_dask"], 3),
+            # Each run's median secure round over the same run's plain-Dask one: the spread.
+            "secure_over_plain_dask_per_run": [round(a / b, 3) for a, b in
+                                               zip(per_run["secure"], per_run["plain_dask"])],
+            "lepton_plain_over_plain_dask": round(med["lepton_plain"] / med["plain_dask"], 3),
+            "secure_phase_ms": {p: round(1000 * statistics.median(v), 1) for p, v in sorted(phases.items())},
+            "first_secure_round_ms": round(1000 * statistics.median(first_secure), 1),
+            "rounds_measured": len(per["secure"]),
+        }
+        print(f"scaling: {n} sites done ({out['sites'][str(n)]['secure_over_plain_dask']} secure / plain-Dask)",
+              file=sys.stderr, flush=True)
+    twelve = out["sites"].get("12")
+    out["meets_target"] = bool(twelve and twelve["secure_over_plain_dask"] <= 1.3)
+    return out
+
+
+PARTS = ("accuracy", "round_time", "dp", "scaling")
+
+
+def print_table(results: dict) -> None:
+    print(f"{'measure':44} {'value':>12}  target")
+    for name, a in results.get("accuracy", {}).items():
+        print(f"{'accuracy ' + name + ' centralised':44} {a['centralised']:>12.4f}")
+        print(f"{'accuracy ' + name + ' federated (secure, 30 rounds)':44} {a['federated_secure']:>12.4f}")
+        print(f"{'  gap, points (' + str(a['splits']) + ' splits)':44} {a['gap_points']:>12.2f}  <= 1")
+    if "round_time" in results:
+        rt = results["round_time"]
+        print(f"{'round time plain FedAvg, ms (median)':44} {rt['plain_round_ms']:>12.1f}")
+        print(f"{'round time secure aggregation, ms (median)':44} {rt['secure_round_ms']:>12.1f}")
+        print(f"{'  ratio secure / plain':44} {rt['ratio']:>12.3f}  <= 1.5")
+        print(f"{'first round (with key setup), ms secure':44} {rt['first_round_ms']['secure']:>12.1f}")
+    if "dp" in results:
+        dp = results["dp"]
+        print(f"{'DP ε at δ=1e-5 after 30 rounds (z=1, C=1)':44} {dp['epsilon']:>12.3f}")
+        print(f"{'DP accuracy':44} {dp['accuracy']:>12.4f}")
+    for n, r in results.get("scaling", {}).get("sites", {}).items():
+        phases = ", ".join(f"{p} {v}" for p, v in r["secure_phase_ms"].items())
+        print(f"{n + ' sites: plain-Dask / Lepton / secure, ms':44} "
+              f"{r['plain_dask_round_ms']:>6} / {r['lepton_plain_round_ms']} / {r['secure_round_ms']}")
+        print(f"{'  secure / plain-Dask (per run)':44} {r['secure_over_plain_dask']:>12.3f}  "
+              f"{'<= 1.3 ' if n == '12' else ''}{r['secure_over_plain_dask_per_run']}")
+        print(f"{'  secure phases, ms (median)':44} {phases}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one split, fewer timing runs")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"parts to run, of {', '.join(PARTS)}")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "federated.json"))
     args = parser.parse_args()
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part {', '.join(unknown)} (parts: {', '.join(PARTS)})")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import lepton_lab
 
     tmp = tempfile.mkdtemp(prefix="lepton-fedbench-")
-    (Path(tmp) / "profiles.yaml").write_text(PROFILES)
-    os.environ["LEPTON_PROFILES"] = str(Path(tmp) / "profiles.yaml")
+    profiles = Path(tmp) / "profiles.yaml"
+    os.environ["LEPTON_PROFILES"] = str(profiles)
     t0 = time.perf_counter()
-    handle = lepton_lab.up("fedbench", name="fedbench")
-    try:
-        client = handle.client
-        splits = [0] if args.quick else [0, 1, 2, 3, 4]
-        results = {
-            "accuracy": bench_accuracy(client, splits, rounds=30),
-            "round_time": bench_round_time(client, runs=2 if args.quick else 5, rounds=10 if args.quick else 15),
-            "dp": bench_dp(client, rounds=30),
-        }
-    finally:
-        lepton_lab.down("fedbench")
-    results["machine"] = {"cpus": os.cpu_count(), "quick": args.quick, "seconds": round(time.perf_counter() - t0, 1)}
+    load = os.getloadavg()[0]
+    results: dict = {}
+    if {"accuracy", "round_time", "dp"} & set(parts):
+        profiles.write_text(PROFILES)
+        handle = lepton_lab.up("fedbench", name="fedbench")
+        try:
+            client = handle.client
+            splits = [0] if args.quick else [0, 1, 2, 3, 4]
+            if "accuracy" in parts:
+                results["accuracy"] = bench_accuracy(client, splits, rounds=30)
+            if "round_time" in parts:
+                results["round_time"] = bench_round_time(client, runs=2 if args.quick else 5,
+                                                         rounds=10 if args.quick else 15)
+            if "dp" in parts:
+                results["dp"] = bench_dp(client, rounds=30)
+        finally:
+            lepton_lab.down("fedbench")
+    if "scaling" in parts:
+        from distributed import Client
 
-    acc, rt, dp = results["accuracy"], results["round_time"], results["dp"]
-    print(f"{'measure':44} {'value':>12}  target")
-    for name, a in acc.items():
-        print(f"{'accuracy ' + name + ' centralised':44} {a['centralised']:>12.4f}")
-        print(f"{'accuracy ' + name + ' federated (secure, 30 rounds)':44} {a['federated_secure']:>12.4f}")
-        print(f"{'  gap, points (' + str(a['splits']) + ' splits)':44} {a['gap_points']:>12.2f}  <= 1")
-    print(f"{'round time plain FedAvg, ms (median)':44} {rt['plain_round_ms']:>12.1f}")
-    print(f"{'round time secure aggregation, ms (median)':44} {rt['secure_round_ms']:>12.1f}")
-    print(f"{'  ratio secure / plain':44} {rt['ratio']:>12.3f}  <= 1.5")
-    print(f"{'first round (with key setup), ms secure':44} {rt['first_round_ms']['secure']:>12.1f}")
-    print(f"{'DP ε at δ=1e-5 after 30 rounds (z=1, C=1)':44} {dp['epsilon']:>12.3f}")
-    print(f"{'DP accuracy':44} {dp['accuracy']:>12.4f}")
+        from lepton_lab.cluster.launcher import ManagedCluster
+        from lepton_lab.cluster.profiles import get_profile
+
+        profiles.write_text(scale_profile(max(SCALE_SITES)))
+        # 25 worker processes on a small machine may take longer than up()'s wait to join.
+        managed = ManagedCluster.start(get_profile("fedscale"), name="fedscale", timeout=600)
+        client = Client(managed.address)
+        try:
+            sites = [f"edge-{i:02d}" for i in range(max(SCALE_SITES))]
+            results["scaling"] = bench_scaling(client, sites, runs=2 if args.quick else 3,
+                                               rounds=5 if args.quick else 8)
+        finally:
+            client.close()
+            managed.close()
+    results["machine"] = {"cpus": os.cpu_count(), "quick": args.quick, "seconds": round(time.perf_counter() - t0, 1),
+                          "load_avg_1min_at_start": round(load, 2),
+                          "load_avg_1min_at_end": round(os.getloadavg()[0], 2)}
+    print_table(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**previous, **results}, indent=2))
     print(f"wrote {out}")
 
 

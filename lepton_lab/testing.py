@@ -42,6 +42,10 @@ SETTINGS_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews
 
 _SERVER_CONFIG = "jupyter-config/server-config/lepton_lab.json"
 _FALLBACK_CONFIG = {"ServerApp": {"jpserver_extensions": {"lepton_lab": True}}}
+#: Takes precedence over an installed ``lepton_lab.json``: Jupyter's own classes, no extension.
+_WITHOUT_LEPTON = {"ServerApp": {"jpserver_extensions": {"lepton_lab": False},
+                                 "authorizer_class": "jupyter_server.auth.authorizer.AllowAllAuthorizer",
+                                 "identity_provider_class": "jupyter_server.auth.identity.PasswordIdentityProvider"}}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -142,12 +146,14 @@ class JupyterProcess:
 
 
 def start_jupyter(tmp: Path, policy: str, *, app: str = "jupyterlab", log: Path | None = None,
-                  env: dict[str, str] | None = None, timeout: float = 90.0) -> JupyterProcess:
+                  env: dict[str, str] | None = None, timeout: float = 90.0, lepton: bool = True) -> JupyterProcess:
     """Start ``app`` (``"jupyterlab"`` or ``"jupyter_server"``) sandboxed under ``tmp`` with
     the YAML ``policy`` and wait until it answers; the caller calls ``stop()``.
 
     No cluster is started on its own (``LEPTON_AUTOSTART`` is empty); ``env`` adds to
-    or overrides the server's environment.
+    or overrides the server's environment. ``lepton=False`` starts the same server
+    without Lepton at all (no extension, Jupyter's own identity provider and
+    authorizer): the baseline benchmarks compare against.
     """
     tmp = Path(tmp)
     home, root_dir, config, runtime = tmp / "home", tmp / "root", tmp / "config", tmp / "runtime"
@@ -155,7 +161,8 @@ def start_jupyter(tmp: Path, policy: str, *, app: str = "jupyterlab", log: Path 
         d.mkdir(parents=True, exist_ok=True)
     policy_path = tmp / "policy.yaml"
     policy_path.write_text(policy)
-    (config / "jupyter_server_config.d" / "lepton_lab.json").write_text(_server_config())
+    (config / "jupyter_server_config.d" / "lepton_lab.json").write_text(
+        _server_config() if lepton else json.dumps(_WITHOUT_LEPTON))
     token = secrets.token_hex(24)
     port = free_port()
     full_env = dict(os.environ)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from typing import Any, TypedDict
 from lepton_lab.config import audit_path
 from lepton_lab.errors import IntegrityError
 from lepton_lab.security.files import write_atomic
+
+logger = logging.getLogger(__name__)
 
 #: ``prev`` of the first entry.
 GENESIS = "0" * 64
@@ -201,18 +204,11 @@ class AuditLog:
     def _tail(self, fd: int) -> tuple[int, str]:
         """The next seq and the hash to chain onto, from the last line of the open log."""
         size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            size = self._drop_torn_tail(fd, size)
         if size == 0:
             return 0, GENESIS
-        # Read backwards in blocks until the start of the last line is in view.
-        block, data = 4096, b""
-        position = size
-        while position > 0:
-            step = min(block, position)
-            position -= step
-            data = os.pread(fd, step, position) + data
-            if data.rstrip(b"\n").rfind(b"\n") >= 0:
-                break
-        last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        last = _line_before(fd, size)
         try:
             entry = json.loads(last)
             return int(entry["seq"]) + 1, str(entry["hash"])
@@ -221,6 +217,45 @@ class AuditLog:
                 f"{self.path}: the last line is not a valid entry, so nothing can be chained onto it; "
                 f"run verify() and move the damaged log aside"
             ) from None
+
+    def _drop_torn_tail(self, fd: int, size: int) -> int:
+        """Cut a last line left half-written by a crash, if no head ever recorded it; the new size.
+
+        A batch is acknowledged only after its lines are synced and the head names its
+        last seq, so a partial line past the head's seq was never acknowledged and the
+        lines before it are a verifiable prefix. A cut line the head does record is
+        damage, not a crash: that is refused.
+        """
+        complete = size - len(_line_before(fd, size + 1)) if size else 0
+        seq = -1
+        if complete:
+            try:
+                seq = int(json.loads(_line_before(fd, complete))["seq"])
+            except (ValueError, KeyError, TypeError):
+                complete = -1
+        head, _ = _read_head(self.head_path)
+        if complete < 0 or (head is not None and head["seq"] > seq):
+            raise IntegrityError(
+                f"{self.path}: the last line is not a valid entry, so nothing can be chained onto it; "
+                f"run verify() and move the damaged log aside"
+            )
+        logger.warning("%s: dropping a partial last line (%d bytes) left by an interrupted write",
+                       self.path, size - complete)
+        os.ftruncate(fd, complete)
+        os.fsync(fd)
+        return complete
+
+
+def _line_before(fd: int, end: int) -> bytes:
+    """The line ending just before offset ``end`` (its end-of-line excluded), read backwards in blocks."""
+    data, position = b"", end - 1
+    while position > 0:
+        step = min(4096, position)
+        position -= step
+        data = os.pread(fd, step, position) + data
+        if data.rfind(b"\n") >= 0:
+            break
+    return data.rsplit(b"\n", 1)[-1]
 
 
 def verify(path: str | Path) -> VerifyResult:

@@ -247,3 +247,35 @@ def test_processes_append_without_breaking_the_chain(tmp_path):
     result = verify(path)
     assert result.ok and result.entries == 120
     assert {e["user"] for e in audit.entries()} == {"p0", "p1", "p2", "parent"}
+
+
+CRASH_MID_BATCH = """
+import os, sys
+from lepton_lab.security.audit import AuditLog
+audit = AuditLog(sys.argv[1])
+audit.record_many([{"user": "before", "action": "a", "resource": "r", "outcome": "allow"} for _ in range(3)])
+real_write = os.write
+def torn(fd, data):  # the machine stops half-way through the batch's one write
+    real_write(fd, data[: len(data) // 2 + 7])
+    os._exit(9)
+os.write = torn
+audit.record_many([{"user": f"lost{i}", "action": "a", "resource": "r", "outcome": "allow"} for i in range(4)])
+"""
+
+
+def test_crash_mid_batch_leaves_a_verifiable_prefix(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    child = subprocess.run([sys.executable, "-c", CRASH_MID_BATCH, str(path)], capture_output=True, text=True)
+    assert child.returncode == 9, child.stderr
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] and not path.read_bytes().endswith(b"\n")  # a partial line at the end
+    result = verify(path)
+    # Everything acknowledged (the first batch) and the complete lines of the torn batch check out.
+    assert not result.ok and "cut short" in result.reason
+    assert result.entries == len(lines) - 1 >= 3 and result.bad_line == result.entries + 1
+    audit = AuditLog(path)
+    entry = audit.record("after", "a", "r", "allow")  # the next writer drops the unacknowledged part
+    assert entry["seq"] == result.entries
+    after = verify(path)
+    assert after.ok and after.entries == result.entries + 1
+    assert [e["user"] for e in audit.entries()][:3] == ["before"] * 3
