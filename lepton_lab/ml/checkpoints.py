@@ -10,6 +10,12 @@ and travels to the workers inside their tasks, and is never written to disk. So
 the files on a site's disk are unreadable once the run is over, and any changed,
 cut or swapped byte fails authentication instead of resuming from bad weights.
 Team keys never leave the services for this.
+
+The directory may be an fsspec URL (``file:///shared/ckpt``, ``s3://bucket/ckpt``,
+``memory://`` within one process; a profile's ``checkpoints:`` setting), so workers on
+other machines write where the kernel, and every other worker, reads: a run resumes
+from the checkpoint a lost worker wrote elsewhere. A local path or ``file://`` keeps
+the atomic rename; object stores replace an object whole on each write.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -26,7 +33,7 @@ from typing import Any, BinaryIO, Callable
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from ..errors import IntegrityError
+from ..errors import ConfigError, IntegrityError
 from ..security.files import write_atomic
 from ..security.vault import SealedWriter, decrypt_bytes
 
@@ -40,14 +47,40 @@ SEALED_FOR = "checkpoints"
 _FILE = re.compile(r"^\.?(xgboost-r\d+\.ubj|torch-e\d+\.pt)(\..*\.tmp)?$")
 
 
-class Checkpoints:
-    """The checkpoints of one training run in ``directory``, one every ``every`` steps (0: none)."""
+def location(directory: str | os.PathLike) -> tuple[Any, str]:
+    """The fsspec filesystem of ``directory`` (a path or URL) and its path there."""
+    import fsspec
 
-    def __init__(self, directory: Path, every: int):
-        self.dir = Path(directory)
+    try:
+        return fsspec.core.url_to_fs(str(directory))
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"checkpoints: cannot use {str(directory)!r} ({_one_line(e)}); "
+                          "install its fsspec filesystem or give a path") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+class Checkpoints:
+    """The checkpoints of one training run in ``directory`` (a path or fsspec URL), one every ``every`` steps."""
+
+    def __init__(self, directory: str | os.PathLike, every: int):
+        self.fs, self.root = location(directory)
+        # A local directory stays a Path (what the result and messages show); a URL stays a URL.
+        self.dir: Path | str = Path(self.root) if _local(self.fs) else str(directory)
         self.every = int(every)
         self.run = ""
         self._key = secrets.token_bytes(32)
+
+    def _path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
 
     def reset(self, run: str) -> None:
         """Start run ``run``: earlier runs' checkpoints in the directory are removed."""
@@ -55,10 +88,11 @@ class Checkpoints:
         self._key = secrets.token_bytes(32)  # a new run: earlier checkpoints never open again
         if not self.every:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for p in self.dir.iterdir():
-            if p.name == "latest.json" or _FILE.match(p.name):
-                p.unlink(missing_ok=True)
+        self.fs.makedirs(self.root, exist_ok=True)
+        for entry in self.fs.ls(self.root, detail=False):
+            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            if name == "latest.json" or _FILE.match(name):
+                self.fs.rm_file(entry)
 
     def spec(self) -> dict[str, Any]:
         """What a worker needs to write them (plain data, sent with the task)."""
@@ -67,19 +101,19 @@ class Checkpoints:
 
     def latest(self) -> dict[str, Any] | None:
         """``{"step", "file", "history", "path", ...}`` of this run's newest checkpoint, or None."""
-        meta = self.dir / "latest.json"
         try:
-            data = json.loads(meta.read_text())
+            data = json.loads(self.fs.cat_file(self._path("latest.json")))
         except (OSError, ValueError):
             return None
-        if data.get("run") != self.run or not (self.dir / data.get("file", "")).is_file():
+        if data.get("run") != self.run or not self.fs.isfile(self._path(data.get("file", "") or "-")):
             return None
-        data["path"] = str(self.dir / data["file"])
+        data["path"] = self._path(data["file"])
         return data
 
     def read(self, latest: dict[str, Any]) -> bytes:
         """The plaintext of the checkpoint ``latest()`` named; IntegrityError if it does not open."""
-        return bytes(decrypt_bytes(latest["path"], RunKey(self._key), SEALED_FOR))  # type: ignore[arg-type]
+        with self.fs.open(latest["path"], "rb") as src:
+            return bytes(decrypt_bytes(src, RunKey(self._key), SEALED_FOR))  # type: ignore[arg-type]
 
 
 class RunKey:
@@ -120,18 +154,26 @@ def save_checkpoint(spec: dict[str, Any], kind: str, step: int, write: Callable[
                     history: list[dict[str, float]]) -> None:
     """Write one checkpoint (on a worker) and prune old ones. Never raises."""
     try:
-        directory = Path(spec["dir"])
+        fs, root = location(spec["dir"])
+        root = root.rstrip("/")
         fname = f"xgboost-r{step:06d}.ubj" if kind == "xgboost" else f"torch-e{step:04d}.pt"
-        # No fsync: the rename protects against a dying worker process, which is the failure
-        # checkpoints are for; an fsync per checkpoint cost more than the checkpoint itself.
         key = base64.b64decode(spec["key"])
-        write_atomic(directory / fname, _sealed(key, write), durable=False)
-        meta = {"run": spec["run"], "kind": kind, "step": step, "file": fname, "history": history,
-                "time": time.time()}
-        write_atomic(directory / "latest.json", json.dumps(meta).encode(), durable=False)
+        meta = json.dumps({"run": spec["run"], "kind": kind, "step": step, "file": fname, "history": history,
+                           "time": time.time()}).encode()
+        if _local(fs):
+            # No fsync: the rename protects against a dying worker process, which is the failure
+            # checkpoints are for; an fsync per checkpoint cost more than the checkpoint itself.
+            write_atomic(Path(root) / fname, _sealed(key, write), durable=False)
+            write_atomic(Path(root) / "latest.json", meta, durable=False)
+        else:
+            fs.makedirs(root, exist_ok=True)
+            with fs.open(f"{root}/{fname}", "wb") as handle:
+                _sealed(key, write)(handle)
+            fs.pipe_file(f"{root}/latest.json", meta)  # named only once the checkpoint is whole
         prefix = "xgboost-r" if kind == "xgboost" else "torch-e"
-        old = sorted(p for p in directory.iterdir() if p.name.startswith(prefix) and ".tmp" not in p.name)
-        for p in old[:-spec.get("keep", KEEP_CHECKPOINTS)]:
-            p.unlink(missing_ok=True)
+        names = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+        old = [n for n in names if n.startswith(prefix) and ".tmp" not in n]
+        for n in old[:-spec.get("keep", KEEP_CHECKPOINTS)]:
+            fs.rm_file(f"{root}/{n}")
     except Exception:  # a full disk must not kill the training; the next checkpoint may work
         logger.exception("checkpoint at step %s not written", step)

@@ -1,9 +1,8 @@
-"""Serving published models: predictions from a loaded model, in-process or on a site's workers."""
+"""Predictions from a loaded model, wherever it is loaded (the server, or a site's workers)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,8 @@ import numpy as np
 from ..errors import ConfigError
 
 
-def _as_array(inputs: Any) -> np.ndarray:
+def as_rows(inputs: Any) -> np.ndarray:
+    """``inputs`` as a float32 table of rows; ConfigError unless they are rows of numbers."""
     try:
         import pandas as pd
 
@@ -32,7 +32,7 @@ def _as_array(inputs: Any) -> np.ndarray:
 
 def predict_with(model: Any, inputs: Any, manifest: Any = None) -> dict[str, Any]:
     """Predictions (and class probabilities where the model gives them) for ``inputs``."""
-    X = _as_array(inputs)
+    X = as_rows(inputs)
     schema = manifest.get("input_schema") if isinstance(manifest, dict) else getattr(manifest, "input_schema", None)
     shape = schema.get("shape") if isinstance(schema, dict) else getattr(schema, "shape", None)
     if shape and len(shape) >= 2 and shape[-1] and X.shape[-1] != shape[-1] and X.ndim == 2:
@@ -84,17 +84,3 @@ def predict_with(model: Any, inputs: Any, manifest: Any = None) -> dict[str, Any
     out["rows"] = int(X.shape[0])
     return out
 
-
-@dataclass
-class Served:
-    """A model held on the workers of a site, ready to predict."""
-
-    ref: str
-    site: str
-    workers: list[str]
-    future: Any
-    manifest: Any
-    latencies_ms: list[float] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        return f"<Served {self.ref} on {self.site} ({len(self.workers)} workers)>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
+from typing import Any
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized, ws_authenticated
@@ -13,15 +13,51 @@ from jupyter_server.base.handlers import JupyterHandler
 from tornado import web, websocket
 
 from .. import config
+from ..cluster.profile_schema import SITE_KINDS, SITE_SCHEMA, THREADS, WORKERS, whole
 from ..errors import LeptonError
+from ..schemas import MEMORY_PATTERN
 from ..security.authz import RequestTrace
 from ..services import Actor
-from .base import LeptonHandler, json_error
+from .base import LeptonHandler, json_error, object_schema
 
 AUTH_RESOURCE = "lepton:clusters"
 #: Cluster ids and names as they appear in URLs; anything else is a 404 before any lookup.
 CLUSTER_ID = r"(?P<cluster_id>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Largest GPU count and memory a request may ask for.
+MAX_GPUS = 64
+MAX_MEMORY = 2**50
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    return {**schema, "type": [*types, "null"]}
+
+
+#: ``POST clusters``: a profile by name (or inline) and what to change of it. Served to the form.
+CREATE_BODY = object_schema({
+    "team": {"type": "string", "x-reason": "wrong type: a team name, got {kind}"},
+    "profile": {"type": ["string", "object", "null"], "x-reason": "a profile name or a profile, got {kind}"},
+    "name": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+             "x-reason": "letters, digits, '_', '.', '-' (at most 64); got {value!r}"},
+    "workers": {"type": ["object", "null"], "additionalProperties": False,
+                "properties": {kind: WORKERS for kind in SITE_KINDS}},
+    "gpus": {"anyOf": [{"type": "null"}, {"const": "auto"}, whole(0, MAX_GPUS)],
+             "x-reason": f"a whole number from 0 to {MAX_GPUS}, or auto (every free GPU); got {{value!r}}"},
+    "threads": _or_null(THREADS),
+    "memory": {"type": ["string", "null"], "pattern": MEMORY_PATTERN, "minBytes": 2**20, "maxBytes": MAX_MEMORY,
+               "x-reason": "a size such as 4GiB, from 1MiB to 1PiB; got {value!r}"},
+}, required=("team",))
+#: ``POST clusters/<id>/worker-certificate``: the site a joining machine serves, and the names it answers to.
+WORKER_CERT_BODY = object_schema({
+    "site": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+             "x-reason": "a site name: letters, digits, '_', '.', '-'; got {value!r}"},
+    "hosts": {"type": ["array", "null"], "maxItems": 16,
+              "items": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,253}$"},
+              "x-reason": "host names or addresses the worker answers to; got {value!r}"},
+}, required=("site",))
+#: ``PATCH clusters/<id>``: the workers of one site.
+SCALE_BODY = object_schema({"site": {"type": "string", "x-reason": "wrong type: a site name, got {kind}"},
+                            "workers": WORKERS}, required=("site", "workers"))
 
 
 class ClusterBase(LeptonHandler):
@@ -37,45 +73,13 @@ class ClustersHandler(ClusterBase):
     @web.authenticated
     @authorized
     async def post(self):
-        body = self.body({"team": str, "profile": (str, dict), "name": str, "workers": dict, "gpus": (int, float),
-                          "threads": int, "memory": str}, required=("team",))
-        name = body.get("name")
-        if name is not None and not _NAME.match(name):
-            raise web.HTTPError(400, "name: letters, digits, '_', '.', '-' (at most 64)")
-        workers = body.get("workers") or {}
-        for kind, n in workers.items():
-            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 256:
-                raise web.HTTPError(400, f"workers.{kind}: a whole number from 0 to 256")
-        gpus = body.get("gpus")
-        if gpus is not None and (not isinstance(gpus, int) or not 0 <= gpus <= 64):
-            raise web.HTTPError(400, "gpus: a whole number from 0 to 64")
-        threads = body.get("threads")
-        if threads is not None and not 1 <= threads <= 256:
-            raise web.HTTPError(400, "threads: a whole number from 1 to 256")
-        if body.get("memory") is not None:
-            check_memory(body["memory"])
+        body = self.json_body(CREATE_BODY)
         services = self.services
         managed = await self.run(services.create_cluster, self.actor, team=body["team"],
-                                 profile=body.get("profile") or config.DEFAULT_PROFILE, name=name,
-                                 workers=workers, gpus=gpus, threads=body.get("threads"),
-                                 memory=body.get("memory"))
+                                 profile=body.get("profile") or config.DEFAULT_PROFILE, name=body.get("name"),
+                                 workers=body.get("workers") or {}, gpus=body.get("gpus"),
+                                 threads=body.get("threads"), memory=body.get("memory"))
         self.reply(services.describe(managed.info()), status=201)
-
-
-#: Largest memory a worker may ask for.
-MAX_MEMORY = 2**50
-
-
-def check_memory(text: str) -> None:
-    """400 unless ``text`` is a size such as ``4GiB`` between 1 MiB and 1 PiB."""
-    from dask.utils import parse_bytes
-
-    try:
-        size = parse_bytes(text)
-    except (ValueError, TypeError, OverflowError):
-        size = None
-    if size is None or not 2**20 <= size <= MAX_MEMORY:
-        raise web.HTTPError(400, "memory: a size such as 4GiB, from 1MiB to 1PiB")
 
 
 def stream_interval(text: str | None) -> float:
@@ -101,9 +105,7 @@ class ClusterHandler(ClusterBase):
     @web.authenticated
     @authorized
     async def patch(self, cluster_id: str):
-        body = self.body({"site": str, "workers": (int, float)}, required=("site", "workers"))
-        if not isinstance(body["workers"], int) or not 0 <= body["workers"] <= 256:
-            raise web.HTTPError(400, "workers: a whole number from 0 to 256")
+        body = self.json_body(SCALE_BODY)
         c = await self.run(self.services.scale_cluster, self.actor, cluster_id, body["site"], body["workers"])
         self.reply(self.services.describe(c.info()))
 
@@ -131,11 +133,25 @@ class CredentialsHandler(ClusterBase):
         self.reply(await self.run(self.services.credentials, self.actor, cluster_id))
 
 
+class WorkerCertificateHandler(ClusterBase):
+    """A worker certificate bound to one site, for a machine the caller joins to the cluster."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, cluster_id: str):
+        body = self.json_body(WORKER_CERT_BODY)
+        self.reply(await self.run(self.services.worker_certificate, self.actor, cluster_id, body["site"],
+                                  tuple(body.get("hosts") or ("127.0.0.1", "localhost"))))
+
+
 class ProfilesHandler(ClusterBase):
+    """The profiles, and the schemas of what a cluster request and a site may ask (the form's bounds)."""
+
     @web.authenticated
     @authorized
     async def get(self):
-        self.reply({"profiles": [p.to_dict() for p in self.services.profiles()]})
+        self.reply({"profiles": [p.to_dict() for p in self.services.profiles()],
+                    "request": CREATE_BODY, "site": SITE_SCHEMA})
 
 
 class StreamHandler(JupyterHandler, websocket.WebSocketHandler):

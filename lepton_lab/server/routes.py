@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jupyter_server.utils import url_path_join
 
-from . import audit, clusters, dashboard, join, models, studies, templates, whoami
+from . import admin, audit, clusters, dashboard, deployments, join, models, plan, privacy, studies, templates, whoami
 from .base import NotFoundHandler
 
 
@@ -19,13 +19,20 @@ def setup_route_handlers(web_app) -> None:
         (f"clusters/{cid}/allocation", clusters.AllocationHandler),
         (f"clusters/{cid}/stream", clusters.StreamHandler),
         (f"clusters/{cid}/credentials", clusters.CredentialsHandler),
+        (f"clusters/{cid}/worker-certificate", clusters.WorkerCertificateHandler),
+        (f"clusters/{cid}/plan", plan.PlanHandler),
         ("templates", templates.TemplatesHandler),
         ("templates/copy", templates.TemplateCopyHandler),
         (r"templates/(?P<team>[^/]+)/(?P<name>[^/]+)", templates.TemplateContentHandler),
         ("audit", audit.AuditHandler),
+        ("admin/revoke", admin.RevokeHandler),
+        ("admin/policy", admin.PolicyReloadHandler),
         ("join", join.JoinHandler),
         (f"studies/{studies.STUDY}/journal", studies.StudyJournalHandler),
+        (f"privacy/{privacy.TEAM}", privacy.PrivacyHandler),
+        (f"privacy/{privacy.TEAM}/charge", privacy.PrivacyChargeHandler),
         *models.routes(),
+        *deployments.routes(),
     ]
     handlers = [(url_path_join(base, path) + "/?", handler) for path, handler in routes]
     handlers.append((base + r"(?:/.*)?", NotFoundHandler))

@@ -14,27 +14,38 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tornado.websocket import WebSocketHandler
+
 from .. import config
 from ..cluster.idle import IdleClock
 from ..cluster.launcher import ClusterManager
 from ..security.audit import AuditLog
 from ..security.policy import Policy
-from ..security.spend import SpendMeter, spend_view
+from ..security.spend import SpendMeter
 from ..security.tokens import TokenStore
-from .audit import AuditBatcher
+from .audit import AuditBatcher, Ticket, hold_answer
 from .base import Actor
 from .clusters import SERVER_STOPPED, ClusterServices, default_cluster_name, issue_join_token
+from .deployments import DeploymentServices
 from .models import ModelServices
+from .policy_reload import Reload, reload_policy, stamp
 from .templates import TemplateServices
+from .watch import team_spend
 
 
-class Services(ClusterServices, ModelServices, TemplateServices):
+class Services(DeploymentServices, ClusterServices, ModelServices, TemplateServices):
     """Policy-aware services shared by the server extension's handlers."""
 
     def __init__(self, policy: Policy, *, home: Path | None = None, audit: AuditLog | None = None,
                  tokens: TokenStore | None = None, manager: ClusterManager | None = None,
-                 templates_dir: Path | None = None, tls: bool = True, run_as_owner: bool = False):
+                 templates_dir: Path | None = None, tls: bool = True, run_as_owner: bool = False,
+                 policy_path: Path | None = None, keep_records: bool = True):
         self.policy = policy
+        # The file the policy came from: read again when it changes (services.policy_reload).
+        self.policy_path = Path(policy_path) if policy_path is not None else None
+        self.policy_stamp = stamp(self.policy_path) if self.policy_path is not None else None
+        #: cluster id -> user -> the groups they held when last issued a client certificate of it
+        self.cert_groups: dict[str, dict[str, tuple[str, ...]]] = {}
         # The team deployment: each cluster's processes run under its owner's OS account.
         self.run_as_owner = run_as_owner
         self.home = Path(home or config.home())
@@ -45,10 +56,12 @@ class Services(ClusterServices, ModelServices, TemplateServices):
         self.tls = tls
         self.lock = threading.RLock()
         self._audit_batcher = AuditBatcher(self.audit)
-        self.records_path = self.home / "clusters.json"
+        # Cluster records and spend outlive the server in its home; a kernel's own services
+        # (``keep_records=False``) keep them in memory, as its clusters end with it.
+        self.records_path = self.home / "clusters.json" if keep_records else None
         self.records: dict[str, dict[str, Any]] = self._load_records()
         # Spend metered while clusters run, idle ones stopped: see services.watch.
-        self.spend = SpendMeter(self.home / "spend.json")
+        self.spend = SpendMeter(self.home / "spend.json" if keep_records else None)
         self.idle = IdleClock()
         self.watch: Any = None
         #: Where the server proxies dashboards (``<base_url>lepton/dashboard/``); empty: links as they listen.
@@ -61,11 +74,33 @@ class Services(ClusterServices, ModelServices, TemplateServices):
         The request waits until its line is on disk (group commit): nothing is
         answered before it is recorded.
         """
-        import asyncio
+        return await self.audit_later(user, action, resource, outcome, reason=reason, request_id=request_id,
+                                      **detail)
 
-        item = dict(user=user, action=action, resource=resource, outcome=outcome, reason=reason,
-                    request_id=request_id, detail=detail)
-        return await asyncio.wrap_future(self._audit_batcher.submit(item))
+    def audit_later(self, user: str, action: str, resource: str, outcome: str, *, reason: str = "",
+                    request_id: str | None = None, **detail: Any) -> Ticket:
+        """Queue an audit line for the next group commit; ``await`` the ticket for its durable entry."""
+        return self._audit_batcher.submit(dict(user=user, action=action, resource=resource, outcome=outcome,
+                                               reason=reason, request_id=request_id, detail=detail))
+
+    async def record_before_answer(self, handler: Any, user: str, action: str, resource: str, outcome: str, *,
+                                   reason: str = "", request_id: str | None = None, **detail: Any) -> None:
+        """Audit a decision on ``handler``'s request: its answer leaves only once the line is on disk.
+
+        The request goes on at once while its batch is written: its connection holds what
+        the handler (or, for a refusal, tornado's error page) writes until then. A WebSocket
+        handshake, which hands its connection over, and a request without one wait here.
+        """
+        ticket = self.audit_later(user, action, resource, outcome, reason=reason, request_id=request_id, **detail)
+        handler.lepton_audit = ticket
+        if not isinstance(handler, WebSocketHandler) and hold_answer(handler, ticket):
+            return
+        await ticket
+
+    def reload_policy(self, who: Actor) -> Reload:
+        """Read the policy file again (``policy:admin``); a bad file is refused and the policy in force stays."""
+        self.require(who, "policy:admin", resource="policy:reload")
+        return reload_policy(self, by=who.name)
 
     def whoami(self, who: Actor) -> dict[str, Any]:
         roles = self.policy.roles_of(who.name, who.groups)
@@ -80,8 +115,7 @@ class Services(ClusterServices, ModelServices, TemplateServices):
             "permissions": sorted(self.policy.permissions(who.name, who.groups)),
             "quotas": quotas,
             "user_quota": {**dataclasses.asdict(uq), "used": dataclasses.asdict(self.usage(user=who.name))},
-            "spend": {team: spend_view(self.spend.team(team), self.policy.quota_for(team=team).spend_cap)
-                      for team in roles},
+            "spend": {team: team_spend(self, team) for team in roles},
         }
 
 

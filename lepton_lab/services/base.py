@@ -32,6 +32,9 @@ class ServicesBase:
     """What :class:`~lepton_lab.services.Services` holds, and the permission checks every resource asks."""
 
     policy: Policy
+    policy_path: Path | None
+    policy_stamp: tuple[int, int, int] | None
+    cert_groups: dict[str, dict[str, tuple[str, ...]]]
     run_as_owner: bool
     home: Path
     audit: AuditLog
@@ -40,7 +43,7 @@ class ServicesBase:
     templates_dir: Path
     tls: bool
     lock: threading.RLock
-    records_path: Path
+    records_path: Path | None
     records: dict[str, dict[str, Any]]
     spend: SpendMeter
     idle: IdleClock

@@ -1,9 +1,10 @@
 """Certificates that die when permission does, and live as long as their cluster.
 
 * :func:`revoke_user` revokes every client certificate a user was issued, on every
-  cluster (``revoked.json`` in each cluster's CA), and tells each running
+  cluster or on some (``revoked.json`` in each cluster's CA), and tells each running
   scheduler's gate (:mod:`lepton_lab.cluster.gate`), which closes the user's open
-  connections and refuses new ones.
+  connections and refuses new ones; :func:`revoke_offline` does the same from outside
+  the server (``lepton-lab revoke``), from the files the server keeps.
 * :func:`renew_certificates` renews, before they expire, the control plane's
   certificates of each running cluster (rewritten in place in the CA directory), the
   scheduler's own certificate (loaded into its live TLS contexts: no restart), the
@@ -14,14 +15,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from ..cluster.gate import bound_workers, push_revocations, push_scheduler_certificate, renew_contexts
 from ..cluster.launcher import ManagedCluster
+from ..errors import ConfigError
+from ..security.audit import AuditLog
 from ..security.certs import ClusterCA
 
 # The services object this works for (``lepton_lab.services.Services``); not imported, as
@@ -38,21 +43,83 @@ SERVER_NAME = "lepton-server"
 WORKER_LIFETIME = timedelta(days=7)
 
 
-def revoke_user(services: Services, user: str, *, by: str = SERVER_NAME) -> dict[str, int]:
-    """Revoke ``user``'s client certificates on every cluster; how many, by cluster id."""
+def revoke_user(services: Services, user: str, *, by: str = SERVER_NAME, clusters: Iterable[str] | None = None,
+                reason: str = "") -> dict[str, int]:
+    """Revoke ``user``'s client certificates on every cluster (or those in ``clusters``); how many, by cluster id.
+
+    Running clusters' gates close the user's open connections at once; one audit line says
+    what was revoked, by whom and why.
+    """
     live = {c.id: c for c in services.manager.list()}
+    chosen = None if clusters is None else set(clusters)
     out: dict[str, int] = {}
+    closed, unreached = 0, []
     for cid, record in list(services.records.items()):
+        if chosen is not None and cid not in chosen:
+            continue
         if not record.get("ca_dir") or not Path(record["ca_dir"]).exists():
             continue
         serials = ClusterCA.load(record["ca_dir"]).revoke(name=user, role="client")
         out[cid] = len(serials)
         c = live.get(cid)
         if serials and c is not None and c.security is not None:
-            push_revocations(c.listen_address, c.security, serials)
-    services.audit.record(by, "clusters:revoke", f"users:{user}", "allow",
-                          certificates=sum(out.values()), clusters=len(out))
+            try:
+                closed += push_revocations(c.listen_address, c.security, serials)
+            except Exception as e:  # the file keeps the revocation; say which gate did not hear of it
+                log.warning("revoking %s on cluster %s: %s: %s", user, c.name, type(e).__name__, e)
+                unreached.append(cid)
+    detail: dict[str, Any] = {"unreached": unreached} if unreached else {}
+    services.audit.record(by, "clusters:revoke", f"users:{user}", "allow", reason=reason,
+                          certificates=sum(out.values()), clusters=len(out), connections_closed=closed, **detail)
     return out
+
+
+def revoke_offline(user: str, *, by: str, home: Path | None = None, audit: AuditLog | None = None) -> dict[str, int]:
+    """Revoke ``user``'s client certificates from outside the server (``lepton-lab revoke``).
+
+    Reads the cluster records and CAs the server keeps under ``home``, and tells each running
+    scheduler's gate as the control plane (its certificate in the cluster's CA directory).
+    """
+    from .. import config
+
+    home = Path(home or config.home())
+    path = home / "clusters.json"
+    try:
+        records = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        raise ConfigError(f"{path}: not valid JSON") from None
+    out: dict[str, int] = {}
+    closed, unreached = 0, []
+    for cid, record in records.items():
+        ca_dir = Path(record.get("ca_dir") or "")
+        if not record.get("ca_dir") or not ca_dir.exists():
+            continue
+        serials = ClusterCA.load(ca_dir).revoke(name=user, role="client")
+        out[cid] = len(serials)
+        address = record.get("scheduler_address")
+        if serials and record.get("status") == "running" and address:
+            try:
+                closed += push_revocations(address, control_security(ca_dir), serials)
+            except Exception as e:
+                log.warning("revoking %s on cluster %s: %s: %s", user, record.get("name"), type(e).__name__, e)
+                unreached.append(cid)
+    detail: dict[str, Any] = {"unreached": unreached} if unreached else {}
+    (audit or AuditLog(config.audit_path())).record(
+        by, "clusters:revoke", f"users:{user}", "allow", reason="lepton-lab revoke",
+        certificates=sum(out.values()), clusters=len(out), connections_closed=closed, **detail)
+    return out
+
+
+def control_security(ca_dir: Path) -> Any:
+    """The control plane's ``Security`` of a cluster, from the files in its CA directory."""
+    from distributed import Security
+
+    ca = ClusterCA.load(ca_dir)
+    cert, key = ca_dir / f"scheduler-{SERVER_NAME}.crt", ca_dir / f"scheduler-{SERVER_NAME}.key"
+    if not cert.exists() or not key.exists():
+        raise ConfigError(f"{ca_dir}: no control-plane certificate; is this a cluster's CA directory?")
+    return Security(require_encryption=True, tls_ca_file=str(ca.ca_file), tls_scheduler_cert=str(cert),
+                    tls_scheduler_key=str(key))
 
 
 def _expires(security: Any) -> datetime | None:
@@ -142,5 +209,5 @@ def reload_worker_certificate(dask_worker: Any) -> int:
     return renew_contexts(dask_worker, "worker", Path(cert).read_text(), Path(key).read_text())
 
 
-__all__ = ["RENEW_MARGIN", "load_worker_certificate", "reload_worker_certificate", "renew_certificates",
-           "renew_cluster", "revoke_user"]
+__all__ = ["RENEW_MARGIN", "control_security", "load_worker_certificate", "reload_worker_certificate",
+           "renew_certificates", "renew_cluster", "revoke_offline", "revoke_user"]

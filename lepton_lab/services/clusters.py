@@ -15,7 +15,7 @@ from ..errors import ClusterError, ConfigError, NotFound, PermissionDenied
 from ..security.certs import ClusterCA
 from ..security.files import write_atomic
 from ..security.policy import Usage, check_quota
-from ..security.spend import check_spend_cap
+from ..security.spend import DEFAULT_PERIOD, check_spend_cap
 from .base import Actor, ServicesBase
 
 
@@ -36,7 +36,7 @@ class ClusterServices(ServicesBase):
     def profiles(self) -> list[Profile]:
         return list(all_profiles().values())
 
-    def _plan_profile(self, profile: str, workers: dict[str, int] | None, gpus: int | None,
+    def _plan_profile(self, profile: str | dict[str, Any], workers: dict[str, int] | None, gpus: int | str | None,
                       threads: int | None = None, memory: str | None = None) -> Profile:
         prof = resolve_profile(profile)
         workers = workers or {}
@@ -61,8 +61,8 @@ class ClusterServices(ServicesBase):
             w += max(s.workers, n_gpu)
         return Usage(gpus=g, workers=w, clusters=1)
 
-    def create_cluster(self, who: Actor, *, team: str, profile: str, name: str | None = None,
-                       workers: dict[str, int] | None = None, gpus: int | None = None,
+    def create_cluster(self, who: Actor, *, team: str, profile: str | dict[str, Any], name: str | None = None,
+                       workers: dict[str, int] | None = None, gpus: int | str | None = None,
                        threads: int | None = None, memory: str | None = None) -> ManagedCluster:
         """Start a cluster for ``who`` in ``team``: permission, quota, TLS, audit."""
         if team not in self.policy.teams:
@@ -75,8 +75,10 @@ class ClusterServices(ServicesBase):
         demand = self._demand(prof, found, len(self.manager.ledger.free(found)))
         with self.lock:
             try:
-                check_spend_cap(team, self.spend.team(team), self.policy.quota_for(team=team).spend_cap,
-                                self.policy.source)
+                quota = self.policy.quota_for(team=team)
+                period = quota.spend_period or DEFAULT_PERIOD
+                check_spend_cap(team, self.spend.team(team, period), quota.spend_cap, self.policy.source, period,
+                                self.spend.month())
                 check_quota(self.policy, who.name, team, self.usage(user=who.name),
                             self.usage(team=team), demand)
             except PermissionDenied as e:
@@ -92,10 +94,7 @@ class ClusterServices(ServicesBase):
             for key in [k for k, r in self.records.items()
                         if r.get("name") == name and r.get("team") == team and r.get("status") == "stopped"]:
                 del self.records[key]
-            if self.watch is None:  # meters spend and stops idle clusters from the first one on
-                from .watch import ClusterWatch
-
-                self.watch = ClusterWatch(self, config.watch_interval())
+            self.start_watch()
             security, ca_dir = None, None
             cluster_key = name or f"{who.name}-{prof.name}"
             if self.tls:
@@ -173,8 +172,13 @@ class ClusterServices(ServicesBase):
         current = sum(len(c.workers_of(s.name)) for s in sites)
         extra = max(n * len(sites) - current, 0)
         with self.lock:
-            check_quota(self.policy, c.owner, c.team, self.usage(user=c.owner), self.usage(team=c.team),
-                        Usage(workers=extra, gpus=c.gpu_demand(n, site)))
+            try:
+                check_quota(self.policy, c.owner, c.team, self.usage(user=c.owner), self.usage(team=c.team),
+                            Usage(workers=extra, gpus=c.gpu_demand(n, site)))
+            except PermissionDenied as e:
+                self.audit.record(who.name, "clusters:scale", f"clusters:{c.id}", "deny", reason=str(e),
+                                  site=site, workers=n)
+                raise
             self._meter(c)  # the old worker count is charged up to now
             c.scale(n, site)
             self.records[c.id] = {**c.info().to_dict(), "ca_dir": self.records.get(c.id, {}).get("ca_dir", "")}
@@ -216,6 +220,14 @@ class ClusterServices(ServicesBase):
         # The id, not the name: the sidebar matches stream messages to the selected cluster by id.
         return allocation.snapshot(client, cluster=c.id, costs=c.costs()).to_dict()
 
+    def plan(self, who: Actor, key: str, request: Any) -> dict[str, Any]:
+        """Where the planner would put ``request`` (a ``JobRequest``) on cluster ``key`` now; nothing starts."""
+        from ..cluster.placement import choose
+
+        c = self.cluster(who, key, "clusters:read")
+        snap = allocation.snapshot(self._client(c), cluster=c.id, costs=c.costs())
+        return choose(request, snap, c.costs()).to_dict()
+
     def _client(self, c: ManagedCluster):
         # One client per cluster, owned by the server, for snapshots.
         client = getattr(c, "server_client", None)
@@ -234,6 +246,8 @@ class ClusterServices(ServicesBase):
         if not ca_dir:
             return {"tls": False, "scheduler_address": c.address}
         cert = ClusterCA.load(ca_dir).issue(who.name, role="client")
+        with self.lock:  # a policy reload asks again with the groups the certificate was issued under
+            self.cert_groups.setdefault(c.id, {})[who.name] = tuple(who.groups)
         self.audit.record(who.name, "clusters:use", f"clusters:{c.id}", "allow", issued="client-certificate")
         return {"tls": True, "scheduler_address": c.address, **cert.to_dict()}
 
@@ -255,6 +269,28 @@ class ClusterServices(ServicesBase):
         self.audit.record(who.name, "clusters:use", f"clusters:{c.id}", "deny", reason=reason)
         raise PermissionDenied(reason)
 
+    def worker_certificate(self, who: Actor, key: str, site: str,
+                           hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> dict[str, Any]:
+        """A worker certificate bound to ``site`` of cluster ``key``, for a machine ``who`` joins to it.
+
+        Joining a worker grows the cluster, so it takes ``clusters:scale`` on it (its owner, or a
+        lead or admin of its team), and the worker runs the team's tasks: the owner rule of
+        credentials applies too. The site need not be in the profile.
+        """
+        c = self.cluster(who, key, "clusters:scale")
+        self._require_own_code(who, c)
+        ca_dir = self.records.get(c.id, {}).get("ca_dir")
+        if not ca_dir:
+            raise ConfigError(f"cluster {c.name} does not use TLS; workers join it with --scheduler alone")
+        # The profile's kind for its own sites; otherwise the worker's own rule (`lepton-lab worker`).
+        kind = next((s.kind for s in c.profile.sites if s.name == site),
+                    "edge" if site.startswith("edge") else "cloud")
+        ca = ClusterCA.load(ca_dir)
+        cert = ca.redeem(ca.join_token(site, kind=kind), hosts=hosts)
+        self.audit.record(who.name, "clusters:join", f"clusters:{c.id}", "allow", site=site,
+                          issued="worker-certificate")
+        return {"scheduler_address": c.address, "site": site, **cert.to_dict()}
+
     def redeem_join(self, composite: str, hosts: tuple[str, ...]) -> dict[str, Any]:
         """Spend a join token (``<cluster id>.<token>``) on a worker certificate for its site."""
         cluster_id, _, token = str(composite).partition(".")
@@ -273,6 +309,24 @@ class ClusterServices(ServicesBase):
 
         return revoke_user(self, user, by=by)
 
+    def revoke_for(self, who: Actor, user: str) -> dict[str, int]:
+        """``who`` revokes ``user``'s client certificates on the clusters of the teams ``who`` administers."""
+        teams = [t for t in self.policy.teams if self.allowed(who, "policy:admin", t)]
+        if not teams:
+            self.require(who, "policy:admin", resource=f"users:{user}")
+        from .certs import revoke_user
+
+        clusters = [cid for cid, r in self.records.items() if r.get("team") in teams]
+        return revoke_user(self, user, by=who.name, clusters=clusters,
+                           reason=f"revoked by {who.name} (admin of {', '.join(teams)})")
+
+    def start_watch(self) -> None:
+        """Start the watch (spend, idle clusters, certificates, policy file) unless it runs already."""
+        if self.watch is None:
+            from .watch import ClusterWatch
+
+            self.watch = ClusterWatch(self, config.watch_interval())
+
     def renew_certificates(self) -> list[str]:
         """Renew the certificates of running clusters that expire soon; the ids renewed (:mod:`.certs`)."""
         from .certs import renew_certificates
@@ -282,7 +336,7 @@ class ClusterServices(ServicesBase):
     # -- persistence -------------------------------------------------------------------------
 
     def _load_records(self) -> dict[str, dict[str, Any]]:
-        if not self.records_path.exists():
+        if self.records_path is None or not self.records_path.exists():
             return {}
         try:
             data = json.loads(self.records_path.read_text())
@@ -299,6 +353,8 @@ class ClusterServices(ServicesBase):
         return data
 
     def _save_records(self) -> None:
+        if self.records_path is None:
+            return
         write_atomic(self.records_path, json.dumps(self.records, indent=1).encode())
 
     def _meter(self, c: ManagedCluster) -> None:

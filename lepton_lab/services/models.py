@@ -72,8 +72,20 @@ class ModelServices(ServicesBase):
         self.audit.record(who.name, "models:read", f"models:{team}/{manifest.name}@{manifest.version}", "allow")
         return manifest, path
 
-    def publish_model(self, who: Actor, team: str, name: str, payload: bytes, meta: dict[str, Any]):
-        from ..registry.serialize import from_payload
+    def load_model(self, who: Actor, team: str, ref: str):
+        """The verified model ``ref`` of ``team``, built in this process (``Registry.load``'s result)."""
+        from ..registry import parse_ref
+
+        name, _, _ = parse_ref(ref)
+        self._model_team(who, team, "models:read", name)
+        loaded = self.registry.load(ref, team=team)
+        self.audit.record(who.name, "models:read",
+                          f"models:{team}/{loaded.manifest.name}@{loaded.manifest.version}", "allow")
+        return loaded
+
+    def publish_model(self, who: Actor, team: str, name: str, payload: Any, meta: dict[str, Any]):
+        """Publish ``payload`` (the model's bytes, or a ``Serialized`` streamed straight in) as ``name``."""
+        from ..registry.serialize import Serialized, from_payload
 
         self._model_team(who, team, "models:publish", name)
         allowed = {"framework", "framework_version", "format", "construction", "metrics", "input_schema",
@@ -81,9 +93,9 @@ class ModelServices(ServicesBase):
         unknown = sorted(set(meta) - allowed)
         if unknown:
             raise ConfigError(f"unknown manifest field {unknown[0]!r}")
-        ser = from_payload(payload, framework=str(meta.get("framework", "")),
-                           framework_version=str(meta.get("framework_version", "")),
-                           format=str(meta.get("format", "")), construction=meta.get("construction"))
+        ser = payload if isinstance(payload, Serialized) else from_payload(
+            payload, framework=str(meta.get("framework", "")), framework_version=str(meta.get("framework_version", "")),
+            format=str(meta.get("format", "")), construction=meta.get("construction"))
         manifest = self.registry.publish(
             ser, name=name, team=team, user=who.name, metrics=meta.get("metrics"),
             input_schema=meta.get("input_schema"), lineage=meta.get("lineage"),
@@ -101,6 +113,30 @@ class ModelServices(ServicesBase):
         self._model_team(who, team, "models:delete", name)
         self.registry.delete_version(name, team, version, user=who.name)
         self.audit.record(who.name, "models:delete", f"models:{team}/{name}@{version}", "allow")
+
+    def migrate_registry(self, who: Actor, team: str | None = None) -> list[dict[str, Any]]:
+        """Give models published before alias logs their signed log (``policy:admin`` in each team).
+
+        Every version is verified first; on any failure nothing is written and the
+        refusal is audited. Models that have a log are left alone.
+        """
+        from ..registry.migrate import migrate
+
+        if team is not None and team not in self.policy.teams:
+            raise NotFound(f"no team {team!r} in {self.policy.source}")
+        teams = [team] if team is not None else list(self.policy.teams)
+        for t in teams:
+            self.require(who, "policy:admin", t, resource=f"models:{t}")
+        try:
+            done = migrate(self.registry, teams, by=who.name)
+        except LeptonError as e:
+            self.audit.record(who.name, "policy:admin", f"models:{','.join(teams)}", "deny",
+                              reason=f"registry migration refused: {e}")
+            raise
+        for m in done:
+            self.audit.record(who.name, "policy:admin", f"models:{m.team}/{m.name}", "allow",
+                              event="registry-migrate", versions=m.versions, aliases=m.aliases)
+        return [dataclasses.asdict(m) for m in done]
 
     def predict(self, who: Actor, team: str, ref: str, inputs: Any) -> dict[str, Any]:
         from ..ml.serve import predict_with
@@ -128,15 +164,18 @@ class ModelServices(ServicesBase):
 
 
 def _check_input_rank(inputs: Any, manifest: Any) -> None:
+    check_input_rank(inputs, manifest.framework, getattr(manifest, "input_schema", None), manifest.name)
+
+
+def check_input_rank(inputs: Any, framework: str, schema: Any, name: str) -> None:
     """Rows of features for a model of 2-D input (its schema says so, or it is XGBoost)."""
     import numpy as np
 
-    schema = getattr(manifest, "input_schema", None)
     shape = schema.get("shape") if isinstance(schema, dict) else getattr(schema, "shape", None)
-    two_d = (isinstance(shape, (list, tuple)) and len(shape) == 2) or manifest.framework == "xgboost"
+    two_d = (isinstance(shape, (list, tuple)) and len(shape) == 2) or framework == "xgboost"
     try:
         rank = np.ndim(inputs)
     except ValueError:
         raise ConfigError("inputs must be a rectangular list of rows of numbers") from None
     if two_d and rank not in (1, 2):
-        raise ConfigError(f"inputs have {rank} dimensions; {manifest.name} takes rows of features (2-D)")
+        raise ConfigError(f"inputs have {rank} dimensions; {name} takes rows of features (2-D)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import time
@@ -30,10 +31,12 @@ from ..security.audit import AuditLog
 from ..security.files import write_atomic
 from ..security.policy import Policy
 
-__all__ = ["PrivacyLedger", "SPEND"]
+__all__ = ["PrivacyLedger", "SPEND", "READ", "check_dataset"]
 
 #: Spending privacy runs a job on the team's data.
 SPEND = "clusters:use"
+#: Seeing a team's budgets and what was spent of them.
+READ = "clusters:read"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 #: δ that totals are reported at when the policy sets no budget.
 DEFAULT_DELTA = 1e-5
@@ -50,10 +53,7 @@ class PrivacyLedger:
     def path(self, team: str, dataset: str) -> Path:
         if team not in self.policy.teams:
             raise NotFound(f"no team {team!r} (teams: {', '.join(self.policy.teams)})")
-        if not _NAME.match(str(dataset)):
-            raise ConfigError(f"dataset must be letters, digits, '_', '-' or '.', starting with a letter; "
-                              f"got {dataset!r}")
-        return self.root / team / f"{dataset}.json"
+        return self.root / team / f"{check_dataset(dataset)}.json"
 
     def budget(self, team: str, dataset: str) -> tuple[float, float] | None:
         """(ε, δ) the policy allows on ``team``'s ``dataset``, or None when it sets none."""
@@ -64,10 +64,37 @@ class PrivacyLedger:
         entries = self._read(self.path(team, dataset))
         return self._total(entries, self._delta(team, dataset, delta)), entries
 
+    def overview(self, who: Any, team: str, dataset: str | None = None) -> dict[str, Any]:
+        """``team``'s budget and, per dataset (those charged and those the policy budgets; or just ``dataset``),
+        its budget, the ε spent at the budget's δ and the number of runs charged."""
+        if team not in self.policy.teams:
+            raise NotFound(f"no team {team!r} (teams: {', '.join(self.policy.teams)})")
+        names = None if dataset is None else [check_dataset(dataset)]
+        if not self.policy.allows(who.name, who.groups, READ, team):
+            reason = self.policy.explain(who.name, who.groups, READ, team)
+            self.audit.record(who.name, READ, f"privacy:{team}", "deny", reason=reason)
+            raise PermissionDenied(reason)
+        if names is None:
+            folder = self.root / team
+            charged = {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+            budgeted = {key.partition("/")[2] for key in self.policy.privacy if key.startswith(f"{team}/")}
+            names = sorted(charged | budgeted)
+        rows = []
+        for name in names:
+            budget = self.budget(team, name)
+            total, entries = self.spent(team, name)
+            rows.append({"dataset": name, "budget": None if budget is None else budget[0],
+                         "delta": self._delta(team, name, None), "spent": total, "runs": len(entries),
+                         "last": entries[-1]["when"] if entries else None})
+        own = self.policy.privacy_budget(team)
+        return {"team": team, "budget": None if own is None else {"epsilon": own[0], "delta": own[1]},
+                "datasets": rows}
+
     def charge(self, who: Any, team: str, dataset: str, *, noise_multiplier: float, sample_rate: float,
                steps: int, what: str, delta: float | None = None) -> dict[str, Any]:
         """Charge one run; its ε, the total after it and the budget. PermissionDenied (audited) past the budget."""
         path = self.path(team, dataset)
+        _check_mechanism(noise_multiplier, sample_rate, steps, what, delta)
         resource = f"privacy:{team}/{dataset}"
         if not self.policy.allows(who.name, who.groups, SPEND, team):
             reason = self.policy.explain(who.name, who.groups, SPEND, team)
@@ -121,6 +148,31 @@ class PrivacyLedger:
             return list(json.loads(path.read_text()))
         except FileNotFoundError:
             return []
+
+
+def check_dataset(name: Any) -> str:
+    """``name`` when it may name a dataset's ledger; ConfigError otherwise."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"dataset must be letters, digits, '_', '-' or '.', starting with a letter; "
+                          f"got {name!r}")
+    return name
+
+
+def _check_mechanism(noise_multiplier: Any, sample_rate: Any, steps: Any, what: Any, delta: Any) -> None:
+    """One line for a mechanism that cannot be charged (the ledger only composes well-formed ones)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not number(noise_multiplier) or noise_multiplier <= 0:
+        raise ConfigError(f"privacy charge: noise_multiplier must be a positive number, got {noise_multiplier!r}")
+    if not number(sample_rate) or not 0 < sample_rate <= 1:
+        raise ConfigError(f"privacy charge: sample_rate must be in (0, 1], got {sample_rate!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1_000_000:
+        raise ConfigError(f"privacy charge: steps must be a whole number from 1 to 1000000, got {steps!r}")
+    if not isinstance(what, str) or not what.strip() or len(what) > 200 or "\n" in what:
+        raise ConfigError("privacy charge: 'what' must be one line of at most 200 characters naming the run")
+    if delta is not None and (not number(delta) or not 0 < delta < 1):
+        raise ConfigError(f"privacy charge: delta must be between 0 and 1, got {delta!r}")
 
 
 @contextlib.contextmanager

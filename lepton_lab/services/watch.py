@@ -1,4 +1,4 @@
-"""The cluster service's watch: spend metered while clusters run, idle clusters stopped.
+"""The cluster service's watch: spend metered while clusters run, idle clusters stopped, an edited policy read.
 
 Every ``interval`` seconds (``LEPTON_WATCH_INTERVAL``, default 30) one pass over the running
 clusters of a :class:`~lepton_lab.services.Services`:
@@ -8,7 +8,9 @@ clusters of a :class:`~lepton_lab.services.Services`:
 * stops a cluster idle (no task, no client activity, as its scheduler reports it) for
   longer than its idle timeout: the smaller of its profile's ``idle_timeout`` and its
   team's quota ``idle_timeout`` (minutes). The record stays, stopped, with the reason the
-  sidebar shows its owner, and the audit log has a line for it.
+  sidebar shows its owner, and the audit log has a line for it;
+* reads the policy file again when it changed, revoking what the new one no longer permits
+  (:mod:`lepton_lab.services.policy_reload`), and renews certificates close to expiry.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 from ..cluster.idle import activity
 from ..cluster.launcher import ManagedCluster
-from ..security.spend import spend_view
+from ..security.spend import DEFAULT_PERIOD, spend_view
+from .policy_reload import reload_if_changed
 
 # The services object this works for (``lepton_lab.services.Services``); not imported, as
 # the services import this module.
@@ -110,12 +113,21 @@ def stop_idle(services: Services, c: ManagedCluster, idle: float, limit: tuple[f
                           owner=c.owner, team=c.team)
 
 
+def team_spend(services: Services, team: str) -> dict[str, Any]:
+    """What ``team`` spent over its cap's period (the policy's ``spend_period``: this month, UTC, by
+    default; or in all), the cap and the period."""
+    quota = services.policy.quota_for(team=team)
+    period = quota.spend_period or DEFAULT_PERIOD
+    return spend_view(services.spend.team(team, period), quota.spend_cap, period, services.spend.month())
+
+
 def spend_fields(services: Services, cluster_id: str, team: str) -> dict[str, Any]:
-    """What a cluster listing shows of spend: the cluster's own and its team's, with the cap."""
+    """What a cluster listing shows of spend: the cluster's own (in all) and its team's over the cap's period."""
     own = services.spend.cluster(cluster_id)
-    team_view = spend_view(services.spend.team(team), services.policy.quota_for(team=team).spend_cap)
+    team_view = team_spend(services, team)
     return {"spend": round(own.spend, 4), "worker_hours": round(own.worker_hours, 4),
-            "team_spend": team_view["spend"], "spend_cap": team_view["spend_cap"]}
+            "team_spend": team_view["spend"], "spend_cap": team_view["spend_cap"],
+            "spend_period": team_view["spend_period"], "spend_month": team_view["month"]}
 
 
 class ClusterWatch:
@@ -130,11 +142,19 @@ class ClusterWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            sweep(self.services)
-            try:  # certificates close to expiry are renewed on the running clusters (services.certs)
-                self.services.renew_certificates()
-            except Exception as e:
-                log.warning("watch: renewing certificates: %s: %s", type(e).__name__, e)
+            self.tick()
+
+    def tick(self) -> None:
+        """One pass of everything the watch does."""
+        try:  # an edited policy file takes effect, and what it no longer permits is revoked
+            reload_if_changed(self.services)
+        except Exception as e:
+            log.warning("watch: reloading the policy: %s: %s", type(e).__name__, e)
+        sweep(self.services)
+        try:  # certificates close to expiry are renewed on the running clusters (services.certs)
+            self.services.renew_certificates()
+        except Exception as e:
+            log.warning("watch: renewing certificates: %s: %s", type(e).__name__, e)
 
     def stop(self) -> None:
         self._stop.set()

@@ -124,9 +124,14 @@ async def test_quota_refusal_gives_the_numbers(as_user, monkeypatch):
     ("{not json", 400, "not valid JSON"),
     ("[1, 2]", 400, "JSON object"),
     ({"team": "medical", "colour": "red"}, 400, "unknown field 'colour'"),
-    ({"team": "medical", "workers": {"cloud": -1}}, 400, "workers.cloud"),
-    ({"team": "medical", "workers": {"fog": 1}}, 400, "keys are cloud and edge"),
-    ({"team": "medical", "gpus": "two"}, 400, "wrong type"),
+    ({"team": "medical", "workers": {"cloud": -1}}, 400, "workers.cloud: must be a whole number from 0 to 256, got -1"),
+    ({"team": "medical", "workers": {"fog": 1}}, 400, "workers: unknown key 'fog' (keys: cloud, edge)"),
+    ({"team": "medical", "gpus": "two"}, 400, "gpus: a whole number from 0 to 64, or auto"),
+    ({"team": "medical", "gpus": 65}, 400, "gpus: a whole number from 0 to 64, or auto (every free GPU); got 65"),
+    ({"team": "medical", "threads": 1.5}, 400, "threads: must be a whole number from 1 to 256"),
+    ({"team": "medical", "memory": "lots"}, 400, "memory: a size such as 4GiB, from 1MiB to 1PiB; got 'lots'"),
+    ({"team": "medical", "memory": "2PiB"}, 400, "memory: a size such as 4GiB"),
+    ({"team": 7}, 400, "team: wrong type: a team name, got a number"),
     ({"team": "medical", "name": "../../etc"}, 400, "name:"),
     ({"team": "physics"}, 400, "unknown team 'physics'"),
     ({"profile": "local"}, 400, "missing field 'team'"),
@@ -135,7 +140,40 @@ async def test_quota_refusal_gives_the_numbers(as_user, monkeypatch):
 async def test_bad_bodies_are_400_never_500(as_user, body, status, words):
     code, err = await as_user("alice", "lepton", "api", "clusters", method="POST", body=body)
     assert code == status, err
-    assert words in err["message"]
+    assert words in err["message"] and "\n" not in err["message"], err
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"site": "cloud", "workers": 257}, "workers: must be a whole number from 0 to 256, got 257"),
+    ({"site": "cloud", "workers": True}, "workers: must be a whole number from 0 to 256, got True"),
+    ({"site": "cloud"}, "missing field 'workers'"),
+    ({"site": "cloud", "workers": 1, "gpus": 1}, "unknown field 'gpus' (fields: site, workers)"),
+])
+async def test_bad_scale_bodies_name_the_field(as_user, body, words):
+    code, err = await as_user("alice", "lepton", "api", "clusters", "no-such-cluster", method="PATCH", body=body)
+    assert code == 400 and words in err["message"], err
+
+
+async def test_profiles_answer_carries_the_request_schema(as_user):
+    """The form's bounds come from the server: the schema the create route checks bodies against."""
+    from lepton_lab.schemas import check_schema, problem
+
+    code, reply = await as_user("vera", "lepton", "api", "profiles")
+    assert code == 200 and {p["name"] for p in reply["profiles"]} >= {"local", "hybrid"}
+    request, site = reply["request"], reply["site"]
+    check_schema(request)
+    check_schema(site)
+    fields = request["properties"]
+    assert fields["workers"]["properties"]["cloud"]["maximum"] == 256
+    assert (fields["threads"]["minimum"], fields["threads"]["maximum"]) == (1, 256)
+    assert "pattern" in fields["memory"] and request["required"] == ["team"]
+    assert problem({"team": "medical", "workers": {"edge": 2}, "memory": "4GiB", "gpus": "auto"}, request) is None
+    assert problem({"team": "medical", "gpus": 65}, request)[0] == "gpus"
+    assert problem({"team": "medical", "workers": {"edge": 300}}, request) == (
+        "workers.edge", "must be a whole number from 0 to 256, got 300")
+    for profile in reply["profiles"]:
+        for s in profile["sites"]:
+            assert problem(s, site) is None, (profile["name"], s)
 
 
 @pytest.mark.parametrize("path", [

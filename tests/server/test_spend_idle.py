@@ -48,7 +48,8 @@ async def test_spend_grows_with_worker_hours_shows_in_whoami_and_the_cap_refuses
     now[0] += 2 * 3600  # two hours of 2 workers costing 2.5 per hour together
     sweep(services)
     code, me = await as_user("alice", "lepton", "api", "whoami")
-    assert me["spend"]["medical"] == {"spend": 5.0, "worker_hours": 4.0, "spend_cap": 4.0}
+    assert me["spend"]["medical"] == {"spend": 5.0, "worker_hours": 4.0, "spend_cap": 4.0, "spend_period": "month",
+                                      "month": "1970-01"}
     _, listing = await as_user("alice", "lepton", "api", "clusters")
     [row] = listing["clusters"]
     assert (row["spend"], row["worker_hours"], row["team_spend"], row["spend_cap"]) == (5.0, 4.0, 5.0, 4.0)
@@ -56,7 +57,7 @@ async def test_spend_grows_with_worker_hours_shows_in_whoami_and_the_cap_refuses
     code, err = await as_user("alice", "lepton", "api", "clusters", method="POST",
                               body={"team": "medical", "profile": "priced", "name": "second"})
     assert code == 403 and "\n" not in err["message"]
-    assert "team medical has spent 5.00 of its spend cap 4.00" in err["message"]
+    assert "team medical has spent 5.00 of its monthly spend cap 4.00 in 1970-01" in err["message"]
     denied = services.audit.entries(user="alice", action="clusters:create", outcome="deny")
     assert denied and "spend cap" in denied[-1]["reason"]
     # Removing the cluster does not refund its team; the total is on disk.
@@ -92,7 +93,7 @@ async def test_lepton_clusters_shows_what_each_cluster_and_the_team_spent(jp_ser
         out = capsys.readouterr().out
         head, row = out.splitlines()[:2]
         assert head.split()[-2:] == ["cost", "spent"] and row.split()[-2:] == ["$2.50/h", "$2.50"]
-        assert "team medical has spent $2.50 of its cap $4.00 so far" in out
+        assert "team medical has spent $2.50 of its cap $4.00 in 1970-01 (UTC)" in out
     finally:
         await asyncio.to_thread(lepton_lab.down, all=True)
         monkeypatch.setattr(session_mod, "_session", None)
@@ -100,7 +101,8 @@ async def test_lepton_clusters_shows_what_each_cluster_and_the_team_spent(jp_ser
 
 async def test_whoami_shows_spend_for_each_team_without_a_cap(as_user):
     _, me = await as_user("bob", "lepton", "api", "whoami")
-    assert me["spend"] == {"finance": {"spend": 0.0, "worker_hours": 0.0, "spend_cap": None}}
+    assert me["spend"] == {"finance": {"spend": 0.0, "worker_hours": 0.0, "spend_cap": None, "spend_period": "month",
+                                       "month": time.strftime("%Y-%m", time.gmtime())}}
 
 
 # --------------------------------------------------------------------------- idle shutdown

@@ -69,8 +69,8 @@ async def test_default_names_and_the_record_left_when_the_server_stops(as_user, 
 
 
 @pytest.mark.parametrize("body, words", [
-    ({"site": "cloud", "workers": -1}, "workers: a whole number from 0 to 256"),
-    ({"site": "cloud", "workers": 1.5}, "workers: a whole number from 0 to 256"),
+    ({"site": "cloud", "workers": -1}, "workers: must be a whole number from 0 to 256, got -1"),
+    ({"site": "cloud", "workers": 1.5}, "workers: must be a whole number from 0 to 256, got 1.5"),
 ])
 async def test_scale_refuses_what_it_would_have_to_change(as_user, body, words):
     code, c = await as_user("alice", "lepton", "api", "clusters", method="POST",
@@ -85,4 +85,4 @@ async def test_scale_refuses_what_it_would_have_to_change(as_user, body, words):
 async def test_a_fractional_gpu_count_is_refused(as_user):
     code, err = await as_user("alice", "lepton", "api", "clusters", method="POST",
                               body={"team": "medical", "profile": "local", "gpus": 0.5})
-    assert code == 400 and err["message"] == "gpus: a whole number from 0 to 64"
+    assert code == 400 and err["message"] == "gpus: a whole number from 0 to 64, or auto (every free GPU); got 0.5"

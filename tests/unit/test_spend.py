@@ -36,7 +36,9 @@ def test_team_quotas_take_a_spend_cap_and_an_idle_timeout():
     ("  default_team: {idle_timeout: .inf}", "quotas.default_team.idle_timeout: must be a number > 0"),
     ("  users: {alice: {spend_cap: 5}}", "quotas.users.alice.spend_cap: a team's limit; set it under quotas.teams"),
     ("  default_user: {idle_timeout: 5}", "quotas.default_user.idle_timeout: a team's limit"),
-    ("  teams: {medical: {spend_limit: 5}}", "did you mean 'spend_cap'?"),
+    ("  teams: {medical: {spend_capp: 5}}", "did you mean 'spend_cap'?"),
+    ("  teams: {medical: {spend_period: week}}", "quotas.teams.medical.spend_period: must be month or total"),
+    ("  users: {alice: {spend_period: month}}", "quotas.users.alice.spend_period: a team's limit"),
 ])
 def test_bad_spend_and_idle_quotas_are_one_line_errors(quotas, message):
     with pytest.raises(ConfigError) as info:
@@ -80,6 +82,47 @@ def test_the_cap_refuses_in_one_line_naming_the_cap_and_the_spend():
     msg = str(info.value)
     assert "team medical has spent 3.50 of its spend cap 3.50" in msg and "quotas.teams.medical.spend_cap" in msg
     assert "\n" not in msg
+
+
+def test_the_spend_period_is_the_month_unless_the_policy_says_total():
+    p = _policy("  teams: {medical: {spend_cap: 10, spend_period: total}}\n  default_team: {spend_cap: 5}")
+    assert p.quota_for(team="medical").spend_period == "total"
+    assert p.quota_for(team="finance").spend_period is None  # the month
+    assert p.quota_for(user="alice", team="medical").spend_period == "total"
+
+
+def _utc(text: str) -> float:
+    import calendar
+    import time
+
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M")))
+
+
+def test_a_teams_monthly_spend_starts_again_each_calendar_month_utc(tmp_path):
+    now = [_utc("2026-01-31T22:00")]
+    meter = SpendMeter(tmp_path / "spend.json", clock=lambda: now[0])
+    meter.start("c1")
+    now[0] += 3600  # 23:00, still January: 2 workers at 2.0/h for an hour
+    meter.tick("c1", "medical", 2, 2.0)
+    assert meter.month() == "2026-01" and meter.team("medical", "month") == Spend(2.0, 2.0)
+    now[0] += 2 * 3600  # 01:00 on 1 February: the tick is counted in the month it ends in
+    meter.tick("c1", "medical", 2, 2.0)
+    assert meter.month() == "2026-02" and meter.team("medical", "month") == Spend(4.0, 4.0)
+    assert meter.team("medical") == meter.team("medical", "total") == Spend(6.0, 6.0)
+    assert meter.team("finance", "month") == Spend()
+    again = SpendMeter(tmp_path / "spend.json", clock=lambda: now[0])
+    assert again.team("medical", "month") == Spend(4.0, 4.0) and again.months["medical"]["2026-01"] == Spend(2.0, 2.0)
+    now[0] = _utc("2026-03-01T00:00")
+    assert again.team("medical", "month") == Spend() and again.team("medical").spend == 6.0
+
+
+def test_a_monthly_cap_says_so_and_when_it_starts_again():
+    check_spend_cap("medical", Spend(3.0, 6.0), 3.5, "policy.yaml", "month", "2026-02")
+    with pytest.raises(QuotaExceeded) as info:
+        check_spend_cap("medical", Spend(3.5, 7.0), 3.5, "policy.yaml", "month", "2026-02")
+    msg = str(info.value)
+    assert "team medical has spent 3.50 of its monthly spend cap 3.50 in 2026-02 (UTC" in msg
+    assert "until next month" in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("raw", ["soon", "0", "-5", "86400"])
