@@ -3,13 +3,13 @@
     python bench/cluster.py [--quick] [--out bench/results/cluster.json]
 
 1. bring-up to all workers ready: ``lepton_lab.up`` (local: 2 cloud + 2 edge) vs
-   ``LocalCluster(n_workers=4)`` + ``Client`` (target ratio <= 1.2);
+   ``LocalCluster(n_workers=4)`` with TLS + ``Client`` (target ratio <= 1.2);
 2. one allocation snapshot at 4 workers (processes) and 64 workers (in-process), each
    against a bare ``run_on_scheduler`` round trip that reads the worker count;
 3. one snapshot built from synthetic scheduler state (the scheduler's own
    ``WorkerState``/``TaskState`` objects) at 250, 500 and 1,000 workers with one job
-   spread over all of them, against the floor of merely iterating those workers and
-   their tasks (target <= 20 ms at 1,000, growing linearly);
+   spread over all of them (two tasks running and two done per worker), against the floor
+   of merely iterating those workers and their tasks (target <= 20 ms at 1,000, growing linearly);
 4. 10,000 small tasks with the live view refreshing every second vs without
    (target overhead <= 2 %).
 Runs alternate the order of A and B and report medians with their spread
@@ -34,10 +34,16 @@ def bench_bring_up(rounds: int) -> dict:
 
     import lepton_lab
 
-    def plain() -> float:
+    def plain(tls: bool = True) -> float:
+        # Lepton's clusters speak TLS with their own CA (with or without a server): the fair
+        # baseline is distributed's own TLS cluster, with a temporary certificate made per start.
+        from distributed import Security
+
         t = time.perf_counter()
-        cluster = LocalCluster(n_workers=4, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
-        client = Client(cluster)
+        security = Security.temporary() if tls else None
+        cluster = LocalCluster(n_workers=4, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               security=security, protocol="tls://" if tls else None)
+        client = Client(cluster, security=security)
         client.wait_for_workers(4)
         dt = time.perf_counter() - t
         client.close()
@@ -52,8 +58,8 @@ def bench_bring_up(rounds: int) -> dict:
         lepton_lab.down("bench-up")
         return dt
 
-    plain(), lepton()  # first start in a process pays for imports
-    p, lp = [], []
+    plain(), plain(tls=False), lepton()  # first start in a process pays for imports
+    p, tcp, lp = [], [], []
     for i in range(rounds):
         if i % 2 == 0:
             p.append(plain())
@@ -61,10 +67,13 @@ def bench_bring_up(rounds: int) -> dict:
         else:
             lp.append(lepton())
             p.append(plain())
+        tcp.append(plain(tls=False))
     mp, ml = statistics.median(p), statistics.median(lp)
-    return {"compares": "lepton_lab.up (2 cloud + 2 edge) vs LocalCluster(n_workers=4) + Client, to all workers ready",
+    return {"compares": "lepton_lab.up (2 cloud + 2 edge, TLS with its own CA) vs LocalCluster(n_workers=4, "
+                        "TLS with Security.temporary()) + Client, to all workers ready",
             "plain_s": round(mp, 3), "lepton_s": round(ml, 3), "ratio": round(ml / mp, 3), "target": "<= 1.2",
-            "plain_spread_s": _spread(p), "lepton_spread_s": _spread(lp), "runs": rounds}
+            "plain_spread_s": _spread(p), "lepton_spread_s": _spread(lp), "runs": rounds,
+            "plain_tcp_s": round(statistics.median(tcp), 3)}
 
 
 def _spread(xs: list[float], scale: float = 1.0) -> list[float]:
@@ -133,14 +142,16 @@ def bench_snapshot(n: int) -> dict:
 
 def synthetic_scheduler(n_workers: int, tasks_per_worker: int = 2):
     """Scheduler state without running workers: ``n_workers`` edge and cloud workers, each
-    processing ``tasks_per_worker`` tasks of one job, built from the scheduler's own classes."""
+    processing ``tasks_per_worker`` tasks of one job and holding as many finished ones in
+    memory, built from the scheduler's own classes."""
     from types import SimpleNamespace
 
     from distributed.core import Status
     from distributed.scheduler import TaskGroup, TaskPrefix, TaskState, WorkerState
 
     group = TaskGroup("train-xgboost", TaskPrefix("train-xgboost"))
-    workers = {}
+    group.add_duration("compute", time.time() - 10, time.time() - 9)
+    workers, tasks = {}, {}
     for i in range(n_workers):
         kind, site = ("cloud", "cloud") if i % 4 == 0 else ("edge", f"edge-site-{i % 7}")
         address = f"tcp://10.{i // 250}.{i % 250}.1:4000"
@@ -150,13 +161,17 @@ def synthetic_scheduler(n_workers: int, tasks_per_worker: int = 2):
         ws.resources = {kind: tasks_per_worker, site: tasks_per_worker}
         ws.used_resources = {kind: tasks_per_worker, site: tasks_per_worker}
         ws.metrics = {"cpu": 90.0, "memory": 2**30}
-        for j in range(tasks_per_worker):
-            ts = TaskState(f"train-xgboost-{i}-{j}", None, "processing", group, False)
+        for j in range(2 * tasks_per_worker):
+            state = "processing" if j < tasks_per_worker else "memory"
+            ts = tasks[f"train-xgboost-{i}-{j}"] = TaskState(f"train-xgboost-{i}-{j}", len, state, group, False)
             ts.annotations = {"job": "fraud-train"}
             ts.resource_restrictions = {site: 1}
-            ws.processing.add(ts)
+            if state == "processing":
+                ws.processing.add(ts)
+                ws.executing[ts] = 1.0
         workers[address] = ws
-    return SimpleNamespace(workers=workers, address="tcp://10.255.0.1:8786")
+    return SimpleNamespace(workers=workers, address="tcp://10.255.0.1:8786", tasks=tasks,
+                           task_groups={group.name: group}, extensions={})
 
 
 def _iterate_state(dask_scheduler) -> int:
@@ -167,6 +182,8 @@ def _iterate_state(dask_scheduler) -> int:
         for ts in list(ws.processing):
             ts.annotations, ts.prefix, ts.key, ts.resource_restrictions
             n += 1
+    for ts in dask_scheduler.tasks.values():
+        ts.annotations, ts.group, ts.state
     return n
 
 
@@ -199,7 +216,7 @@ def bench_snapshot_scale(n: int, sizes=(250, 500, 1000)) -> dict:
                 f.append(floor())
                 s.append(snap())
         ms, mf = statistics.median(s) * 1000, statistics.median(f) * 1000
-        out[f"workers_{size}"] = {"tasks": 2 * size, "snapshot_ms": round(ms, 2), "floor_ms": round(mf, 3),
+        out[f"workers_{size}"] = {"tasks": len(state.tasks), "snapshot_ms": round(ms, 2), "floor_ms": round(mf, 3),
                                   "snapshot_spread_ms": _spread(s, 1000), "floor_spread_ms": _spread(f, 1000),
                                   "snapshot_us_per_worker": round(1000 * ms / size, 2)}
     return out

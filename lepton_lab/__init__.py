@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 # first use of one of its names, so ``import lepton_lab`` and ``%load_ext lepton_lab``
 # stay as quick as a bare shell.
 _API = frozenset({
-    "ClusterHandle", "RunResult", "clusters", "compress", "connect", "connect_cluster", "current",
+    "ClusterHandle", "RunResult", "clusters", "compress", "connect", "connect_cluster", "current", "deployments",
     "down", "federate", "load", "models", "on_site", "plan", "predict", "publish", "run_on", "scale", "serve",
-    "serve_stop", "status", "train", "tune", "up",
+    "serve_stop", "status", "train", "tune", "up", "worker_certificate",
 })
 __all__ = sorted(_API | {"LeptonError"})
 

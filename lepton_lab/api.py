@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterable
 
 from . import config
@@ -10,7 +11,7 @@ from .cluster.interrupt import stop_job
 from .cluster.remote import RunResult, run_code
 from .cluster.workers import kernel_environment, on_site  # noqa: F401  (re-exported)
 from .errors import ClusterError, ConfigError, NotFound
-from .models import load, models, predict, publish, serve, serve_stop
+from .models import deployments, load, models, predict, publish, serve, serve_stop
 from .session import ClusterHandle, connect_client, session
 from .tuning import tune  # noqa: F401  (re-exported)
 
@@ -25,6 +26,7 @@ def up(
     threads: int | None = None,
     memory: int | str | None = None,
     replace: bool = False,
+    team: str | None = None,
 ) -> ClusterHandle:
     """Start a cluster from a profile (default ``local``: 2 cloud + 2 edge workers) and connect.
 
@@ -36,11 +38,14 @@ def up(
     ``memory`` the shape of every worker. A running cluster of the same ``name``
     is reused when it matches what is asked (the handle's ``reused`` is then True);
     one that differs is an error naming the difference, unless ``replace`` (stop it,
-    start anew). Returns a handle whose ``.client`` is a connected ``Client``.
+    start anew). ``team`` is the team the cluster belongs to (default ``$LEPTON_TEAM``,
+    else the first team the policy lets you create clusters in): its quotas apply,
+    its members see it, and it serves that team's models. Returns a handle whose
+    ``.client`` is a connected ``Client``.
     """
     s = session()
     overrides = {k: v for k, v in dict(cloud=cloud, edge=edge, gpus=gpus, threads=threads,
-                                       memory=memory).items() if v is not None}
+                                       memory=memory, team=team).items() if v is not None}
     if isinstance(memory, str):
         from dask.utils import parse_bytes
 
@@ -89,6 +94,8 @@ def _differences(info: dict[str, Any], profile: str | dict | None, overrides: di
     asked_profile = profile.get("name") if isinstance(profile, dict) else profile
     if asked_profile is not None and asked_profile != info.get("profile"):
         out.append(f"profile {info.get('profile')} (asked {asked_profile})")
+    if overrides.get("team") is not None and info.get("team") and overrides["team"] != info["team"]:
+        out.append(f"team {info['team']} (asked {overrides['team']})")
     sites = info.get("sites", [])
 
     def size(v: Any) -> int:
@@ -135,6 +142,32 @@ def connect(address: str, *, name: str | None = None, timeout: float | None = No
         "sites": list(sites.values()), "tls": address.startswith("tls://"), "adopted": True,
     }
     return session().add(ClusterHandle(info, client, transport=None, adopted=True))
+
+
+def worker_certificate(site: str, directory: str | os.PathLike = ".", *, cluster: str | None = None) -> list[str]:
+    """Files that let a machine join ``cluster`` (the current one) as a worker of ``site``.
+
+    Writes the cluster's CA and a worker certificate bound to ``site`` (``ca.pem``,
+    ``<site>-worker.pem``, ``<site>-worker-key.pem``, private to you) into ``directory`` and
+    returns the ``lepton-lab worker`` arguments that use them. Copy the files to the machine
+    that joins; they are good for one site of one cluster, and a certificate revoked by an
+    admin stops working at once. (Behind a server, ``lepton-lab join-token`` gives a
+    one-time token instead, for a machine that should fetch its own certificate.)
+    """
+    from pathlib import Path
+
+    from .security.files import write_new
+
+    handle = current(cluster)
+    issued = session().transport.worker_certificate(handle.id, site)
+    where = Path(directory)
+    where.mkdir(parents=True, exist_ok=True)
+    files = {"ca": where / "ca.pem", "cert": where / f"{site}-worker.pem", "key": where / f"{site}-worker-key.pem"}
+    for kind, pem in (("ca", issued["ca_pem"]), ("cert", issued["cert_pem"]), ("key", issued["key_pem"])):
+        files[kind].unlink(missing_ok=True)
+        write_new(files[kind], pem.encode(), mode=0o600)
+    return ["--scheduler", issued["scheduler_address"], "--site", site, "--tls-ca-file", str(files["ca"]),
+            "--tls-cert", str(files["cert"]), "--tls-key", str(files["key"])]
 
 
 def connect_cluster(cluster_id: str) -> ClusterHandle:
@@ -239,13 +272,28 @@ def train(kind: str, *, client: Any = None, **kwargs: Any):
     """
     from .ml.train import train as _train
 
-    client = current().client if client is None else client
+    if client is None:
+        handle = current()
+        client = handle.client
+        if not kwargs.get("checkpoint_dir") and kwargs.get("name"):
+            kwargs["checkpoint_dir"] = _profile_checkpoints(handle, kwargs["name"])
     if kwargs.get("site") is None:
         from .cluster.placement import JobRequest
 
         choice = _auto_place(JobRequest("train", workers=kwargs.get("workers") or 1), client)
         kwargs["site"] = choice.site
     return _train(kind, client=client, **kwargs)
+
+
+def _profile_checkpoints(handle: ClusterHandle, name: str) -> str | None:
+    """``<checkpoints>/<name>`` when the cluster's profile sets ``checkpoints:`` (a path or fsspec URL)."""
+    from .cluster.profiles import resolve_profile
+
+    try:
+        where = resolve_profile(handle.info.get("profile") or "").checkpoints
+    except ConfigError:  # a profile this kernel does not know (another server's, an inline one)
+        return None
+    return f"{where.rstrip('/')}/{name}" if where else None
 
 
 def plan(kind: str = "train", *, workers: int | None = None, gpus: int = 0, memory: int | str | None = None,
@@ -318,4 +366,4 @@ def _default_client() -> Any:
 
 __all__ = ["up", "connect", "connect_cluster", "current", "clusters", "status", "scale", "down", "run_on", "on_site",
            "RunResult", "ClusterHandle", "compress", "train", "tune", "federate", "publish", "load", "models", "serve",
-    "predict", "serve_stop", "plan"]
+    "predict", "serve_stop", "deployments", "plan", "worker_certificate"]

@@ -1,4 +1,4 @@
-"""The model verbs of the public API: publish, load, models, serve, predict.
+"""The model verbs of the public API: publish, load, models, serve, deployments, predict.
 
 They accept what training, compression and federated runs return (anything with
 ``.model``, and ``.metrics`` / ``.report`` / ``.lineage`` where present) and go
@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import ConfigError, NotFound
-from .ml.serve import Served, predict_with
+from .ml import deployments as deployments_domain
+from .ml.deployments import Deployment
 from .session import session
 
 
@@ -138,12 +139,23 @@ def models(team: str | None = None) -> list[dict[str, Any]]:
     return session().transport.models(team)
 
 
-def serve(ref: str, *, site: str | None = None, team: str | None = None, name: str | None = None) -> Served:
-    """Load a published model onto every worker of ``site``, ready for :func:`predict`.
+def _through_services(handle: Any) -> bool:
+    """Deployments of a cluster the services started go through them (on a server's, they outlive this
+    kernel); a scheduler adopted with ``connect`` is the kernel's own business."""
+    return not handle.adopted
 
-    Without ``site`` the planner picks the cheapest site with a free worker and says so in one line.
+
+def serve(ref: str, *, site: str | None = None, team: str | None = None, cluster: str | None = None,
+          name: str | None = None) -> Deployment:
+    """Keep a published model loaded on every worker of ``site``, ready for :func:`predict`.
+
+    The deployment ``name`` (default: the model's name) lives on the cluster, not in this
+    kernel: a worker that replaces a lost one loads the model as it joins, and on a cluster
+    the Jupyter server runs it keeps serving (REST ``.../deployments/{name}/predict``) after
+    this kernel is gone. Without ``site`` the planner picks the cheapest site with a free
+    worker and says so in one line.
     """
-    handle = session().get(name)
+    handle = session().get(cluster)
     if site is None:
         from .cluster.placement import JobRequest
         from .session import place
@@ -151,49 +163,88 @@ def serve(ref: str, *, site: str | None = None, team: str | None = None, name: s
         choice = place(JobRequest("serve"), handle.client, handle)
         print(choice.line())
         site = choice.site
-    model, manifest = session().transport.load(_team(team, ref), ref)
-    workers = [addr for addr, w in handle.client.scheduler_info(n_workers=-1)["workers"].items()
-               if w.get("resources", {}).get(site, 0) > 0]
-    if not workers:
-        raise ConfigError(f"no worker on site {site!r} to serve {ref}")
-    future = handle.client.scatter(model, workers=workers, broadcast=True, hash=False)
-    served = Served(ref, site, workers, future, manifest)
-    session().served[ref.split("@")[0]] = served
-    return served
+    model_name, _, which = ref.partition("@")
+    name = name or model_name
+    transport: Any = session().transport
+    if _through_services(handle):
+        owner_team = handle.info.get("team")
+        if team and owner_team and team != owner_team:
+            raise ConfigError(f"cluster {handle.name} belongs to team {owner_team}: it serves {owner_team}'s "
+                              f"models only; start a cluster of team {team}")
+        body: dict[str, Any] = {"model": model_name, "site": site, "name": name}
+        if which:
+            body["version" if which.isdigit() else "alias"] = int(which) if which.isdigit() else which
+        record = transport.deploy(handle.id, body)
+    else:
+        from .registry import Manifest
+        from .security.identity import local_user
+
+        team = _team(team, ref)
+        payload, manifest_json = transport.artifact(team, ref)
+        manifest = Manifest.from_json(manifest_json)
+        info = deployments_domain.record_info(manifest, team=team, alias=which if which and not which.isdigit()
+                                              else None, by=local_user())
+        record = deployments_domain.deploy(handle.client, name=name, site=site, payload=payload,
+                                           manifest_json=manifest_json, info=info)
+    deployed = Deployment.of(record, handle.name)
+    session().served[name] = deployed
+    return deployed
 
 
-def predict(name: str, inputs: Any) -> dict[str, Any]:
-    """Predictions from a served model, computed on a worker of its site; latency recorded."""
+def deployments(cluster: str | None = None) -> list[Deployment]:
+    """The models kept loaded on ``cluster``'s sites (the current cluster by default)."""
+    handle = session().get(cluster)
+    if _through_services(handle):
+        records = session().transport.deployments(handle.id)  # type: ignore[attr-defined]
+    else:
+        client = handle.client
+        records = [deployments_domain.describe(client, r)
+                   for _, r in sorted(deployments_domain.deployments(client).items())]
+    return [Deployment.of(r, handle.name) for r in records]
+
+
+def _handle_of(name: str, cluster: str | None) -> Any:
+    known = session().served.get(name)
+    return session().get(cluster or (known.cluster if known is not None else None))
+
+
+def predict(name: str, inputs: Any, *, cluster: str | None = None) -> dict[str, Any]:
+    """Predictions from deployment ``name``, computed on a worker of its site; latency recorded."""
     from .cluster.interrupt import stop_job
-    from .cluster.workers import on_site
+    from .ml.serve import as_rows
 
-    served = session().served.get(name.split("@")[0])
-    if served is None:
-        raise NotFound(f"{name} is not being served; start it with serve({name!r}, site=...)")
-    client = session().get().client
+    name = name.split("@")[0]
+    handle = _handle_of(name, cluster)
     start = time.perf_counter()
-    future = client.submit(predict_with, served.future, inputs, served.manifest,
-                           resources=on_site(served.site), pure=False)
-    try:
-        out = future.result()
-    except KeyboardInterrupt:
-        raise stop_job(client, f"predict {served.ref}", futures=[future]) from None
+    if _through_services(handle):
+        rows = as_rows(inputs).tolist()
+        out = session().transport.predict_deployed(handle.id, name, rows)  # type: ignore[attr-defined]
+    else:
+        future, record = deployments_domain.submit_predict(handle.client, name, inputs)
+        try:
+            out = deployments_domain.wait_predict(future, record)
+        except KeyboardInterrupt:
+            raise stop_job(handle.client, f"predict {record['model']}@{record['version']}",
+                           futures=[future]) from None
     out["round_trip_ms"] = round((time.perf_counter() - start) * 1000, 3)
-    served.latencies_ms.append(out["round_trip_ms"])
-    out["median_round_trip_ms"] = round(statistics.median(served.latencies_ms), 3)
+    latencies = _LATENCIES.setdefault((handle.name, name), [])
+    latencies.append(out["round_trip_ms"])
+    out["median_round_trip_ms"] = round(statistics.median(latencies), 3)
     return out
 
 
-def serve_stop(name: str | None = None) -> list[str]:
-    """Stop serving ``name`` (all when None); the workers drop the model."""
-    table = session().served
-    names = [name.split("@")[0]] if name else list(table)
+#: Round trips of this kernel's predictions, per (cluster, deployment).
+_LATENCIES: dict[tuple[str, str], list[float]] = {}
+
+
+def serve_stop(name: str | None = None, *, cluster: str | None = None) -> list[str]:
+    """Stop deployment ``name`` (every one this kernel started when None); the workers drop the model."""
+    names = [name.split("@")[0]] if name else list(session().served)
     for n in names:
-        served = table.pop(n, None)
-        if served is None:
-            raise NotFound(f"{n} is not being served")
-        try:
-            served.future.release()
-        except Exception:
-            pass
+        handle = _handle_of(n, cluster)
+        if _through_services(handle):
+            session().transport.undeploy(handle.id, n)  # type: ignore[attr-defined]
+        else:
+            deployments_domain.undeploy(handle.client, n)
+        session().served.pop(n, None)
     return names

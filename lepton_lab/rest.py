@@ -113,9 +113,7 @@ class RestTransport:
         if workers:
             body["workers"] = workers
         if "gpus" in overrides:
-            gpus = overrides.pop("gpus")
-            if gpus != "auto":
-                body["gpus"] = gpus
+            body["gpus"] = overrides.pop("gpus")  # a number, or "auto": every free GPU
         for key in ("threads", "memory"):
             if key in overrides:
                 body[key] = overrides.pop(key)
@@ -148,6 +146,9 @@ class RestTransport:
     def list(self):
         return self.call("GET", "clusters")["clusters"]
 
+    def worker_certificate(self, cluster_id: str, site: str) -> dict:
+        return self.call("POST", f"clusters/{cluster_id}/worker-certificate", {"site": site})
+
     # -- models --------------------------------------------------------------------------------
 
     def publish(self, team: str, name: str, payload: Any, meta: dict) -> dict:
@@ -175,6 +176,30 @@ class RestTransport:
     def models(self, team: str | None):
         return self.call("GET", "models" + (f"?team={team}" if team else ""))["models"]
 
+    def artifact(self, team: str, ref: str) -> tuple[bytes, str]:
+        """The verified artifact of ``ref`` in its framework's format, and its signed manifest (JSON)."""
+        import base64
+
+        name, _, which = ref.partition("@")
+        content, headers = self.call("GET", f"models/{team}/{name}/versions/{which or 'latest'}/artifact",
+                                     want_response=True)
+        return content, base64.b64decode(headers.get("X-Lepton-Manifest", "")).decode()
+
+    # -- deployments ---------------------------------------------------------------------------
+
+    def deploy(self, cluster_id: str, body: dict[str, Any]) -> dict:
+        return self.call("POST", f"clusters/{cluster_id}/deployments", body)
+
+    def deployments(self, cluster_id: str) -> Any:
+        return self.call("GET", f"clusters/{cluster_id}/deployments")["deployments"]
+
+    def undeploy(self, cluster_id: str, name: str) -> None:
+        self.call("DELETE", f"clusters/{cluster_id}/deployments/{urllib.parse.quote(name, safe='')}")
+
+    def predict_deployed(self, cluster_id: str, name: str, inputs: Any) -> dict:
+        return self.call("POST", f"clusters/{cluster_id}/deployments/{urllib.parse.quote(name, safe='')}/predict",
+                         {"inputs": inputs})
+
 
     # -- studies -------------------------------------------------------------------------------
 
@@ -187,6 +212,23 @@ class RestTransport:
         team = self._team(team)
         return team, open_study(JournalStorage(rest_journal_backend(self, team, name)), team, name,
                                 direction=direction, sampler=sampler, pruner=pruner)
+
+    # -- privacy ledger ------------------------------------------------------------------------
+
+    def privacy(self, team: str, dataset: str | None = None) -> dict:
+        """``team``'s privacy budget and what was spent of it, per dataset (or of ``dataset`` alone)."""
+        query = f"?dataset={urllib.parse.quote(dataset, safe='')}" if dataset is not None else ""
+        return self.call("GET", f"privacy/{urllib.parse.quote(team, safe='')}{query}")
+
+    def privacy_charge(self, team: str, dataset: str, *, noise_multiplier: float, sample_rate: float, steps: int,
+                       what: str, delta: float | None = None) -> dict:
+        """Charge one run's mechanism to the services' ledger of ``team``/``dataset``; PermissionDenied past
+        the budget (the server's policy's), with the one line that says what was spent."""
+        body: dict[str, Any] = {"dataset": dataset, "noise_multiplier": noise_multiplier,
+                                "sample_rate": sample_rate, "steps": steps, "what": what}
+        if delta is not None:
+            body["delta"] = delta
+        return self.call("POST", f"privacy/{urllib.parse.quote(team, safe='')}/charge", body)
 
 
 def rest_journal_backend(transport: RestTransport, team: str, name: str) -> Any:

@@ -1,7 +1,7 @@
 """The kernel's side of Lepton Lab: which clusters it knows and how it reaches the services.
 
-Two transports lead to the same services. :class:`EmbeddedTransport` runs them in
-this process, the local user acting as admin (plain IPython, scripts, tests). A
+Two transports lead to the same services. :class:`~lepton_lab.embedded.EmbeddedTransport`
+runs them in this process for the local user (plain IPython, scripts, tests); a
 REST transport reaches the Jupyter server's extension with the user's own
 identity. Either way the kernel ends up with a :class:`ClusterHandle`: the
 cluster's description plus a ``distributed.Client`` connected to it.
@@ -18,13 +18,13 @@ from distributed import Client, Security
 from . import config
 from .cluster import allocation
 from .cluster.clients import open_client
-from .cluster.launcher import ClusterManager, ManagedCluster
-from .cluster.profiles import resolve_profile
+from .embedded import EmbeddedTransport
 from .errors import ClusterError, ConfigError, NotFound
 
 
 class Transport(Protocol):
-    """What the kernel needs from the cluster service."""
+    """Every verb the kernel asks of the services; :class:`~lepton_lab.embedded.EmbeddedTransport`
+    (in this process) and :class:`~lepton_lab.rest.RestTransport` (a Jupyter server) implement all of them."""
 
     def create(self, profile: str | dict, *, name: str | None,
                overrides: dict[str, Any]) -> tuple[dict, Security | None, bool]: ...
@@ -33,86 +33,20 @@ class Transport(Protocol):
     def list(self) -> list[dict]: ...
     def info(self, cluster_id: str) -> dict: ...
     def security(self, cluster_id: str) -> Security | None: ...
+    def worker_certificate(self, cluster_id: str, site: str) -> dict: ...
     def publish(self, team: str, name: str, payload: Any, meta: dict) -> dict: ...
     def load(self, team: str, ref: str) -> tuple[Any, dict]: ...
     def models(self, team: str | None) -> builtins.list[dict]: ...  # `list` here is the verb above
-
-
-class EmbeddedTransport:
-    """The services in this process, for the local user."""
-
-    def __init__(self, manager: ClusterManager | None = None):
-        self.manager = manager or ClusterManager()
-
-    def create(self, profile, *, name, overrides):
-        prof = resolve_profile(profile).with_overrides(**overrides)
-        if name is None:
-            from .security.identity import local_user
-            from .services import default_cluster_name
-
-            name = default_cluster_name(prof.name, local_user(), {c.name for c in self.manager.list()})
-        managed, started = self.manager.start(prof, name=name, reuse=True)
-        return managed.info().to_dict(), managed.security, not started
-
-    def scale(self, cluster_id, n, site):
-        managed = self.manager.get(cluster_id)
-        managed.scale(n, site)
-        return managed.info().to_dict()
-
-    def stop(self, cluster_id):
-        self.manager.stop(cluster_id)
-
-    def list(self):
-        return [c.info().to_dict() for c in self.manager.list()]
-
-    def managed(self, cluster_id: str) -> ManagedCluster:
-        return self.manager.get(cluster_id)
-
-    def info(self, cluster_id: str) -> dict:
-        return self.manager.get(cluster_id).info().to_dict()
-
-    # models: the local user signs; team keys live in this user's LEPTON_HOME
-    @property
-    def registry(self):
-        if getattr(self, "_registry", None) is None:
-            from .registry import Registry
-            from .security.vault import KeyRing
-
-            self._registry = Registry(config.registry_path(), KeyRing(config.keys_path() / "vault"))
-        return self._registry
-
-    def publish(self, team: str, name: str, payload: Any, meta: dict) -> dict:
-        """``payload``: bytes in the model's format, or a ``Serialized`` streamed straight in."""
-        import json
-
-        from .registry.serialize import Serialized, from_payload
-        from .security.identity import local_user
-
-        fields = ("metrics", "input_schema", "lineage", "compression", "description", "tags", "alias")
-        ser = payload if isinstance(payload, Serialized) else from_payload(
-            payload, framework=meta["framework"], framework_version=meta["framework_version"],
-            format=meta["format"], construction=meta.get("construction"))
-        manifest = self.registry.publish(ser, name=name, team=team, user=local_user(),
-                                         **{k: meta.get(k) for k in fields if meta.get(k) is not None})
-        return json.loads(manifest.to_json())
-
-    def load(self, team: str, ref: str):
-        import json
-
-        loaded = self.registry.load(ref, team=team)
-        return loaded.model, json.loads(loaded.manifest.to_json())
-
-    def models(self, team: str | None):
-        import dataclasses
-
-        from .security.identity import local_user
-        from .security.policy import default_policy
-
-        teams = [team] if team else list(default_policy(local_user()).teams)
-        return [{**dataclasses.asdict(m), "team": t} for t in teams for m in self.registry.models(t)]
-
-    def security(self, cluster_id: str):
-        return self.manager.get(cluster_id).security
+    def artifact(self, team: str, ref: str) -> tuple[bytes, str]: ...
+    def deploy(self, cluster_id: str, body: dict[str, Any]) -> dict: ...
+    def deployments(self, cluster_id: str) -> Any: ...
+    def undeploy(self, cluster_id: str, name: str) -> None: ...
+    def predict_deployed(self, cluster_id: str, name: str, inputs: Any) -> dict: ...
+    def study(self, team: str | None, name: str, *, direction: str, sampler: Any = None,
+              pruner: Any = None) -> tuple[str, Any]: ...
+    def privacy(self, team: str, dataset: str | None = None) -> dict: ...
+    def privacy_charge(self, team: str, dataset: str, *, noise_multiplier: float, sample_rate: float, steps: int,
+                       what: str, delta: float | None = None) -> dict: ...
 
 
 class ClusterHandle:
@@ -193,7 +127,9 @@ class ClusterHandle:
             return snapshot_html(self.snapshot(), title=f"Lepton cluster {self.name}",
                                  dashboard=self.dashboard_link)
         except Exception:
-            return f"<pre>{self!r}</pre>"
+            import html
+
+            return f"<pre>{html.escape(repr(self))}</pre>"
 
 
 def default_transport() -> Transport:
@@ -275,6 +211,9 @@ def connect_client(address: str, *, security: Security | None = None,
     """A Client for ``address``, or a one-line ClusterError within ``timeout`` seconds."""
     if not isinstance(address, str) or "://" not in address and ":" not in address:
         raise ConfigError(f"not a scheduler address: {address!r} (expected tcp://HOST:PORT or tls://HOST:PORT)")
+    if address.startswith("tls://") and security is None:
+        raise ConfigError(f"{address} speaks TLS: pass security= (a distributed.Security with a client "
+                          "certificate), or connect_cluster(ID) for a Lepton cluster")
     try:
         return open_client(address, security=security, timeout=timeout, set_as_default=True)
     except (OSError, TimeoutError) as e:

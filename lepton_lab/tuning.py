@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import config
 from .errors import ConfigError, NotFound
 from .session import place, session
 
@@ -106,16 +105,17 @@ def _tune_federated(*, space: Any, study: str, team: str | None, trials: int, ti
                     direction: str | None, metric: str | None, sampler: str, pruner: str, client: Any,
                     progress: bool, dataset: str | None = None, sites: Any = None, seed: int = 0,
                     rounds: int = 5, **kwargs: Any):
-    """``tune("federate", ...)``: trials of federated training, each charged to ``dataset``'s privacy budget."""
+    """``tune("federate", ...)``: trials of federated training, each charged to ``dataset``'s privacy budget.
+
+    The study and the ledger are the services': over REST the server's (its policy's budget, its home),
+    in-process this user's home."""
     import functools
     import inspect
 
     from .ml.federated import federate as _federate
     from .ml.tune_federated import check_space, run_federated
     from .ml.tune_plan import check_choices, make_pruner, make_sampler
-    from .security.identity import server_owner
-    from .services import Actor
-    from .services.privacy import PrivacyLedger
+    from .services.privacy import check_dataset
 
     for needed in ("model", "loader", "eval_data"):
         if kwargs.get(needed) is None:
@@ -127,67 +127,28 @@ def _tune_federated(*, space: Any, study: str, team: str | None, trials: int, ti
         raise ConfigError(f"tune federate: unknown option(s) {', '.join(unknown)}")
     if not dataset:
         raise ConfigError("tune federate: pass dataset= (the name its privacy budget is kept under)")
+    check_dataset(dataset)  # a bad dataset name is an error before a study is opened
     check_choices(sampler, pruner, direction)
     dists = check_space(space)
     if sites is None:
         from .cluster.placement import JobRequest
 
         sites = _auto_place(JobRequest("federate"), client).sites
-    store = _study_store()
-    who = Actor(server_owner())
-    team = _study_team(store, who, team)
-    ledger = PrivacyLedger(store.policy, home=config.home(), audit=store.audit)
-    ledger.path(team, dataset)  # a bad dataset name is an error before a study is opened
-    opened = store.open(who, team, study, direction=direction or "maximize",
-                        sampler=make_sampler(sampler, dists, seed), pruner=make_pruner(pruner, rounds))
+    transport = session().transport
+    team, opened = _open_study(team, study, direction=direction or "maximize",
+                               sampler=make_sampler(sampler, dists, seed), pruner=make_pruner(pruner, rounds))
     return run_federated(opened, space=dists, sites=sites, client=client, trials=trials, timeout=timeout,
                          metric=metric or "accuracy", progress=progress, seed=seed, rounds=rounds,
-                         charge=functools.partial(ledger.charge, who, team, dataset), **kwargs)
+                         charge=functools.partial(transport.privacy_charge, team, dataset), **kwargs)
 
 
 def _open_study(team: str | None, name: str, *, direction: str, sampler: Any, pruner: Any) -> tuple[str, Any]:
     """``(team, study)``: kept by the services this kernel reaches over REST when it does (a Jupyter
     server's, the team deployment's control plane), else in this process's own home, for its user."""
-    from .rest import RestTransport
-    from .security.identity import server_owner
-    from .services import Actor
-
-    transport = session().transport
-    if isinstance(transport, RestTransport):
-        import os
-
-        return transport.study(team or os.environ.get("LEPTON_TEAM"), name, direction=direction, sampler=sampler,
-                               pruner=pruner)
-    store = _study_store()
-    who = Actor(server_owner())
-    team = _study_team(store, who, team)
-    return team, store.open(who, team, name, direction=direction, sampler=sampler, pruner=pruner)
-
-
-def _study_store():
-    """The study service for this kernel's user: the policy file, else the default policy."""
-    from .security.audit import AuditLog
-    from .security.identity import local_user
-    from .security.policy import default_policy, load_policy
-    from .services.studies import StudyStore
-
-    policy = load_policy() if config.policy_path().exists() else default_policy(local_user())
-    return StudyStore(policy, home=config.home(), audit=AuditLog())
-
-
-def _study_team(store: Any, who: Any, team: str | None) -> str:
     import os
 
-    from .services.studies import RUN
-
-    team = team or os.environ.get("LEPTON_TEAM")
-    if team:
-        return team
-    mine = [t for t in store.policy.teams if store.policy.allows(who.name, who.groups, RUN, t)]
-    if len(mine) == 1:
-        return mine[0]
-    raise ConfigError(f"tune: which team keeps the study? pass team= (or --team, or set LEPTON_TEAM)"
-                      f"{'; yours: ' + ', '.join(mine) if mine else ''}")
+    return session().transport.study(team or os.environ.get("LEPTON_TEAM"), name, direction=direction,
+                                      sampler=sampler, pruner=pruner)
 
 
 def _in_kernel() -> bool:

@@ -84,8 +84,8 @@ def test_forms_send_what_was_typed(open_lab, restarted_lab_server):
     expect(form.locator('input[name="gpus"]')).to_have_attribute("placeholder", re.compile(r"profile default"))
 
     create = form.locator('[data-testid="lepton-create-cluster"]')
-    for typed, words in (("-1", "workers.cloud: a whole number from 0 to 256"),
-                         ("2.5", "workers.cloud: a whole number from 0 to 256"),
+    for typed, words in (("-1", "workers.cloud: must be a whole number from 0 to 256, got -1"),
+                         ("2.5", "workers.cloud: must be a whole number from 0 to 256, got 2.5"),
                          ("20", "may hold 12 workers")):
         cloud.fill(typed)
         create.click()
@@ -120,7 +120,8 @@ def test_forms_send_what_was_typed(open_lab, restarted_lab_server):
         expect(number).to_have_value("2")
         number.fill("-1")
         page.locator(".jp-Dialog .jp-mod-accept").click()
-        expect(page.locator(".jp-Dialog")).to_contain_text("workers: a whole number from 0 to 256", timeout=30_000)
+        expect(page.locator(".jp-Dialog")).to_contain_text("workers: must be a whole number from 0 to 256, got -1",
+                                                            timeout=30_000)
         expect(page.locator(".jp-Dialog input[type=number]")).to_have_value("-1")
         expect(lab.toasts("error")).to_have_count(0)
         lab.screenshot("forms-3-scale-refused")

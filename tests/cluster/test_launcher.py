@@ -180,7 +180,11 @@ def test_connect_bad_address():
 
 
 def test_connect_adopts_and_down_only_disconnects(cluster):
-    adopted = lepton_lab.connect(cluster.address, name="adopted")
+    # Clusters the services start speak TLS, with or without a Jupyter server.
+    assert cluster.address.startswith("tls://")
+    with pytest.raises(ConfigError, match="speaks TLS: pass security="):
+        lepton_lab.connect(cluster.address, name="adopted")
+    adopted = lepton_lab.connect(cluster.address, name="adopted", security=cluster.client.security)
     assert adopted.adopted
     assert {s["name"]: s["workers"] for s in adopted.info["sites"]} == {"cloud": 2, "edge": 2}
     lepton_lab.down("adopted")

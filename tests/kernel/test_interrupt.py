@@ -7,12 +7,13 @@ group, workers included, sent once the test sees the job's task running on its w
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
 import time
 
-from distributed import Client
+from distributed import Client, Security
 from jupyter_client.manager import start_new_kernel
 
 from lepton_lab.errors import Interrupted
@@ -139,11 +140,23 @@ def _probe():
     return running
 
 
+def _outside(kernel: Kernel, address: str) -> Client:
+    """A client of the kernel's cluster from this test process, with the kernel's own certificate
+    (clusters speak TLS with or without a server)."""
+    reply, out = kernel.run(
+        "import json as _json, lepton_lab as _ll\n"
+        "_sec = _ll.current().client.security\n"
+        "print(_json.dumps({k: getattr(_sec, k) for k in ('tls_ca_file', 'tls_client_cert', 'tls_client_key')}))")
+    assert reply["status"] == "ok", (reply, out)
+    creds = json.loads(out.strip().splitlines()[-1])
+    return Client(address, security=Security(require_encryption=True, **creds), timeout=30)
+
+
 def _wait_free(kernel: Kernel, address: str, worker: str, timeout: float = 60) -> None:
     """Within ``timeout``: the live view shows no job on ``worker``, and its threads run nothing."""
     probe = ("import lepton_lab\n"
              f"print({{w.name: sorted(w.jobs) for w in lepton_lab.status().workers}}.get({worker!r}))")
-    with Client(address, timeout=30) as outside:
+    with _outside(kernel, address) as outside:
         end = time.monotonic() + timeout
         while True:
             reply, out = kernel.run(probe)
@@ -189,7 +202,7 @@ def test_interrupt_cancels_training_and_frees_its_worker(tmp_path):
             "X, y = load_digits(return_X_y=True)\nX = (X / 16).astype('float32')\n"
             "net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))")
         assert reply["status"] == "ok", reply
-        with Client(address, timeout=30) as outside:
+        with _outside(kernel, address) as outside:
             def first_epoch(msg: dict | None) -> bool:
                 events = outside.get_events("lepton-train:slow") or ()
                 return any("epoch" in e for _, e in events)
@@ -241,7 +254,7 @@ def test_interrupt_fails_the_running_tune_trials_and_resume_runs_them_first(tmp_
         address = _up(kernel)
         reply, _ = kernel.run(TUNE)
         assert reply["status"] == "ok", reply
-        with Client(address, timeout=30) as outside:
+        with _outside(kernel, address) as outside:
             def trial_runs(msg: dict | None) -> bool:
                 return any(str(k).startswith("tune-interrupted-")
                            for keys in outside.processing().values() for k in keys)
@@ -264,23 +277,24 @@ def test_interrupt_fails_the_running_tune_trials_and_resume_runs_them_first(tmp_
 def test_magic_shows_an_interrupt_of_kernel_side_work_as_one_line(capsys):
     from IPython.core.interactiveshell import InteractiveShell
 
-    from lepton_lab.kernel.parsing import MagicParser
+    from lepton_lab.kernel.magics import LeptonMagics
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "lepton_lab")
-    magics = shell.magics_manager.registry["LeptonMagics"]
+    loaded = shell.magics_manager.registry["LeptonMagics"]
+    magics = LeptonMagics(shell)  # a magic of its own: the loaded one keeps its subcommands
 
-    def nap(a):
+    def nap(magics, a):
         raise KeyboardInterrupt
 
-    magics.register("nap", MagicParser(prog="nap", add_help=False), line=nap)
+    magics.add_verb("nap", "raises KeyboardInterrupt", nap)
+    shell.register_magics(magics)
     try:
         capsys.readouterr()
         result = shell.run_cell("%lepton nap")
         out = capsys.readouterr()
     finally:
-        magics.parsers.pop("nap")
-        magics.line_commands.pop("nap")
+        shell.register_magics(loaded)
     assert isinstance(result.error_in_exec, Interrupted)
     assert str(result.error_in_exec) == "%lepton nap stopped"
     assert (out.out + out.err).strip() == "interrupted: %lepton nap stopped"
@@ -295,18 +309,21 @@ def _busy_workers(outside: Client, key: str = "") -> set[str]:
 SLEEPY = """\
 import time, torch
 import lepton_lab
-from lepton_lab.ml.serve import Served
-from lepton_lab.session import session
+from lepton_lab.ml.deployments import METADATA, PLUGIN_PREFIX, ModelDeployment
 
 class Sleepy(torch.nn.Module):  # a model whose predictions take ten minutes
     def forward(self, x):
         time.sleep(600)
         return x
 
-handle = lepton_lab.current("k")
-edge = [a for a, w in handle.client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "edge-0"]
-model = handle.client.scatter(Sleepy(), workers=edge, broadcast=True, hash=False)
-session().served["sleepy"] = Served("sleepy@1", "edge", edge, model, {})
+class SleepyDeployment(ModelDeployment):  # a deployment keeping a Sleepy loaded on the edge worker
+    def setup(self, worker):
+        if "edge" in worker.state.total_resources:
+            self.model, self.manifest = Sleepy(), {}
+
+client = lepton_lab.current("k").client
+client.register_plugin(SleepyDeployment("sleepy", "edge", b"", "{}"), name=PLUGIN_PREFIX + "sleepy")
+client.set_metadata([*METADATA, "sleepy"], {"name": "sleepy", "model": "sleepy", "version": 1, "site": "edge"})
 """
 
 
@@ -316,7 +333,7 @@ def test_interrupt_cancels_predict_and_frees_its_worker(tmp_path):
         address = _up(kernel)
         reply, out = kernel.run(SLEEPY)
         assert reply["status"] == "ok", (reply, out)
-        with Client(address, timeout=30) as outside:
+        with _outside(kernel, address) as outside:
             reply, msgs = kernel.interrupt_after("lepton_lab.predict('sleepy', [[1.0, 2.0]])",
                                                  lambda m: "edge-0" in _busy_workers(outside))
         match = _assert_one_line(reply, msgs, job="predict sleepy@1", worker="edge-0")
@@ -359,7 +376,7 @@ def test_interrupt_cancels_a_federated_round_and_frees_the_hung_site(tmp_path):
         address = out.strip().splitlines()[-1]
         reply, out = kernel.run(FEDERATE)
         assert reply["status"] == "ok", (reply, out)
-        with Client(address, timeout=30) as outside:
+        with _outside(kernel, address) as outside:
             # once edge-b has sent its update: the round then waits on the hung site alone
             reply, msgs = kernel.interrupt_after(
                 "fed.federate(nn.Linear(4, 1), loader=load_site, sites=['edge-a', 'edge-b'], rounds=3, "
@@ -367,8 +384,10 @@ def test_interrupt_cancels_a_federated_round_and_frees_the_hung_site(tmp_path):
                 lambda m: _busy_workers(outside, "federated-round-") == {"edge-a-0"})
         _assert_one_line(reply, msgs, job="federated-hung", worker="edge-a-0")
         _wait_free(kernel, address, "edge-a-0")
-        reply, out = kernel.run("print(lepton_lab.status('fl').job('federated-hung'))\n"
+        # the job runs no more: gone from the snapshot, or listed as ended
+        reply, out = kernel.run("job = lepton_lab.status('fl').job('federated-hung')\n"
+                                "print(job is None or (job.tasks == 0 and job.finished is not None))\n"
                                 "print(lepton_lab.run_on('edge-a', lambda: 6 * 7))")
-        assert reply["status"] == "ok" and out.split() == ["None", "42"], (reply, out)
+        assert reply["status"] == "ok" and out.split() == ["True", "42"], (reply, out)
     finally:
         kernel.close()

@@ -32,8 +32,9 @@ def booster():
 
 @pytest.fixture
 def edge_cluster(cluster_slot):
-    """One cloud + one edge worker for the module, checked before each test and rebuilt if damaged."""
-    return checked_cluster(cluster_slot, "serve-test", {"cloud-0", "edge-0"}, cloud=1, edge=1)
+    """One cloud + one edge worker of team finance (it serves finance's models), checked before each
+    test and rebuilt if damaged."""
+    return checked_cluster(cluster_slot, "serve-test", {"cloud-0", "edge-0"}, cloud=1, edge=1, team="finance")
 
 
 def test_publish_load_round_trip(booster):
@@ -69,15 +70,32 @@ def test_serve_on_edge_and_predict(booster, edge_cluster):
     model, X = booster
     lepton_lab.publish(model, "fraud-served", team="finance", alias="production")
     served = lepton_lab.serve("fraud-served@production", site="edge", team="finance")
-    assert len(served.workers) == 1
+    assert served.workers == ["edge-0"] and served.site == "edge" and served.name == "fraud-served"
     out = lepton_lab.predict("fraud-served", X[:20])
     assert out["rows"] == 20 and np.allclose(out["probabilities"], model.predict(xgb.DMatrix(X[:20])), atol=1e-6)
-    assert out["round_trip_ms"] > 0 and out["latency_ms"] >= 0
+    assert out["worker"] == "edge-0" and out["round_trip_ms"] > 0 and out["latency_ms"] >= 0
     with pytest.raises(ConfigError, match="features"):
         lepton_lab.predict("fraud-served", X[:2, :5])
+    with pytest.raises(ConfigError, match="rows of features"):
+        lepton_lab.predict("fraud-served", [["a", "b"]])
+    # the deployment lives on the scheduler: another client, with the first one gone, scores with it
+    from distributed import Client
+
+    from lepton_lab.ml import deployments
+
+    with Client(edge_cluster.address, security=edge_cluster.client.security, timeout=30) as other:
+        assert sorted(deployments.deployments(other)) == ["fraud-served"]
+        again = deployments.predict(other, "fraud-served", X[:3])
+        assert np.allclose(again["probabilities"], out["probabilities"][:3])
+        # the cloud worker received the plugin but keeps nothing of the model
+        held = other.run(deployments._loaded_here, "fraud-served")
+        names = {a: w["name"] for a, w in other.scheduler_info(n_workers=-1)["workers"].items()}
+        assert {names[a]: v for a, v in held.items()} == {"cloud-0": False, "edge-0": True}
+    assert [d.name for d in lepton_lab.deployments()] == ["fraud-served"]
     assert lepton_lab.serve_stop("fraud-served") == ["fraud-served"]
-    with pytest.raises(NotFound, match="not being served"):
+    with pytest.raises(NotFound, match="no deployment 'fraud-served'"):
         lepton_lab.predict("fraud-served", X[:2])
+    assert lepton_lab.deployments() == []
 
 
 def test_model_magics(booster, edge_cluster, capsys):

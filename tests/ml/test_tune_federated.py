@@ -18,8 +18,8 @@ from torch import nn
 import lepton_lab
 from lepton_lab import config
 from lepton_lab.errors import ConfigError, PermissionDenied
-from lepton_lab.ml.modelspec import model_spec
 from lepton_lab.ml.privacy import RDPAccountant
+from lepton_lab.registry.modelspec import model_spec
 from lepton_lab.security.audit import AuditLog
 from lepton_lab.security.identity import server_owner
 from lepton_lab.security.policy import load_policy

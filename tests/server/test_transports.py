@@ -1,0 +1,159 @@
+"""The same behaviour through both doors to the services: in this process, and over REST.
+
+Each test runs twice: with :class:`EmbeddedTransport` (the services in the kernel's own
+process, as plain IPython has them) and with :class:`RestTransport` (the Jupyter
+server's extension). Both ask as the local user, admin under the test policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import lepton_lab
+from lepton_lab import session as session_mod
+from lepton_lab.embedded import EmbeddedTransport
+from lepton_lab.errors import ConfigError, PermissionDenied
+from lepton_lab.rest import RestTransport, ServerInfo
+from tests.fake_gpu import install_fake_dask_cuda
+from tests.helpers import fake_nvml
+
+run = asyncio.to_thread
+
+
+@pytest.fixture(params=["embedded", "rest"])
+def door(request, jp_serverapp, jp_fetch, jp_http_port, jp_base_url, monkeypatch):
+    # jp_fetch brings up the listening HTTP server the REST transport talks to.
+    if request.param == "rest":
+        server = ServerInfo(f"http://localhost:{jp_http_port}{jp_base_url}", jp_serverapp.identity_provider.token,
+                            "test")
+        transport: object = RestTransport(server)
+    else:
+        transport = EmbeddedTransport()
+    sess = session_mod.Session(transport)
+    monkeypatch.setattr(session_mod, "_session", sess)
+    monkeypatch.setenv("LEPTON_TEAM", "medical")
+    yield request.param
+    sess.close_all()
+    if isinstance(transport, EmbeddedTransport):
+        transport.close()
+    monkeypatch.setattr(session_mod, "_session", None)
+
+
+def _audit_lines(home, action: str) -> list[dict]:
+    return [e for e in map(json.loads, (home / "audit.jsonl").read_text().splitlines()) if e["action"] == action]
+
+
+async def test_up_scale_down_with_tls_quota_and_audit(door, lepton_home):
+    handle = await run(lepton_lab.up, name=f"both-{door}", cloud=1, edge=1)
+    try:
+        assert handle.address.startswith("tls://")  # TLS with or without a server
+        assert handle.info["team"] == "medical" and handle.info["owner"]
+        assert await run(lambda: handle.client.submit(lambda: 6 * 7, pure=False).result()) == 42
+        await run(lepton_lab.scale, 2, "edge")
+        listed = {c["name"]: c for c in await run(session_mod.session().transport.list)}
+        assert {s["name"]: s["workers"] for s in listed[f"both-{door}"]["sites"]} == {"cloud": 1, "edge": 2}
+        # The policy's quota holds the same way: a user may hold 8 workers (quotas.default_user).
+        with pytest.raises(PermissionDenied, match="may hold 8 workers"):
+            await run(lepton_lab.scale, 200, "edge")
+    finally:
+        await run(lepton_lab.down, f"both-{door}")
+    created = [e for e in _audit_lines(lepton_home, "clusters:create") if e["outcome"] == "allow"]
+    assert created and created[-1]["detail"]["team"] == "medical"
+    assert [e for e in _audit_lines(lepton_home, "clusters:scale") if e["outcome"] == "deny"]
+
+
+async def test_gpus_auto_takes_every_free_gpu(door, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(2))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    install_fake_dask_cuda(tmp_path, monkeypatch)
+    handle = await run(lambda: lepton_lab.up("hybrid", name=f"auto-{door}", edge=0, gpus="auto", memory="512MiB"))
+    try:
+        assert [s["gpus"] for s in handle.info["sites"] if s["kind"] == "cloud"] == [2]
+        workers = await run(lambda: handle.client.scheduler_info(n_workers=-1)["workers"].values())
+        assert sorted(w["resources"].get("GPU", 0) for w in workers) == [1, 1]
+    finally:
+        await run(lepton_lab.down, f"auto-{door}")
+
+
+async def test_bad_options_are_refused_in_one_line(door):
+    with pytest.raises(ConfigError, match="no site 'fog'|unknown profile|whole number"):
+        await run(lambda: lepton_lab.up(name=f"bad-{door}", cloud=-1))
+    assert not [c for c in await run(session_mod.session().transport.list) if c["name"] == f"bad-{door}"]
+
+
+async def test_publish_then_load_the_same_model(door, lepton_home):
+    xgb = pytest.importorskip("xgboost")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int32)
+    model = xgb.XGBClassifier(n_estimators=5, max_depth=2).fit(X, y)
+    manifest = await run(lambda: lepton_lab.publish(model, f"net-{door}", team="medical", alias="staging"))
+    assert manifest["version"] == 1 and manifest["team"] == "medical"
+    loaded = await run(lambda: lepton_lab.load(f"net-{door}@staging", team="medical"))
+    assert np.array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    names = [m["name"] for m in await run(lambda: lepton_lab.models("medical"))]
+    assert f"net-{door}" in names
+    assert [e for e in _audit_lines(lepton_home, "models:publish") if e["resource"].endswith(f"net-{door}@1")]
+
+
+async def test_train_on_the_cluster(door):
+    pytest.importorskip("xgboost")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 5)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int32)
+    handle = await run(lepton_lab.up, name=f"train-{door}", cloud=1, edge=1)
+    try:
+        result = await run(lambda: lepton_lab.train("xgboost", data=(X, y), name=f"fraud-{door}", site="cloud",
+                                                    params={"max_depth": 3}, rounds=10, progress=False))
+        assert result.metrics["auc"] > 0.9
+        assert handle.client.status == "running"
+    finally:
+        await run(lepton_lab.down, f"train-{door}")
+
+
+async def test_a_machine_joins_a_site_with_the_worker_certificate(door, tmp_path):
+    import subprocess
+
+    handle = await run(lepton_lab.up, name=f"join-{door}", cloud=1, edge=0)
+    joiner = None
+    try:
+        args = await run(lambda: lepton_lab.worker_certificate("edge-clinic-c", tmp_path / "certs"))
+        assert (tmp_path / "certs" / "edge-clinic-c-worker-key.pem").stat().st_mode & 0o077 == 0
+        joiner = subprocess.Popen([sys.executable, "-m", "lepton_lab.cli", "worker", *args, "--nthreads", "1",
+                                   "--memory-limit", "512MiB", "--index", "0"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await run(handle.client.wait_for_workers, 2, 120)
+        where = await run(lambda: lepton_lab.run_on("edge-clinic-c", "import distributed\n"
+                                                    "print(distributed.get_worker().name)"))
+        assert "edge-clinic-c-0" in str(where)
+    finally:
+        if joiner is not None:
+            joiner.terminate()
+            joiner.wait(timeout=60)
+        await run(lepton_lab.down, f"join-{door}")
+
+
+async def test_worker_certificates_follow_the_scale_rule(as_user):
+    code, c = await as_user("alice", "lepton", "api", "clusters", method="POST",
+                            body={"team": "medical", "workers": {"cloud": 1, "edge": 0}})
+    assert code == 201, c
+    try:
+        code, err = await as_user("vera", "lepton", "api", "clusters", c["id"], "worker-certificate",
+                                  method="POST", body={"site": "edge-x"})
+        assert code == 403, err
+        code, err = await as_user("bob", "lepton", "api", "clusters", c["id"], "worker-certificate",
+                                  method="POST", body={"site": "edge-x"})
+        assert code == 404, err
+        code, err = await as_user("alice", "lepton", "api", "clusters", c["id"], "worker-certificate",
+                                  method="POST", body={"site": "bad site!"})
+        assert code == 400 and "site" in err["message"], err
+        code, cert = await as_user("alice", "lepton", "api", "clusters", c["id"], "worker-certificate",
+                                   method="POST", body={"site": "edge-x"})
+        assert code == 200 and cert["site"] == "edge-x" and "BEGIN CERTIFICATE" in cert["cert_pem"]
+    finally:
+        await as_user("alice", "lepton", "api", "clusters", c["id"], method="DELETE")
