@@ -80,8 +80,9 @@ test: setup-test
 	$(BIN)/python tools/run_suites.py $(if $(SUITES),--only $(SUITES))
 
 # Every benchmark, one after another; each prints what it compares and writes JSON to
-# bench/results/. The browser benchmark needs what `make test` installs (Chromium).
-BENCHES := cluster server registry startup ml train federated sidebar
+# bench/results/. The browser benchmark needs what `make test` installs (Chromium);
+# bench/ssh.py needs root and openssh-server (network namespaces with their own sshd).
+BENCHES := cluster server registry startup ml train tune planner federated dashboard sidebar join ssh
 bench: setup-test
 	@for b in $(BENCHES); do echo "=== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 

@@ -56,7 +56,7 @@ def build_module(model_spec: dict[str, Any]) -> Any:
     if kind == "module":
         return copy.deepcopy(value)
     if kind == "spec":
-        from .modelspec import build_model
+        from ..registry.modelspec import build_model
 
         return build_model(value).train()
     return value()

@@ -12,15 +12,9 @@ Bridge, namespaces, daemons and ``route_localnet`` are put back in teardown.
 
 from __future__ import annotations
 
-import getpass
 import os
-import random
 import re
-import shutil
-import socket
-import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -33,122 +27,22 @@ from lepton_lab.errors import ClusterError, ConfigError
 from lepton_lab.security.certs import ClusterCA, IssuedCert
 from lepton_lab.security.policy import parse_policy_text
 from lepton_lab.services import Actor, Services
+from tests.ssh_hosts import SSHD, RigMissing, netns_inode, sh, ssh_hosts
 
 pytestmark = pytest.mark.timeout(900)
 
-SSHD = "/usr/sbin/sshd"
 START = 300.0  # seconds a bring-up may take on a busy machine
-
-
-def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=check)
-
-
-def netns_inode(ns: str) -> int:
-    return os.stat(f"/run/netns/{ns}").st_ino
-
-
-def wait_for_port(host: str, port: int, daemon: subprocess.Popen, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if daemon.poll() is not None:
-            pytest.fail(f"sshd exited at once: {daemon.stderr.read() if daemon.stderr else ''}", pytrace=False)
-        try:
-            socket.create_connection((host, port), timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"sshd did not listen on {host}:{port} within {timeout} s", pytrace=False)
 
 
 @pytest.fixture
 def edge_hosts(tmp_path):
-    """Two namespaces on a bridge, each running its own sshd; yields their addresses and ssh files."""
-    ip = shutil.which("ip")
-    if ip is None:
-        pytest.fail("the `ip` command (iproute2) is missing: `apt-get install iproute2`", pytrace=False)
-    if os.geteuid() != 0:
-        pytest.fail("this test makes network namespaces and must run as root", pytrace=False)
-    if not os.access(SSHD, os.X_OK):
-        pytest.fail("sshd is missing: `apt-get install openssh-server` (or `make browser-deps`)", pytrace=False)
-    keygen = shutil.which("ssh-keygen")
-    if keygen is None:
-        pytest.fail("ssh-keygen is missing: `apt-get install openssh-client`", pytrace=False)
-    tag = f"{os.getpid() % 100000}"
-    bridge = f"lsb{tag}"
-    net = random.Random(os.getpid() + 7).randint(64, 250)
-    host_ip = f"127.{net}.3.1"
-    user = getpass.getuser()
-    client_key = tmp_path / "client_key"
-    sh(keygen, "-q", "-t", "ed25519", "-N", "", "-C", "lepton-test", "-f", str(client_key))
-    (tmp_path / "authorized_keys").write_text((tmp_path / "client_key.pub").read_text())
-    made_run_dir = not os.path.isdir("/run/sshd")
-    if made_run_dir:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    saved = sh("sysctl", "-n", "net.ipv4.conf.all.route_localnet").stdout.strip()
-    hosts: list[dict] = []
-    daemons: list[subprocess.Popen] = []
+    """Two namespaces on a bridge, each running its own sshd (:mod:`tests.ssh_hosts`); put back after."""
     try:
-        sh(ip, "link", "add", bridge, "type", "bridge")
-        sh(ip, "addr", "add", f"{host_ip}/24", "dev", bridge)
-        sh(ip, "link", "set", bridge, "up")
-        sh("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", f"net.ipv4.conf.{bridge}.route_localnet=1")
-        known = []
-        for i in (2, 3):
-            ns, outside, inside = f"lepssh{tag}x{i}", f"lso{tag}x{i}", f"lsi{tag}x{i}"
-            ns_ip = f"127.{net}.3.{i}"
-            port = random.Random(os.getpid() + i).randint(20000, 60000)
-            sh(ip, "netns", "add", ns)
-            hosts.append({"ns": ns, "outside": outside, "ip": ns_ip, "port": port, "address": f"{ns_ip}:{port}"})
-            sh(ip, "link", "add", outside, "type", "veth", "peer", "name", inside)
-            sh(ip, "link", "set", inside, "netns", ns)
-            sh(ip, "link", "set", outside, "master", bridge)
-            sh(ip, "link", "set", outside, "up")
-            sh(ip, "netns", "exec", ns, ip, "addr", "add", f"{ns_ip}/24", "dev", inside)
-            sh(ip, "netns", "exec", ns, ip, "link", "set", inside, "up")
-            sh(ip, "netns", "exec", ns, ip, "link", "set", "lo", "up")
-            sh(ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
-               f"net.ipv4.conf.{inside}.route_localnet=1")
-            home = tmp_path / f"host{i}"
-            home.mkdir()
-            host_key = home / "host_key"
-            sh(keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(host_key))
-            config = home / "sshd_config"
-            config.write_text(
-                f"ListenAddress {ns_ip}:{port}\n"
-                f"HostKey {host_key}\n"
-                f"PidFile {home / 'sshd.pid'}\n"
-                f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\n"
-                f"AllowUsers {user}\n"
-                "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-                "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
-            )
-            daemon = subprocess.Popen([ip, "netns", "exec", ns, SSHD, "-D", "-e", "-f", str(config)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            daemons.append(daemon)
-            hosts[-1]["sshd"] = daemon
-            wait_for_port(ns_ip, port, daemon)
-            public = (home / "host_key.pub").read_text().split()
-            known.append(f"[{ns_ip}]:{port} {public[0]} {public[1]}\n")
-        (tmp_path / "known_hosts").write_text("".join(known))
-        yield {"host_ip": host_ip, "hosts": hosts, "user": user, "key": str(client_key),
-               "known_hosts": str(tmp_path / "known_hosts")}
-    finally:
-        for daemon in daemons:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(timeout=20)
-        for h in hosts:
-            sh(ip, "link", "del", h["outside"], check=False)
-            sh(ip, "netns", "del", h["ns"], check=False)
-        sh(ip, "link", "del", bridge, check=False)
-        sh("sysctl", "-qw", f"net.ipv4.conf.all.route_localnet={saved or 0}", check=False)
-        if made_run_dir:
-            shutil.rmtree("/run/sshd", ignore_errors=True)
-    for h in hosts:
+        with ssh_hosts(tmp_path) as hosts:
+            yield hosts
+    except RigMissing as e:
+        pytest.fail(f"{e}; this test makes network namespaces", pytrace=False)
+    for h in hosts["hosts"]:
         assert not os.path.exists(f"/run/netns/{h['ns']}")
         assert h["sshd"].poll() is not None
 
