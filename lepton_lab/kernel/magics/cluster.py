@@ -184,15 +184,63 @@ def _run(magics: Any, a: argparse.Namespace, cell: str) -> None:
     __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
     shell = magics.shell
     returns = [r.strip() for r in a.returns.split(",") if r.strip()]
-    filename = shell.compile.cache(cell, shell.execution_count)
+    number = _cell_number(shell)
+    filename = shell.compile.cache(cell, number)
     try:
         result = api.run_on(a.site, cell, namespace=shell.user_ns, gpus=a.gpus, job=a.job,
                             returns=returns, name=a.name, filename=filename, timeout=a.timeout)
     except (LeptonError, KeyboardInterrupt):
         raise
     except BaseException as e:
-        raise e.with_traceback(_from_cell(e.__traceback__, filename)) from None
+        tb = _from_cell(e.__traceback__, filename)
+        lines = remote_traceback(e, tb, filename, number, cell)
+        try:
+            # IPython shows exactly these lines (as ipyparallel's remote errors do): the cell's
+            # own frames by In[n] with the failing lines, none of this package's.
+            e._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        raise e.with_traceback(tb) from None
     shell.user_ns.update(result.values)
+
+
+def _cell_number(shell: Any) -> int:
+    """The In[n] of the cell running this magic (the frame of the cell's own code names it)."""
+    import sys
+
+    known = getattr(shell.compile, "_filename_map", {})
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename in known:
+            return int(known[frame.f_code.co_filename])
+        frame = frame.f_back
+    return int(shell.execution_count)
+
+
+def remote_traceback(e: BaseException, tb: Any, filename: str, number: int, cell: str,
+                     context: int = 2) -> list[str]:
+    """IPython-style traceback lines of ``e`` from a worker: frames in the cell as ``Cell In[n], line L``
+    with the lines around the failing one, other frames as ``File path:L, in name``."""
+    import linecache
+
+    body = cell.splitlines()
+    out = ["-" * 75, f"{type(e).__name__:<42}Traceback (most recent call last)"]
+    while tb is not None:
+        code, lineno = tb.tb_frame.f_code, tb.tb_lineno
+        where = "" if code.co_name == "<module>" else f", in {code.co_name}"
+        if code.co_filename == filename:
+            out.append(f"Cell In[{number}], line {lineno}{where}")
+            for n in range(max(1, lineno - context), min(len(body), lineno + context) + 1):
+                out.append(f"{'---->' if n == lineno else '     '} {n} {body[n - 1]}")
+        else:
+            out.append(f"File {code.co_filename}:{lineno}{where}")
+            text = linecache.getline(code.co_filename, lineno).rstrip()
+            if text:
+                out.append(f"----> {lineno} {text}")
+        out.append("")
+        tb = tb.tb_next
+    out.append(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+    return out
 
 
 def _listed(handles: list[Any]) -> dict[str, dict]:
