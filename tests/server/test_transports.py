@@ -157,3 +157,28 @@ async def test_worker_certificates_follow_the_scale_rule(as_user):
         assert code == 200 and cert["site"] == "edge-x" and "BEGIN CERTIFICATE" in cert["cert_pem"]
     finally:
         await as_user("alice", "lepton", "api", "clusters", c["id"], method="DELETE")
+
+
+def _site_data(site):
+    import numpy as np
+
+    rng = np.random.default_rng(0 if site.endswith("a") else 1)
+    X = rng.normal(size=(120, 4)).astype("float32")
+    return X, (X[:, 0] > 0).astype("float32")
+
+
+async def test_federate_over_two_edge_sites(door):
+    torch = pytest.importorskip("torch")
+    profile = {"name": f"fl-{door}", "sites": [
+        {"name": "edge-site-a", "kind": "edge", "workers": 1, "memory": "512MiB"},
+        {"name": "edge-site-b", "kind": "edge", "workers": 1, "memory": "512MiB"}]}
+    await run(lambda: lepton_lab.up(profile, name=f"fl-{door}"))
+    try:
+        torch.manual_seed(0)
+        result = await run(lambda: lepton_lab.federate(torch.nn.Linear(4, 1), loader=_site_data,
+                                                       sites=["edge-site-a", "edge-site-b"], rounds=2,
+                                                       progress=False, round_timeout=120))
+        assert result.completed_rounds == 2
+        assert sorted(result.history[-1].sites) == ["edge-site-a", "edge-site-b"]
+    finally:
+        await run(lepton_lab.down, f"fl-{door}")
