@@ -47,7 +47,7 @@ def test_idle_snapshot_per_worker_and_site(costed):
         ("cloud", "cloud"), ("edge-hospital-a", "edge"), ("edge-hospital-a", "edge")]
     w = snap.workers[1]
     assert w.name == "edge-hospital-a-0" and w.nthreads == 1 and w.memory_limit == 512 * 2**20
-    assert w.memory_used > 0 and w.address.startswith("tcp://127.0.0.1:")
+    assert w.memory_used > 0 and w.address.startswith("tls://127.0.0.1:")
     assert w.resources == {"edge": 1, "edge-hospital-a": 1} and w.used_resources.get("edge", 0) == 0
     edge = snap.site("edge-hospital-a")
     assert edge.workers == 2 and edge.cost_per_hour == pytest.approx(0.5)

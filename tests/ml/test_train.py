@@ -169,7 +169,7 @@ def test_job_shows_in_allocation_and_progress_streams(cluster):
     rounds = [row["round"] for e in events for row in e["rows"]]
     assert rounds == list(range(1, 61))  # every round's metric arrives, batched a few per second
     assert 2 <= result.progress_events == len(events) <= 60 and events[-1]["round"] == 60
-    assert set(events[-1]["metrics"]) == {"auc", "error"} and events[-1]["worker"].startswith("tcp://")
+    assert set(events[-1]["metrics"]) == {"auc", "error"} and events[-1]["worker"].startswith("tls://")
     client = cluster.client
     assert len([e for _, e in client.get_events("lepton-train:watched") if e.get("run")]) >= len(events)
 

@@ -107,7 +107,7 @@ BAD = [
     ("run --site edge", "; 'run' is a cell magic"),
     ("up 'hybrid", "%lepton: cannot parse the line (No closing quotation)"),
     ("up --bogus 3", "%lepton up: unrecognized arguments: --bogus 3 (valid options: --cloud, --edge, --gpus, "
-                     "--memory, --name, --no-view, --profile, --replace, --threads)"),
+                     "--memory, --name, --no-view, --profile, --replace, --team, --threads)"),
     ("up --cloud two", "%lepton up: argument --cloud: not a whole number: 'two'"),
     ("up --edge -1", "%lepton up: argument --edge: must be >= 0: '-1'"),
     ("up --gpus some", "%lepton up: argument --gpus: not a whole number: 'some'"),
