@@ -14,7 +14,8 @@ import os
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from .base import LeptonHandler
+from ..schemas import problem
+from .base import LeptonHandler, fields_schema
 
 AUTH_RESOURCE = "lepton:models"
 TEAM = r"(?P<team>[a-z0-9][a-z0-9_-]{0,63})"
@@ -27,6 +28,8 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "framework": str, "framework_version": str, "format": str, "construction": dict, "metrics": dict,
     "input_schema": dict, "lineage": dict, "compression": dict, "description": str, "tags": list, "alias": str,
 }
+#: The header's schema: these fields' types; other fields are left to the service, which refuses them by name.
+MANIFEST_HEADER = {**fields_schema(MANIFEST_FIELDS), "additionalProperties": True}
 
 
 def _manifest_json(manifest) -> dict:
@@ -93,9 +96,9 @@ class VersionsHandler(ModelBase):
             raise web.HTTPError(400, "X-Lepton-Manifest: not base64-encoded JSON") from None
         if not isinstance(meta, dict):
             raise web.HTTPError(400, "X-Lepton-Manifest: a JSON object with framework, format, ... is required")
-        for key, types in MANIFEST_FIELDS.items():
-            if meta.get(key) is not None and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
-                raise web.HTTPError(400, f"X-Lepton-Manifest: field {key!r} has the wrong type")
+        found = problem(meta, MANIFEST_HEADER)
+        if found is not None:
+            raise web.HTTPError(400, f"X-Lepton-Manifest: {found[0]}: {found[1]}".replace("%", "%%"))
         body = self.request.body or b""
         if len(body) > MAX_ARTIFACT:
             raise web.HTTPError(400, "artifact over 2 GiB")

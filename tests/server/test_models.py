@@ -113,5 +113,9 @@ async def test_bad_publish_requests(jp_fetch, tokens, booster):
     assert r.code == 400
     code, err = await publish(jp_fetch, tokens, "bob", "finance", "fraud", model, colour="red")
     assert code == 400 and "colour" in err["message"]
+    code, err = await publish(jp_fetch, tokens, "bob", "finance", "fraud", model, tags="a,b")
+    assert code == 400 and err["message"] == "X-Lepton-Manifest: tags: wrong type: must be a list, got a string"
+    code, err = await publish(jp_fetch, tokens, "bob", "finance", "fraud", model, description=True)
+    assert code == 400 and err["message"].startswith("X-Lepton-Manifest: description: wrong type")
     code, err = await publish(jp_fetch, tokens, "bob", "finance", "Bad Name", model)
     assert code == 404
