@@ -31,6 +31,11 @@ $(STAMP): pyproject.toml extension/package.json extension/yarn.lock $(BIN)/pytho
 		$(PIP) install --quiet torch==2.13.0; \
 	fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PIP) install --quiet -e ".[dev]"
+	@# jsonschema's optional IRI format checker (pulled in by jupyter-events) compiles about
+	@# 35 Earley grammars whenever jsonschema is imported: every Jupyter server, kernel that
+	@# checks a profile and worker pays 1-2 s on a quiet machine, tens of seconds on a busy one.
+	@# No schema of Jupyter's or Lepton's uses the iri formats it checks; jsonschema runs without it.
+	$(PIP) uninstall --quiet -y rfc3987-syntax
 	# Link the built frontend into the venv (an editable install does not copy it).
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter labextension develop --overwrite .
 	touch $@
@@ -82,7 +87,7 @@ test: setup-test
 # Every benchmark, one after another; each prints what it compares and writes JSON to
 # bench/results/. The browser benchmark needs what `make test` installs (Chromium);
 # bench/ssh.py needs root and openssh-server (network namespaces with their own sshd).
-BENCHES := cluster server registry startup ml train tune planner federated dashboard sidebar join ssh
+BENCHES := cluster server status_clusters registry startup ml train tune planner federated dashboard sidebar join ssh
 bench: setup-test
 	@for b in $(BENCHES); do echo "=== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 

@@ -24,15 +24,16 @@ Two keywords of the project's own: ``minBytes`` and ``maxBytes`` bound a size gi
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-from jsonschema import Draft202012Validator, ValidationError, validators
-from jsonschema.exceptions import best_match
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
 
 #: Sizes ``dask.utils.parse_bytes`` reads: a number and an optional unit (k, M, GiB, ...).
 MEMORY_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*([kKmMgGtTpP][iI]?)?[bB]?\s*$"
@@ -79,6 +80,8 @@ def parse_size(value: Any) -> int | None:
 
 def _bytes_bound(lower: bool):
     def check(validator: Any, bound: int, instance: Any, schema: Mapping[str, Any]):
+        from jsonschema import ValidationError
+
         if not (validator.is_type(instance, "string") or validator.is_type(instance, "integer")):
             return
         size = parse_size(instance)
@@ -102,16 +105,28 @@ def _finite(checker: Any, value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value) or isinstance(value, int) and abs(value) <= _FLOAT_MAX
 
 
-Validator = validators.extend(
-    Draft202012Validator,
-    validators={"minBytes": _bytes_bound(True), "maxBytes": _bytes_bound(False)},
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many({"integer": _whole, "number": _finite}),
-)
+@functools.cache
+def _validator() -> Any:
+    """Draft 2020-12 with byte-size bounds and Python's idea of whole and finite numbers.
+
+    Built on first use: importing ``jsonschema`` loads its format checkers (seconds on a
+    busy machine), which processes that never check a document — workers, most kernels —
+    should not pay.
+    """
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(
+        Draft202012Validator,
+        validators={"minBytes": _bytes_bound(True), "maxBytes": _bytes_bound(False)},
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many({"integer": _whole, "number": _finite}),
+    )
 
 
 def problem(instance: Any, schema: Mapping[str, Any]) -> tuple[str, str] | None:
     """The first problem of ``instance`` against ``schema``: (dotted field path, reason), or None."""
-    error = next(Validator(schema).iter_errors(instance), None)
+    from jsonschema.exceptions import best_match
+
+    error = next(_validator()(schema).iter_errors(instance), None)
     if error is None:
         return None
     while error.context and _template(error) is None:
@@ -129,7 +144,7 @@ def validate(instance: Any, schema: Mapping[str, Any], source: str = "") -> None
 
 def check_schema(schema: Mapping[str, Any]) -> None:
     """Raise ``jsonschema.SchemaError`` unless ``schema`` is a valid Draft 2020-12 schema."""
-    Validator.check_schema(schema)
+    _validator().check_schema(schema)
 
 
 def field_path(parts: Iterable[Any]) -> str:
@@ -211,5 +226,5 @@ def _default(error: ValidationError) -> str:
     return defaults.get(str(error.validator), " ".join(error.message.split()).replace("{", "{{").replace("}", "}}"))
 
 
-__all__ = ["MEMORY_PATTERN", "Validator", "check_schema", "field_path", "kind", "parse_size", "problem", "suggest",
+__all__ = ["MEMORY_PATTERN", "check_schema", "field_path", "kind", "parse_size", "problem", "suggest",
            "validate"]
