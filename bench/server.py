@@ -375,7 +375,7 @@ def bench_authz(tmp: Path, iterations: int, audited_iterations: int) -> dict:
     home = tmp / "authz"
     services = Services(policy, home=home, audit=AuditLog(home / "audit.jsonl"),
                         tokens=TokenStore(home / "tokens.json"), manager=ClusterManager(), tls=False)
-    authorizer = LeptonAuthorizer()
+    authorizer = LeptonAuthorizer(services=services)
     cases = []
     for label, user, action, resource, path in DECIDE_CASES:
         user = local if user == "__local__" else user

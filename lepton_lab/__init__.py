@@ -84,31 +84,8 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "lepton-lab"}]
 
 
-def _jupyter_server_extension_points() -> list[dict[str, str]]:
-    return [{"module": "lepton_lab"}]
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """The server extension: :class:`~lepton_lab.server.app.LeptonApp` (REST API, identity, authorization)."""
+    from .server.app import LeptonApp
 
-
-def _load_jupyter_server_extension(server_app) -> None:
-    """Load the Lepton server extension (REST API, identity and authorization)."""
-    from .server.extension import load_server_extension
-
-    load_server_extension(server_app)
-
-
-def _link_jupyter_server_extension(server_app) -> None:
-    """Select Lepton's identity provider and authorizer before the server creates its own.
-
-    jupyter_server reads only ``jpserver_extensions`` from the shipped config
-    file, so the two classes are chosen here, at link time. A deployment that
-    configured classes of its own (not jupyter_server's defaults) keeps them.
-    """
-    from jupyter_server.auth.authorizer import AllowAllAuthorizer, Authorizer
-    from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
-
-    from .security.authz import LeptonAuthorizer
-    from .security.identity import LeptonIdentityProvider
-
-    if server_app.authorizer_class in (Authorizer, AllowAllAuthorizer):
-        server_app.authorizer_class = LeptonAuthorizer
-    if server_app.identity_provider_class in (IdentityProvider, PasswordIdentityProvider):
-        server_app.identity_provider_class = LeptonIdentityProvider
+    return [{"module": "lepton_lab", "app": LeptonApp}]

@@ -28,9 +28,32 @@ DEFAULT_PROFILE = "local"
 COMPRESSION_TOLERANCE = 1.0
 
 
+#: Values the running server's configuration set (``LeptonApp`` traits), by the environment
+#: variable they stand for; they win over that variable. See :func:`configure`.
+_CONFIGURED: dict[str, str] = {}
+
+
+def configure(values: dict[str, str]) -> None:
+    """Make ``values`` (environment variable name -> value) the ones in force in this process.
+
+    The server extension passes the settings its configuration files set; every function
+    here reads them before the environment. Each call replaces the previous set; an empty
+    one leaves the environment alone in charge.
+    """
+    _CONFIGURED.clear()
+    _CONFIGURED.update(values)
+
+
+def setting(name: str, default: str = "") -> str:
+    """The value in force for ``name``: configured, else ``$name``, else ``default``."""
+    if name in _CONFIGURED:
+        return _CONFIGURED[name]
+    return os.environ.get(name, default)
+
+
 def home() -> Path:
     """The Lepton home directory (``$LEPTON_HOME`` or ``~/.lepton``); created on demand."""
-    path = Path(os.environ.get("LEPTON_HOME") or Path.home() / ".lepton").expanduser()
+    path = Path(setting("LEPTON_HOME") or Path.home() / ".lepton").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -42,7 +65,7 @@ def profiles_path() -> Path:
 
 def policy_path() -> Path:
     """The access policy (YAML) read by the server extension."""
-    return Path(os.environ.get("LEPTON_POLICY") or home() / "policy.yaml")
+    return Path(setting("LEPTON_POLICY") or home() / "policy.yaml")
 
 
 def audit_path() -> Path:
@@ -107,7 +130,7 @@ def scheduler_host() -> str:
     Loopback (``127.0.0.1``) by default, so only this machine can join; a team
     deployment sets an interface address, or ``0.0.0.0`` for every interface.
     """
-    return _address(os.environ.get("LEPTON_SCHEDULER_HOST") or "127.0.0.1", "LEPTON_SCHEDULER_HOST", False)
+    return _address(setting("LEPTON_SCHEDULER_HOST") or "127.0.0.1", "LEPTON_SCHEDULER_HOST", False)
 
 
 def scheduler_advertise() -> str:
@@ -117,24 +140,37 @@ def scheduler_advertise() -> str:
     Set it when the listen address is not the one other machines reach (a NAT, a
     DNS name, ``0.0.0.0``). Join tokens and connection details carry it.
     """
-    raw = os.environ.get("LEPTON_SCHEDULER_ADVERTISE", "")
+    raw = setting("LEPTON_SCHEDULER_ADVERTISE")
     return _address(raw, "LEPTON_SCHEDULER_ADVERTISE", True) if raw.strip() else ""
 
 
-#: Profile the server extension starts for the local user at launch (``make lab``), if any.
-AUTOSTART_PROFILE = os.environ.get("LEPTON_AUTOSTART", "")
+def autostart_profile() -> str:
+    """The profile the server extension starts a cluster of for the local user at launch
+    (``LEPTON_AUTOSTART``, as ``make lab`` sets it); empty starts none."""
+    return setting("LEPTON_AUTOSTART").strip()
 
 
 def gc_freeze() -> bool:
     """Whether the server freezes its start-up objects out of the garbage collector's
     sight (``LEPTON_GC_FREEZE=0`` keeps every object collectable)."""
-    return os.environ.get("LEPTON_GC_FREEZE", "1") != "0"
+    return setting("LEPTON_GC_FREEZE", "1") != "0"
+
+
+def schedulers_in_process() -> bool:
+    """Whether the server runs its clusters' schedulers in its own event loop (``in-process``, the
+    default, as ``LocalCluster`` does) or as processes of their own (``LEPTON_SCHEDULERS=process``)."""
+    raw = setting("LEPTON_SCHEDULERS", "in-process").strip() or "in-process"
+    if raw not in ("process", "in-process"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"LEPTON_SCHEDULERS: process or in-process, got {raw!r}")
+    return raw == "in-process"
 
 
 def watch_interval() -> float:
     """Seconds between the cluster service's passes that meter spend and stop idle clusters
     (``LEPTON_WATCH_INTERVAL``, default 30)."""
-    raw = os.environ.get("LEPTON_WATCH_INTERVAL", "30")
+    raw = setting("LEPTON_WATCH_INTERVAL", "30")
     try:
         value = float(raw)
     except ValueError:

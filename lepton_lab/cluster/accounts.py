@@ -14,7 +14,8 @@ this command as the users, e.g. (``lepton`` runs the control plane)::
 
     lepton ALL=(%lepton-users) NOPASSWD: /opt/lepton/venv/bin/python -m lepton_lab.hub.account_process
 
-When the account is the control plane's own (tests, a personal server), no sudo is used.
+When the account is the control plane's own (tests, a personal server, whose clusters
+run as processes of its own account apart from it), no sudo is used.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ CERT_LIFETIME = timedelta(days=7)
 def command(account: str) -> list[str]:
     """The command line that runs :data:`ENTRY` as ``account``."""
     argv = [sys.executable, "-m", ENTRY]
-    if account == _me():
+    if account == this_account():
         return argv
     sudo = shutil.which("sudo")
     if sudo is None:
@@ -60,7 +61,8 @@ def command(account: str) -> list[str]:
     return [sudo, "-n", "-H", "-u", account, "--", *argv]
 
 
-def _me() -> str:
+def this_account() -> str:
+    """The OS account this process runs under ("" when it has no name)."""
     try:
         return getpass.getuser()
     except Exception:

@@ -125,6 +125,7 @@ class ManagedCluster:
         timeout: float = START_TIMEOUT,
         ca_dir: Path | None = None,
         run_as: str | None = None,
+        out_of_process: bool = False,
     ) -> "ManagedCluster":
         """Start the scheduler and every site's workers; return when all have joined.
 
@@ -138,11 +139,14 @@ class ManagedCluster:
         from the cluster's CA in ``ca_dir`` (see :mod:`lepton_lab.cluster.ssh`).
         With ``run_as``, the scheduler and the local workers are processes of that
         OS account (see :mod:`lepton_lab.cluster.accounts`), never of this one.
+        With ``out_of_process``, they are processes of this account, apart from this
+        process: none of them shares its event loop.
         """
         check_ssh_sites(profile, tls=security is not None, ca_dir=ca_dir)
         check_kubernetes_sites(profile, tls=security is not None, ca_dir=ca_dir, host=host, advertise=advertise)
-        if run_as is not None and (security is None or ca_dir is None):
-            raise ConfigError(f"a cluster run as {run_as} needs TLS and its own CA (start it through the server)")
+        account = run_as if run_as is not None else accounts.this_account() if out_of_process else None
+        if account is not None and (security is None or ca_dir is None):
+            raise ConfigError(f"a cluster run as {account} needs TLS and its own CA (start it through the server)")
         gpus = gpu_discovery.discover() if gpus is None else gpus
         ledger = ledger if ledger is not None else LEDGER
         cluster_id = uuid.uuid4().hex[:12]
@@ -150,11 +154,11 @@ class ManagedCluster:
         grants = ledger.reserve(cluster_id, name or cluster_id, team, profile.sites, gpus)
         try:
             plans = [p for site in profile.sites for p in plan_site(site, grants.get(site.name, []))]
-            if run_as is not None:
+            if account is not None:
                 assert ca_dir is not None
                 cluster: SiteCluster | AccountSiteCluster = AccountSiteCluster(
                     workers={},
-                    scheduler=accounts.scheduler_spec(name=name or cluster_id, account=run_as, ca_dir=ca_dir,
+                    scheduler=accounts.scheduler_spec(name=name or cluster_id, account=account, ca_dir=ca_dir,
                                                       host=host, timeout=timeout),
                     security=security, name=name or cluster_id)
             else:
@@ -183,8 +187,8 @@ class ManagedCluster:
         managed = cls(cluster_id, name or cluster_id, profile, cluster, gpus, owner=owner, team=team,
                       security=security, ledger=ledger, advertise=advertise)
         managed.gpu_of = {p.name: p.gpu for p in plans if p.gpu is not None}
-        cluster.bind_sites(profile, cluster_id=cluster_id, ca_dir=ca_dir, run_as=run_as, advertise=advertise,
-                           timeout=timeout)
+        cluster.bind_sites(profile, cluster_id=cluster_id, ca_dir=ca_dir, run_as=run_as, account=account,
+                           advertise=advertise, timeout=timeout)
         try:
             cluster.reconcile(add=plans)
         except BaseException:

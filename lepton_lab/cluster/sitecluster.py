@@ -1,8 +1,8 @@
 """Dask clusters whose workers belong to named sites: a spec per site, changes reconciled by Dask.
 
 :class:`SiteCluster` (a ``LocalCluster``, scheduler in this process) and
-:class:`AccountSiteCluster` (a ``SpecCluster`` whose scheduler runs under
-another OS account) share :class:`Sites`: workers are named ``<site>-<n>``,
+:class:`AccountSiteCluster` (a ``SpecCluster`` whose scheduler is a process of
+its own, under this OS account or another) share :class:`Sites`: workers are named ``<site>-<n>``,
 :meth:`Sites.new_worker_spec` builds the spec of one planned worker the way its
 site launches (local nanny, SSH, Kubernetes pod, another account), and
 :meth:`Sites.reconcile` changes the spec and lets ``SpecCluster`` start and
@@ -52,7 +52,10 @@ class Sites:
     profile: Profile
     cluster_id: str = ""
     ca_dir: Path | None = None
+    #: The owner's OS account, when the processes run under one that is not this process's.
     run_as: str | None = None
+    #: The OS account of the scheduler's and local workers' own processes (None: in this process).
+    account: str | None = None
     advertise: str = ""
     timeout: float = START_TIMEOUT
     #: The operator objects of the cluster's ``launch: kubernetes`` sites, once created.
@@ -70,11 +73,13 @@ class Sites:
     sync: Any
 
     def bind_sites(self, profile: Profile, *, cluster_id: str, ca_dir: Path | None = None,
-                   run_as: str | None = None, advertise: str = "", timeout: float = START_TIMEOUT) -> None:
+                   run_as: str | None = None, account: str | None = None, advertise: str = "",
+                   timeout: float = START_TIMEOUT) -> None:
         self.profile = profile
         self.cluster_id = cluster_id
         self.ca_dir = ca_dir
         self.run_as = run_as
+        self.account = account if account is not None else run_as
         self.advertise = advertise
         self.timeout = timeout
 
@@ -98,9 +103,9 @@ class Sites:
             spec = ssh_worker_spec(plan, site, self.address, self.ca_dir, self.timeout)
         elif site.launch == "kubernetes":
             spec = slot_spec(plan, site)
-        elif self.run_as is not None:
+        elif self.account is not None:
             assert self.ca_dir is not None
-            spec = accounts.worker_spec(plan, account=self.run_as, ca_dir=self.ca_dir, timeout=self.timeout)
+            spec = accounts.worker_spec(plan, account=self.account, ca_dir=self.ca_dir, timeout=self.timeout)
         else:
             spec = worker_spec(plan, dict(self.new_spec["options"]))
         return {plan.name: spec}
@@ -203,7 +208,7 @@ class SiteCluster(Sites, LocalCluster):
 
 
 class AccountSiteCluster(Sites, SpecCluster):
-    """A ``SpecCluster`` whose scheduler and workers run under another OS account, held by site."""
+    """A ``SpecCluster`` whose scheduler and workers are processes of their own (of ``account``), held by site."""
 
 
 def _one_line(e: BaseException) -> str:

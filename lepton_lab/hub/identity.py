@@ -16,6 +16,7 @@ from typing import Any
 
 from jupyter_server.auth.identity import IdentityProvider, User
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Any as TraitAny
 
 from ..security.identity import make_user
 
@@ -25,6 +26,10 @@ GROUP_TTL = 30.0
 
 class HubIdentityProvider(IdentityProvider):
     """Callers identified by the Hub; the control plane's own token admits no one."""
+
+    services = TraitAny(None, allow_none=True,
+                        help="The control plane's services, whose policy gives callers their teams; "
+                             "set by the server extension when it loads")
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -59,7 +64,7 @@ class HubIdentityProvider(IdentityProvider):
         if self.hub_auth.access_scopes and not self.hub_auth.check_scopes(self.hub_auth.access_scopes, model):
             handler.log.warning("Lepton control plane: %s's token has no access to this service", model.get("name"))
             return None
-        services = handler.settings.get("lepton")
+        services = self.services
         if services is None:
             return None
         name = str(model["name"])

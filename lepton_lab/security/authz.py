@@ -36,6 +36,8 @@ from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
 from tornado import web, websocket
+from traitlets import Any as TraitAny
+from traitlets import Bool
 
 from .lab_rules import decide_lab
 from .path_rules import TEAM_FOLDERS as TEAM_FOLDERS
@@ -199,8 +201,14 @@ def decide(policy: Policy, user: str, groups: tuple[str, ...], action: str, reso
 class LeptonAuthorizer(Authorizer):
     """Deny by default, explain every denial, audit every decision on Lepton's resources."""
 
+    services = TraitAny(None, allow_none=True,
+                        help="The services whose policy decides and whose audit log records; set by the "
+                             "server extension when it loads (None: it did not, and only Jupyter's own "
+                             "resources pass)")
+    control_plane = Bool(False, help="Serve the Lepton API only: the team deployment's control plane")
+
     async def is_authorized(self, handler, user, action, resource) -> bool:  # type: ignore[override]
-        services = handler.settings.get("lepton")
+        services = self.services
         if services is None:
             # The extension did not load: nothing Lepton-specific may pass.
             return not resource.startswith("lepton:")
@@ -212,7 +220,7 @@ class LeptonAuthorizer(Authorizer):
         name = user.username
         target = resource
         status = 403
-        if handler.settings.get("lepton_control_plane") and not resource.startswith("lepton:"):
+        if self.control_plane and not resource.startswith("lepton:"):
             decision = Decision(False, "the Lepton control plane serves the Lepton API only")
         elif resource in ("contents", "files", "nbconvert") or _is_resolve_path(handler, resource):
             checks, transfers = request_paths(handler, resource, action)

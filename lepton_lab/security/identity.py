@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_server.auth.identity import PasswordIdentityProvider, User
+from traitlets import Any as TraitAny
 
 from .policy import Policy
 
@@ -70,17 +71,19 @@ def from_hub_model(policy: Policy, model: dict[str, Any]) -> LeptonUser:
 class LeptonIdentityProvider(PasswordIdentityProvider):
     """jupyter_server's token/password identity, with Lepton's users, teams and tokens on top."""
 
-    def _services(self, handler):
-        return handler.settings.get("lepton")
+    services = TraitAny(None, allow_none=True,
+                        help="The services whose policy gives users their teams and whose token store "
+                             "knows personal tokens; set by the server extension when it loads")
+    kernel_tokens = TraitAny(None, allow_none=True,
+                             help="Tokens of the kernels started for users other than the server's owner")
 
-    def _policy(self, handler) -> Policy | None:
-        services = self._services(handler)
-        return services.policy if services is not None else None
+    def _policy(self) -> Policy | None:
+        return self.services.policy if self.services is not None else None
 
     async def get_user_token(self, handler) -> User | None:  # type: ignore[override]
         token = self.get_token(handler) or ""
-        services = self._services(handler)
-        kernel_tokens = handler.settings.get("lepton_kernel_tokens")
+        services = self.services
+        kernel_tokens = self.kernel_tokens
         if services is not None and kernel_tokens is not None and token.startswith(kernel_tokens.PREFIX):
             name = kernel_tokens.user_of(token)
             return make_user(services.policy, name, via="kernel-token") if name else None
@@ -95,7 +98,7 @@ class LeptonIdentityProvider(PasswordIdentityProvider):
         user = await super().get_user_token(handler)
         if user is not None and not isinstance(user, LeptonUser):
             # The server's own token identifies the person who started the server.
-            policy = self._policy(handler)
+            policy = self._policy()
             if policy is not None:
                 return make_user(policy, local_user(), via="server-token")
         return user
@@ -109,26 +112,15 @@ class LeptonIdentityProvider(PasswordIdentityProvider):
         name = data.get("username")
         if not name:
             return None
-        policy = _current_policy()
+        policy = self._policy()
         if policy is None:
             return User(name)
         return make_user(policy, name, data.get("groups") or [], via=data.get("via") or "cookie")
 
     def generate_anonymous_user(self, handler) -> User:
         # With authentication switched off, the only person who can reach the server is its owner.
-        policy = self._policy(handler)
+        policy = self._policy()
         if policy is None:
             return super().generate_anonymous_user(handler)
         return make_user(policy, local_user(), via="no-auth")
 
-
-#: The policy of the running server extension; set when it loads (cookie decoding has no handler).
-_POLICY: list[Policy] = []
-
-
-def set_current_policy(policy: Policy) -> None:
-    _POLICY[:] = [policy]
-
-
-def _current_policy() -> Policy | None:
-    return _POLICY[0] if _POLICY else None

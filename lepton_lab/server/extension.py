@@ -1,4 +1,5 @@
-"""The server extension: load the policy (refusing to start on a bad one), wire services and routes.
+"""What the server extension (:class:`~lepton_lab.server.app.LeptonApp`) starts with: the services
+over the policy (refusing to start on a bad one), traced audit lines, a frozen start-up heap.
 
 Once running, the policy file is read again whenever it changes (the services' watch) or an
 admin asks (``POST /lepton/api/admin/policy``); a bad edit is refused and the policy in force stays.
@@ -6,82 +7,39 @@ admin asks (``POST /lepton/api/admin/policy``); a bad edit is refused and the po
 
 from __future__ import annotations
 
-import atexit
 import gc
-import threading
+from pathlib import Path
 
 from .. import config
 from ..errors import ConfigError
-from ..security.authz import REQUEST_TRACE, KernelOwners
-from ..security.identity import local_user, server_owner, set_current_policy
+from ..security.authz import REQUEST_TRACE
+from ..security.identity import local_user
 from ..security.policy import ensure_policy_file, load_policy
-from ..services import Actor, Services
-from .kernels import watch_kernels
-from .lab import guard_lab_handlers
-from .routes import setup_route_handlers
+from ..services import Services
 
 
-def load_server_extension(server_app) -> None:
-    role = config.deployment()
-    if role == "client":
-        # A user's own server in the team deployment: the control plane holds every service.
-        from ..hub.forward import setup_forwarding
+def open_services(log, path: Path, role: str) -> Services:
+    """The services over the policy at ``path``, its watch started; stops the process on a bad one.
 
-        setup_forwarding(server_app.web_app, config.control_plane_url())
-        server_app.log.info(f"Lepton Lab: client of the control plane at {config.control_plane_url()}")
-        return
-    path = config.policy_path()
+    A missing file becomes the embedded default, where the local user administers every team.
+    """
     try:
-        if path.exists():
-            policy = load_policy(path)
-        else:
-            # The embedded default: the local user administers every team.
-            policy = ensure_policy_file(path, local_user())
+        policy = load_policy(path) if path.exists() else ensure_policy_file(path, local_user())
     except ConfigError as e:
-        server_app.log.critical(f"Lepton Lab: {e}")
+        log.critical(f"Lepton Lab: {e}")
         # Running with no policy would mean running open: stop instead.
         raise SystemExit(f"Lepton Lab: invalid policy, server not started: {e}") from None
-    set_current_policy(policy)
-    # In the control plane, every cluster runs under its owner's OS account, never under this one.
-    services = Services(policy, run_as_owner=role == "control-plane", policy_path=path)
+    # In the control plane, every cluster runs under its owner's OS account, never under this one;
+    # in the personal deployment its scheduler and workers are processes apart from the server's
+    # when the schedulers setting says so.
     try:  # edits to the policy file take effect within one watch period (services.policy_reload)
+        services = Services(policy, run_as_owner=role == "control-plane",
+                            out_of_process=not config.schedulers_in_process(), policy_path=path)
         services.start_watch()
     except ConfigError as e:
-        server_app.log.critical(f"Lepton Lab: {e}")
+        log.critical(f"Lepton Lab: {e}")
         raise SystemExit(f"Lepton Lab: server not started: {e}") from None
-    web_app = server_app.web_app
-    web_app.settings["lepton"] = services
-    web_app.settings["lepton_control_plane"] = role == "control-plane"
-    setup_route_handlers(web_app)
-    # JupyterLab's own routes (workspaces, settings, ...) ask the authorizer too.
-    guard_lab_handlers(web_app)
-    if role == "personal":
-        owners = KernelOwners(server_owner())
-        web_app.settings["lepton_kernel_owners"] = owners
-        watch_kernels(server_app, owners)
-    trace_audit(services)
-    atexit.register(services.close)
-    if not _uses_lepton_auth(server_app):
-        server_app.log.warning("Lepton Lab: ServerApp.authorizer_class is not LeptonAuthorizer; "
-                               "Jupyter's own resources are not checked against the policy")
-    if config.AUTOSTART_PROFILE and role == "personal":
-        def start() -> None:
-            try:
-                c = services.create_cluster(Actor(local_user()), team=policy.teams[0],
-                                            profile=config.AUTOSTART_PROFILE, name="local")
-                server_app.log.info(f"Lepton Lab: cluster {c.name} at {c.address}")
-            except Exception as e:  # the lab still starts; the sidebar shows no cluster
-                server_app.log.error(f"Lepton Lab: could not start the {config.AUTOSTART_PROFILE} cluster: {e}")
-
-        threading.Thread(target=start, name="lepton-autostart", daemon=True).start()
-    if config.gc_freeze():
-        from tornado.ioloop import IOLoop
-
-        # Runs once the loop starts, after every extension has loaded.
-        IOLoop.current().add_callback(
-            lambda: server_app.log.info(f"Lepton Lab: {freeze_startup_objects()} start-up objects "
-                                        "frozen out of the garbage collector"))
-    server_app.log.info(f"Lepton Lab: policy {path} ({len(policy.teams)} teams)")
+    return services
 
 
 def trace_audit(services: Services) -> None:
@@ -111,8 +69,3 @@ def freeze_startup_objects() -> int:
     gc.freeze()
     return gc.get_freeze_count()
 
-
-def _uses_lepton_auth(server_app) -> bool:
-    from ..security.authz import LeptonAuthorizer
-
-    return isinstance(getattr(server_app, "authorizer", None), LeptonAuthorizer)

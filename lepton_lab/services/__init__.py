@@ -39,7 +39,7 @@ class Services(DeploymentServices, ClusterServices, ModelServices, TemplateServi
     def __init__(self, policy: Policy, *, home: Path | None = None, audit: AuditLog | None = None,
                  tokens: TokenStore | None = None, manager: ClusterManager | None = None,
                  templates_dir: Path | None = None, tls: bool = True, run_as_owner: bool = False,
-                 policy_path: Path | None = None, keep_records: bool = True):
+                 out_of_process: bool = False, policy_path: Path | None = None, keep_records: bool = True):
         self.policy = policy
         # The file the policy came from: read again when it changes (services.policy_reload).
         self.policy_path = Path(policy_path) if policy_path is not None else None
@@ -48,6 +48,9 @@ class Services(DeploymentServices, ClusterServices, ModelServices, TemplateServi
         self.cert_groups: dict[str, dict[str, tuple[str, ...]]] = {}
         # The team deployment: each cluster's processes run under its owner's OS account.
         self.run_as_owner = run_as_owner
+        # Each cluster's scheduler and local workers are processes apart from this one (implied by
+        # run_as_owner): a busy scheduler never holds up the server's event loop.
+        self.out_of_process = out_of_process or run_as_owner
         self.home = Path(home or config.home())
         self.audit = audit or AuditLog(config.audit_path())
         self.tokens = tokens or TokenStore(config.tokens_path())

@@ -36,6 +36,7 @@ class ServicesBase:
     policy_stamp: tuple[int, int, int] | None
     cert_groups: dict[str, dict[str, tuple[str, ...]]]
     run_as_owner: bool
+    out_of_process: bool
     home: Path
     audit: AuditLog
     tokens: TokenStore

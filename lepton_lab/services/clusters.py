@@ -107,7 +107,8 @@ class ClusterServices(ServicesBase):
                 managed, _ = self.manager.start(prof, name=name, reuse=False, owner=who.name, team=team,
                                                 security=security, gpus=found, host=config.scheduler_host(),
                                                 advertise=config.scheduler_advertise(), ca_dir=ca_dir,
-                                                run_as=who.name if self.run_as_owner else None)
+                                                run_as=who.name if self.run_as_owner else None,
+                                                out_of_process=self.out_of_process)
             except BaseException:
                 if ca_dir is not None:
                     shutil.rmtree(ca_dir, ignore_errors=True)

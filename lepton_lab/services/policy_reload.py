@@ -118,9 +118,6 @@ def reload_policy(services: Services, *, by: str) -> Reload:
         with services.lock:
             old, services.policy = services.policy, policy
             services.policy_stamp = seen
-        from ..security.identity import set_current_policy
-
-        set_current_policy(policy)
         services.audit.record(by, "policy:reload", f"policy:{path}", "allow",
                               teams=list(policy.teams), members=len(policy.members),
                               changed=old != policy)

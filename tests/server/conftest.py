@@ -92,7 +92,9 @@ def as_user(jp_fetch, tokens):
             headers["Authorization"] = ""
         elif who != "admin":
             headers["Authorization"] = f"token {tokens[who]}"
-        kwargs = {"method": method, "headers": headers, "params": params, "raise_error": False}
+        # Starting a cluster starts its scheduler and workers as processes: more than tornado's 20 s on a busy machine.
+        kwargs = {"method": method, "headers": headers, "params": params, "raise_error": False,
+                  "request_timeout": 120}
         if body is not None:
             kwargs["body"] = body if isinstance(body, (str, bytes)) else json.dumps(body)
         elif method in ("POST", "PATCH", "PUT"):

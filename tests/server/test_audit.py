@@ -69,15 +69,13 @@ def test_invalid_policy_stops_the_server(tmp_path, monkeypatch):
     monkeypatch.setenv("LEPTON_POLICY", str(bad))
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
 
-    class App:
-        class log:
-            critical = staticmethod(lambda msg: None)
-            info = warning = error = critical
+    class log:
+        critical = staticmethod(lambda msg: None)
 
-    from lepton_lab.server.extension import load_server_extension
+    from lepton_lab.server.extension import open_services
 
     try:
-        load_server_extension(App())
+        open_services(log, bad, "personal")
         raise AssertionError("the server must not start on an invalid policy")
     except SystemExit as e:
         assert "members.alice.medical" in str(e) and "analist" in str(e)

@@ -12,6 +12,10 @@ from lepton_lab.services.certs import renew_certificates
 FIELDS = ("cert_pem", "key_pem", "ca_pem", "role", "common_name", "expires")
 
 
+def _plugins(dask_scheduler):
+    return list(dask_scheduler.plugins)
+
+
 def _run(address, security, fn):
     with open_client(address, security=security, timeout=5) as c:
         serial = c.scheduler_comm.comm.extra_info["peercert"]["serialNumber"]
@@ -30,7 +34,8 @@ async def test_revoked_user_is_refused_and_scheduler_certificate_renews(as_user,
     first, answer = await asyncio.to_thread(_run, address, alice.security(), lambda: 6 * 7)
     assert answer == 42
     managed = services.manager.get(c["id"])
-    assert "lepton-site-gate" in managed.cluster.scheduler.plugins
+    plugins = await asyncio.to_thread(services._client(managed).run_on_scheduler, _plugins)
+    assert "lepton-site-gate" in plugins
 
     # the scheduler's (and the local workers') certificates renew on the running cluster
     assert await asyncio.to_thread(renew_certificates, services, timedelta(hours=13)) == [c["id"]]

@@ -1,0 +1,170 @@
+"""``GET /api/status`` with 16 clusters running vs none, schedulers out of the server or in it:
+
+    .venv/bin/python bench/status_clusters.py [--quick] [--clusters 16] [--workers 0] [--blocks 6] [--strict]
+
+Four ``jupyter server`` subprocesses with the Lepton extension (``lepton_lab.testing.start_jupyter``),
+all up at once: for each way of running schedulers, one server with no cluster and one with
+``--clusters`` TLS clusters created through its REST API (``--workers`` cloud workers each, 1 thread,
+512 MiB; none by default, so the bring-up of 32 clusters stays within minutes on 2 cores):
+
+* process (``LEPTON_SCHEDULERS=process``): each cluster's scheduler and worker are processes
+  of their own;
+* in-process (the default): the schedulers run inside the server's process (on distributed's
+  loop thread), and so do the workers' nannies.
+
+Each block measures every server in a rotating order: 5 rounds of 100 requests at once
+(p50 and p99, as ``bench/server.py`` loads the server) and 100 requests one at a time
+(p50 and p99 of a lone request). Ratios 16 clusters / none are taken per block and
+reported as median and range over the blocks. Target: <= 1.1 x for schedulers out of the
+server. The clusters' bring-up (POST to 201, its workers joined) is timed too, the two
+ways alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results_io import write_results  # noqa: E402
+from server import CONCURRENCY, KeepAliveClient, pct  # noqa: E402
+
+TARGET = 1.1
+PATH = "/api/status"
+MODES = ("process", "in-process")
+ROUNDS = 5
+SINGLES = 100
+
+
+def _spread(xs: list[float]) -> dict:
+    return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
+
+
+def _children(server) -> int:
+    import psutil
+
+    return len(psutil.Process(server.process.pid).children(recursive=True))
+
+
+async def _measure(port: int, token: str) -> dict[str, float]:
+    """p50/p99 (ms) of 100 at once over ``ROUNDS`` rounds, and of ``SINGLES`` lone requests."""
+    client = KeepAliveClient(port)
+    try:
+        loaded: list[float] = []
+        for _ in range(ROUNDS):
+            results = await asyncio.gather(*(client.get(PATH, token) for _ in range(CONCURRENCY)))
+            if any(status != 200 for status, _ in results):
+                raise RuntimeError(f"GET {PATH}: {sorted({s for s, _ in results})}")
+            loaded += [1000 * dt for _, dt in results]
+        single: list[float] = []
+        for _ in range(SINGLES):
+            status, dt = await client.get(PATH, token)
+            if status != 200:
+                raise RuntimeError(f"GET {PATH}: {status}")
+            single.append(1000 * dt)
+    finally:
+        await client.close()
+    return {"loaded_p50": pct(loaded, 50), "loaded_p99": pct(loaded, 99),
+            "single_p50": pct(single, 50), "single_p99": pct(single, 99)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="4 clusters, 3 blocks")
+    parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=0, help="cloud workers per cluster")
+    parser.add_argument("--blocks", type=int, default=6)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "status_clusters.json")
+    args = parser.parse_args()
+    n_clusters, blocks = (4, 3) if args.quick else (args.clusters, args.blocks)
+
+    from lepton_lab.security.identity import local_user
+    from lepton_lab.testing import start_jupyter
+
+    tmp = Path(tempfile.mkdtemp(prefix="lepton-statusbench-"))
+    policy = f"version: 1\nteams: [bench]\nmembers:\n  {local_user()}: {{bench: admin}}\n"
+    servers = {}
+    try:
+        for mode in MODES:
+            env = {"LEPTON_SCHEDULERS": mode}
+            for n in (0, n_clusters):
+                servers[(mode, n)] = start_jupyter(tmp / f"{mode}-{n}", policy, app="jupyter_server", env=env)
+        bring_up: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for i in range(n_clusters):
+            for mode in (MODES if i % 2 == 0 else MODES[::-1]):
+                server = servers[(mode, n_clusters)]
+                t = time.perf_counter()
+                code, c = server.api("lepton/api", "clusters", method="POST",
+                                     body={"team": "bench", "workers": {"cloud": args.workers, "edge": 0},
+                                           "threads": 1, "memory": "512MiB"}, timeout=300)
+                if code != 201:
+                    raise RuntimeError(f"creating cluster {i + 1} ({mode}): {code} {c}")
+                bring_up[mode].append(time.perf_counter() - t)
+        children = {f"{mode}-{n}": _children(s) for (mode, n), s in servers.items()}
+
+        names = list(servers)
+        per_block: list[dict] = []
+        for b in range(blocks):
+            order = names[b % len(names):] + names[:b % len(names)]
+            if b % 2:
+                order.reverse()
+            got = {}
+            for key in order:
+                server = servers[key]
+                got[key] = asyncio.run(_measure(int(server.url.rsplit(":", 1)[1]), server.token))
+            per_block.append(got)
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    metrics = ("loaded_p50", "loaded_p99", "single_p50", "single_p99")
+    results: dict = {"compares": f"GET {PATH} on a Lepton server with {n_clusters} clusters running vs one with "
+                                 "none; schedulers as processes of their own vs in the server's process",
+                     "clusters": n_clusters, "workers_per_cluster": args.workers, "blocks": blocks,
+                     "target": f"<= {TARGET} (process)", "cpus": os.cpu_count(),
+                     "child_processes": children, "modes": {}}
+    print(f"GET {PATH}: {n_clusters} clusters running / none, median [min-max] of {blocks} blocks")
+    print(f"  {'':12}" + "".join(f"{m:>24}" for m in metrics))
+    all_met = True
+    for mode in MODES:
+        ratios = {m: _spread([blk[(mode, n_clusters)][m] / blk[(mode, 0)][m] for blk in per_block]) for m in metrics}
+        absolute = {f"{m}_ms": {"none": round(statistics.median(blk[(mode, 0)][m] for blk in per_block), 2),
+                                "clusters": round(statistics.median(blk[(mode, n_clusters)][m]
+                                                                    for blk in per_block), 2)}
+                    for m in metrics}
+        worst = max(ratios[m]["median"] for m in metrics)
+        met = worst <= TARGET
+        if mode == "process":
+            all_met = met
+        up = bring_up[mode]
+        results["modes"][mode] = {"ratios": ratios, "latency": absolute, "worst_ratio": round(worst, 3),
+                                  "meets_target": met if mode == "process" else None,
+                                  "bring_up_s": _spread(up) if up else None}
+        print(f"  {mode:12}" + "".join(
+            f"{ratios[m]['median']:>10.2f} [{ratios[m]['min']:.2f}-{ratios[m]['max']:.2f}]" for m in metrics))
+        print(f"  {'':12}" + "".join(
+            f"{absolute[m + '_ms']['none']:>10.2f} -> {absolute[m + '_ms']['clusters']:.2f} ms" for m in metrics))
+    for mode in MODES:
+        up = bring_up[mode]
+        if up:
+            print(f"  bring-up of one cluster ({mode}): median {statistics.median(up):.2f} s "
+                  f"[{min(up):.2f}-{max(up):.2f}] over {len(up)}")
+    print(f"  processes under each server: {children}")
+    print(f"  target: process <= {TARGET} x on every measure")
+    return write_results(args.out, results, all_met=all_met, strict=args.strict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
