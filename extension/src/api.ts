@@ -56,9 +56,38 @@ export interface IProfile {
   sites: IProfileSite[];
 }
 
+/**
+ * The part of a JSON Schema (Draft 2020-12) the form reads: types, numeric
+ * bounds, alternatives, nested fields, and `x-reason`, the server's words for
+ * a refusal (a `str.format` template over `value`, or one per keyword).
+ */
+export interface IJSONSchema {
+  type?: string | string[];
+  minimum?: number;
+  maximum?: number;
+  const?: unknown;
+  anyOf?: IJSONSchema[];
+  properties?: { [field: string]: IJSONSchema };
+  required?: string[];
+  'x-reason'?: string | { [keyword: string]: string };
+  [keyword: string]: unknown;
+}
+
 /** `GET profiles`. */
 export interface IProfileList {
   profiles: IProfile[];
+  /** What `POST clusters` accepts (absent from older servers). */
+  request?: IJSONSchema;
+  /** What `PATCH clusters/{id}` accepts (absent from older servers). */
+  scale?: IJSONSchema;
+  /** What one site of a profile may hold. */
+  site?: IJSONSchema;
+}
+
+/** The served schemas the forms draw their bounds from; empty for an older server. */
+export interface IRequestSchemas {
+  request?: IJSONSchema;
+  scale?: IJSONSchema;
 }
 
 /** One site of a running cluster. */
@@ -319,12 +348,12 @@ export class LeptonAPI {
   }
 
   async profiles(): Promise<IProfile[]> {
-    const data = await requestAPI<IProfileList>(
-      ['profiles'],
-      {},
-      this.settings
-    );
-    return data.profiles;
+    return (await this.profileList()).profiles;
+  }
+
+  /** The profiles with the schemas of what a request may ask. */
+  profileList(): Promise<IProfileList> {
+    return requestAPI<IProfileList>(['profiles'], {}, this.settings);
   }
 
   async clusters(): Promise<ICluster[]> {

@@ -15,9 +15,10 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import { APIError, ICluster, INewCluster } from './api';
-import { scaleUntilAccepted } from './form';
+import { countBounds, outOfBounds, scaleUntilAccepted } from './form';
 import { LeptonModel } from './model';
 import { insertAndRun } from './notebook';
+import { askWorkers } from './workersDialog';
 
 export namespace CommandIDs {
   export const openPanel = 'lepton:open-panel';
@@ -139,12 +140,18 @@ export function registerCommands(context: ICommandContext): void {
       const current =
         cluster.sites.find(s => s.name === site || s.kind === site)?.workers ??
         0;
+      // The served bounds of a scale request (none from an older server: the server decides).
+      const bounds = countBounds(model.schemas.scale, 'workers');
       if (typeof args.workers === 'number' || typeof args.delta === 'number') {
         const workers =
           typeof args.workers === 'number'
             ? args.workers
             : current + (args.delta as number);
         try {
+          const refusal = outOfBounds(workers, bounds);
+          if (refusal !== undefined) {
+            throw new Error(refusal);
+          }
           await model.scaleCluster(cluster.id, site, workers);
         } catch (error) {
           report(error);
@@ -153,16 +160,11 @@ export function registerCommands(context: ICommandContext): void {
       }
       try {
         await scaleUntilAccepted(
-          async (value, refusal) => {
-            const answer = await InputDialog.getNumber({
-              title: `Workers on ${site}`,
-              label: refusal,
-              value
-            });
-            return { accept: answer.button.accept, value: answer.value };
-          },
+          (value, refusal) =>
+            askWorkers(`Workers on ${site}`, value, refusal, bounds),
           workers => model.scaleCluster(cluster.id, site!, workers),
-          current
+          current,
+          bounds
         );
       } catch (error) {
         report(error);

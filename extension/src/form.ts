@@ -2,10 +2,12 @@
  * What the new-cluster form sends for what was typed, and where a refusal is
  * shown. The form never changes a number: an empty field sends nothing (the
  * profile's default), anything else goes to the server as typed, and the
- * server's one-line reason comes back to the field it is about. Pure functions.
+ * server's one-line reason comes back to the field it is about. Where the
+ * server serves the schema of a request, a number outside its bounds is
+ * refused here, in the server's own words, and nothing is sent. Pure functions.
  */
 import { APIError } from './api';
-import type { INewCluster, SiteKind } from './api';
+import type { IJSONSchema, INewCluster, SiteKind } from './api';
 import type { IProfileShape } from './sites';
 
 /** A form field that can be refused: the name, workers per site kind, GPUs. */
@@ -31,6 +33,171 @@ export function countField(text: string | null | undefined): ICountField {
   return { value };
 }
 
+/** A count field's bounds, as the served schema of a request states them. */
+export interface ICountBounds {
+  /** The field as the server names it in a refusal, e.g. `workers.cloud`. */
+  path: string;
+  min?: number;
+  max?: number;
+  /** Whole numbers only. */
+  integer: boolean;
+  /** The field also takes `"auto"`. */
+  auto: boolean;
+  /** The field's schema, whose `x-reason` words a refusal. */
+  schema: IJSONSchema;
+  /** The branch of it a number must fit (the schema itself unless it offers alternatives). */
+  numeric: IJSONSchema;
+}
+
+/** The bounds of the form's count fields; a field missing here has none (the server decides). */
+export type FormBounds = { [field in FieldName]?: ICountBounds };
+
+function typesOf(schema: IJSONSchema): string[] {
+  const type = schema.type;
+  return type === undefined ? [] : typeof type === 'string' ? [type] : type;
+}
+
+function isNumeric(schema: IJSONSchema): boolean {
+  return (
+    typesOf(schema).some(t => t === 'integer' || t === 'number') ||
+    typeof schema.minimum === 'number' ||
+    typeof schema.maximum === 'number'
+  );
+}
+
+/**
+ * The bounds of the count field at `path` (dotted, e.g. `workers.cloud`) of a
+ * served request schema; null when the schema is absent or says no number there.
+ */
+export function countBounds(
+  schema: IJSONSchema | null | undefined,
+  path: string
+): ICountBounds | null {
+  let node: IJSONSchema | undefined = schema ?? undefined;
+  for (const key of path.split('.')) {
+    node = node?.properties?.[key];
+  }
+  if (!node) {
+    return null;
+  }
+  const branches = node.anyOf ?? [];
+  const numeric = isNumeric(node) ? node : branches.find(isNumeric);
+  if (!numeric) {
+    return null;
+  }
+  const bounds: ICountBounds = {
+    path,
+    integer: typesOf(numeric).includes('integer'),
+    auto: branches.some(b => b.const === 'auto'),
+    schema: node,
+    numeric
+  };
+  if (typeof numeric.minimum === 'number') {
+    bounds.min = numeric.minimum;
+  }
+  if (typeof numeric.maximum === 'number') {
+    bounds.max = numeric.maximum;
+  }
+  return bounds;
+}
+
+/** The bounds of the new-cluster form's count fields from the served `POST clusters` schema. */
+export function formBounds(
+  request: IJSONSchema | null | undefined,
+  kinds: SiteKind[]
+): FormBounds {
+  const bounds: FormBounds = {};
+  for (const kind of kinds) {
+    const field = countBounds(request, `workers.${kind}`);
+    if (field) {
+      bounds[`workers-${kind}`] = field;
+    }
+  }
+  const gpus = countBounds(request, 'gpus');
+  if (gpus) {
+    bounds.gpus = gpus;
+  }
+  return bounds;
+}
+
+/** An input's `min`, `max` and `step` for these bounds (none without bounds). */
+export function inputBounds(bounds: ICountBounds | null | undefined): {
+  min?: number;
+  max?: number;
+  step?: number | 'any';
+} {
+  if (!bounds) {
+    return {};
+  }
+  return { min: bounds.min, max: bounds.max, step: bounds.integer ? 1 : 'any' };
+}
+
+/** The keyword of `bounds` that `value` breaks, if any, in the order the schema checks them. */
+function brokenKeyword(value: number, bounds: ICountBounds): string | null {
+  if (bounds.integer && !Number.isInteger(value)) {
+    return 'type';
+  }
+  if (bounds.min !== undefined && value < bounds.min) {
+    return 'minimum';
+  }
+  if (bounds.max !== undefined && value > bounds.max) {
+    return 'maximum';
+  }
+  return null;
+}
+
+function reasonOf(schema: IJSONSchema, keyword: string): string | undefined {
+  const reason = schema['x-reason'];
+  return typeof reason === 'string' ? reason : reason?.[keyword];
+}
+
+/** A `str.format` template of the server's, filled as Python fills it for a number. */
+function fillTemplate(
+  template: string,
+  words: { [name: string]: string }
+): string {
+  return template.replace(
+    /\{\{|\}\}|\{(\w+)(?:![rsa])?\}/g,
+    (match, name?: string) =>
+      name === undefined ? match[0] : (words[name] ?? '')
+  );
+}
+
+/**
+ * The one-line reason the server gives for `value` outside `bounds`
+ * (`workers.cloud: must be a whole number from 0 to 256, got 300`), or
+ * undefined when it fits or there are no bounds.
+ */
+export function outOfBounds(
+  value: number | undefined,
+  bounds: ICountBounds | null | undefined
+): string | undefined {
+  if (value === undefined || !bounds) {
+    return undefined;
+  }
+  const keyword = brokenKeyword(value, bounds);
+  if (keyword === null) {
+    return undefined;
+  }
+  // The server words a failed alternative with the field's own reason, else the branch's.
+  const template =
+    (bounds.schema !== bounds.numeric
+      ? reasonOf(bounds.schema, 'anyOf')
+      : undefined) ??
+    reasonOf(bounds.numeric, keyword) ??
+    {
+      type: `must be ${bounds.integer ? 'a whole' : 'a'} number, got {kind}`,
+      minimum: `must be >= ${bounds.min}, got {value!r}`,
+      maximum: `must be <= ${bounds.max}, got {value!r}`
+    }[keyword]!;
+  const reason = fillTemplate(template, {
+    value: JSON.stringify(value),
+    kind: 'a number',
+    expected: bounds.integer ? 'a whole number' : 'a number'
+  });
+  return `${bounds.path}: ${reason}`;
+}
+
 /** The text of the form's fields; a field missing here was never touched. */
 export interface IFormText {
   team: string;
@@ -40,27 +207,41 @@ export interface IFormText {
   gpus: string;
 }
 
-/** The request for the form's text, or the fields that cannot be sent. */
+/** The request for the form's text, and the fields that cannot be sent. */
 export interface IFormRequest {
   request: INewCluster;
   errors: { [field in FieldName]?: string };
 }
 
-export function formRequest(text: IFormText, kinds: SiteKind[]): IFormRequest {
+/**
+ * The request for the form's text, or the fields that cannot be sent: no
+ * number at all, or a number outside the served `bounds` (none: the server
+ * alone decides). The request always holds the numbers as typed.
+ */
+export function formRequest(
+  text: IFormText,
+  kinds: SiteKind[],
+  bounds: FormBounds = {}
+): IFormRequest {
   const request: INewCluster = { team: text.team, profile: text.profile };
   const errors: IFormRequest['errors'] = {};
   for (const kind of kinds) {
     const field = countField(text.workers[kind]);
-    if (field.error) {
-      errors[`workers-${kind}`] = field.error;
-    } else if (field.value !== undefined) {
+    const error =
+      field.error ?? outOfBounds(field.value, bounds[`workers-${kind}`]);
+    if (error) {
+      errors[`workers-${kind}`] = error;
+    }
+    if (field.value !== undefined) {
       request.workers = { ...request.workers, [kind]: field.value };
     }
   }
   const gpus = countField(text.gpus);
-  if (gpus.error) {
-    errors.gpus = gpus.error;
-  } else if (gpus.value !== undefined) {
+  const gpusError = gpus.error ?? outOfBounds(gpus.value, bounds.gpus);
+  if (gpusError) {
+    errors.gpus = gpusError;
+  }
+  if (gpus.value !== undefined) {
     request.gpus = gpus.value;
   }
   if (text.name.trim()) {
@@ -129,13 +310,15 @@ export interface IScaleAnswer {
 /**
  * Ask for a worker count and send it as typed until the server accepts it or
  * the user cancels; a refusal reopens the question with the server's one-line
- * reason and the number that was refused. Resolves to the count accepted, or
+ * reason and the number that was refused. A number outside the served `bounds`
+ * is refused the same way without being sent. Resolves to the count accepted, or
  * null when cancelled. Errors other than a refusal (the server unreachable) reject.
  */
 export async function scaleUntilAccepted(
   ask: (value: number, refusal?: string) => Promise<IScaleAnswer>,
   send: (workers: number) => Promise<unknown>,
-  current: number
+  current: number,
+  bounds: ICountBounds | null = null
 ): Promise<number | null> {
   let value = current;
   let refusal: string | undefined;
@@ -144,6 +327,12 @@ export async function scaleUntilAccepted(
     const workers = scaleValue(answer.value);
     if (!answer.accept || workers === null) {
       return null;
+    }
+    // Outside the served bounds: asked again with the server's words, nothing sent.
+    refusal = outOfBounds(workers, bounds);
+    value = workers;
+    if (refusal !== undefined) {
+      continue;
     }
     try {
       await send(workers);

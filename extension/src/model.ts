@@ -15,6 +15,7 @@ import {
   ICluster,
   INewCluster,
   IProfile,
+  IRequestSchemas,
   ISnapshot,
   ITemplate,
   IWhoAmI,
@@ -62,6 +63,11 @@ export class LeptonModel implements IDisposable {
 
   get profiles(): IProfile[] {
     return this._profiles;
+  }
+
+  /** The served schemas of a cluster and a scale request (empty from an older server). */
+  get schemas(): IRequestSchemas {
+    return this._schemas;
   }
 
   get clusters(): ICluster[] {
@@ -240,14 +246,17 @@ export class LeptonModel implements IDisposable {
       // requests at once, one round trip) and after an outage.
       const statics = this._staticLoaded
         ? null
-        : Promise.all([this.api.profiles(), this.api.templates()]);
+        : Promise.all([this.api.profileList(), this.api.templates()]);
       const [whoami, clusters, fresh] = await Promise.all([
         this.api.whoami(),
         this.api.clusters(),
         statics
       ]);
       if (fresh) {
-        [this._profiles, this._templates] = fresh;
+        const [list, templates] = fresh;
+        this._profiles = list.profiles;
+        this._schemas = { request: list.request, scale: list.scale };
+        this._templates = templates;
         this._staticLoaded = true;
       }
       this._whoami = whoami;
@@ -331,6 +340,7 @@ export class LeptonModel implements IDisposable {
   private _staticLoaded = false;
   private _whoami: IWhoAmI | null = null;
   private _profiles: IProfile[] = [];
+  private _schemas: IRequestSchemas = {};
   private _clusters: ICluster[] = [];
   private _templates: ITemplate[] = [];
   private _selectedId: string | null = null;

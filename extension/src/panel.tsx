@@ -132,6 +132,7 @@ export class LeptonPanel extends ReactWidget {
                 <NewClusterForm
                   whoami={whoami}
                   profiles={model.profiles}
+                  requestSchema={model.schemas.request}
                   defaultProfile={this.defaultProfile}
                   onSubmit={request =>
                     // The form shows a refusal at its field: no toast as well.

@@ -145,13 +145,13 @@ class WorkerCertificateHandler(ClusterBase):
 
 
 class ProfilesHandler(ClusterBase):
-    """The profiles, and the schemas of what a cluster request and a site may ask (the form's bounds)."""
+    """The profiles, and the schemas of a cluster request, a scale request and a site (the forms' bounds)."""
 
     @web.authenticated
     @authorized
     async def get(self):
         self.reply({"profiles": [p.to_dict() for p in self.services.profiles()],
-                    "request": CREATE_BODY, "site": SITE_SCHEMA})
+                    "request": CREATE_BODY, "scale": SCALE_BODY, "site": SITE_SCHEMA})
 
 
 class StreamHandler(JupyterHandler, websocket.WebSocketHandler):

@@ -108,7 +108,8 @@ def test_forms_send_what_was_typed(open_lab, restarted_lab_server):
         expect(item).not_to_contain_text("$")  # the profile sets no cost
         lab.screenshot("forms-2-created")
 
-        # "Scale Lepton Cluster…": -1 goes to the server; its reason comes back at the field.
+        # "Scale Lepton Cluster…": -1 is outside the served bounds: the dialog says why, in the server's
+        # words, as it is typed, and OK cannot send it.
         page.keyboard.press("Control+Shift+C")
         palette = page.locator(".lm-CommandPalette-input")
         palette.fill("Scale Lepton Cluster")
@@ -119,9 +120,9 @@ def test_forms_send_what_was_typed(open_lab, restarted_lab_server):
         number = page.locator(".jp-Dialog input[type=number]")
         expect(number).to_have_value("2")
         number.fill("-1")
-        page.locator(".jp-Dialog .jp-mod-accept").click()
         expect(page.locator(".jp-Dialog")).to_contain_text("workers: must be a whole number from 0 to 256, got -1",
                                                             timeout=30_000)
+        expect(page.locator(".jp-Dialog .jp-mod-accept")).to_be_disabled()
         expect(page.locator(".jp-Dialog input[type=number]")).to_have_value("-1")
         expect(lab.toasts("error")).to_have_count(0)
         lab.screenshot("forms-3-scale-refused")

@@ -176,6 +176,40 @@ async def test_profiles_answer_carries_the_request_schema(as_user):
             assert problem(s, site) is None, (profile["name"], s)
 
 
+async def test_profiles_answer_serves_the_bounds_the_sidebar_relies_on(as_user):
+    """The sidebar's count fields take min, max, step and refusal words from these schemas (and its
+    jest tests from a copy of them): a server change that drops or moves a bound fails here."""
+    import json
+    from pathlib import Path
+
+    from lepton_lab.schemas import problem
+
+    code, reply = await as_user("alice", "lepton", "api", "profiles")
+    assert code == 200
+    fields = reply["request"]["properties"]
+    counts = {"workers.cloud": fields["workers"]["properties"]["cloud"],
+              "workers.edge": fields["workers"]["properties"]["edge"],
+              "threads": fields["threads"], "scale workers": reply["scale"]["properties"]["workers"]}
+    for name, schema in counts.items():
+        assert "integer" in schema["type"] and "{value!r}" in schema["x-reason"], name
+        assert isinstance(schema["minimum"], int) and isinstance(schema["maximum"], int), name
+    gpus = fields["gpus"]
+    assert {"const": "auto"} in gpus["anyOf"] and "{value!r}" in gpus["x-reason"]
+    [whole] = [b for b in gpus["anyOf"] if b.get("type") == "integer"]
+    assert (whole["minimum"], whole["maximum"]) == (0, 64)
+    # The words the form shows for an out-of-bounds value are the ones the routes refuse it with.
+    assert problem({"site": "edge", "workers": -1}, reply["scale"]) == (
+        "workers", "must be a whole number from 0 to 256, got -1")
+    assert problem({"team": "medical", "gpus": 65}, reply["request"]) == (
+        "gpus", "a whole number from 0 to 64, or auto (every free GPU); got 65")
+    fixture = Path(__file__).parents[2] / "extension" / "src" / "__tests__" / "fixtures" / "served-schemas.json"
+    copy = json.loads(fixture.read_text())
+    for field in ("workers", "gpus", "threads"):
+        assert copy["request"]["properties"][field] == fields[field], (
+            f"the served {field} changed: copy the schemas into {fixture.name} for the sidebar's tests")
+    assert copy["scale"] == reply["scale"], f"the served scale schema changed: copy it into {fixture.name}"
+
+
 @pytest.mark.parametrize("path", [
     ["clusters", "..", "..", "etc"], ["clusters", "%2e%2e"], ["clusters", "nope"],
     ["clusters", "nope", "allocation"], ["clusters", "a" * 200],

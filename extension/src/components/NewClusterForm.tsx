@@ -1,12 +1,21 @@
 import * as React from 'react';
 
-import { APIError, INewCluster, IProfile, IWhoAmI, SiteKind } from '../api';
+import {
+  APIError,
+  IJSONSchema,
+  INewCluster,
+  IProfile,
+  IWhoAmI,
+  SiteKind
+} from '../api';
 import { costText } from '../format';
 import {
   FieldName,
   defaultText,
   fieldOfError,
-  formRequest
+  formBounds,
+  formRequest,
+  inputBounds
 } from '../form';
 import { describeBound, quotaBounds, quotaWarnings } from '../quota';
 import { profileShape, requestedWorkers } from '../sites';
@@ -14,6 +23,8 @@ import { profileShape, requestedWorkers } from '../sites';
 export interface INewClusterFormProps {
   whoami: IWhoAmI;
   profiles: IProfile[];
+  /** The served schema of `POST clusters`: the count fields' bounds (none from an older server). */
+  requestSchema?: IJSONSchema;
   defaultProfile: string;
   onSubmit(request: INewCluster): Promise<unknown>;
   onCancel(): void;
@@ -33,8 +44,10 @@ function FieldError(props: { error?: string | null }): JSX.Element | null {
 /**
  * Team, profile, workers per site kind and GPUs. The limits left by the
  * tighter of the team's and the user's quota are shown; numbers are sent as
- * typed and an empty field sends nothing (the profile's default). The server
- * decides, and its one-line reason is shown under the field it is about.
+ * typed and an empty field sends nothing (the profile's default). A number
+ * outside the bounds of the served request schema is refused under its field
+ * in the server's words and not sent; otherwise the server decides, and its
+ * one-line reason is shown under the field it is about.
  */
 export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
   const { whoami, profiles } = props;
@@ -55,9 +68,11 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
   const [errorField, setErrorField] = React.useState<FieldName | null>(null);
 
   const shownKinds = KINDS.filter(k => shape.kinds[k] !== undefined);
+  const fieldBounds = formBounds(props.requestSchema, shownKinds);
   const { request, errors } = formRequest(
     { team, profile, name, workers, gpus },
-    shownKinds
+    shownKinds,
+    fieldBounds
   );
   const shownFields: FieldName[] = [
     'name',
@@ -71,7 +86,7 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
         ? !!gpus.trim()
         : !!workers[f.slice('workers-'.length) as SiteKind]?.trim()
   );
-  // A field's own error (no number at all), else the server's reason for it.
+  // A field's own error (no number, or out of bounds), else the server's reason for it.
   const errorOf = (field: FieldName) =>
     errors[field] ?? (errorField === field ? error : null);
   const clearError = () => {
@@ -187,6 +202,7 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
               className="jp-mod-styled"
               type="number"
               step={1}
+              {...inputBounds(fieldBounds[`workers-${kind}`])}
               name={`workers-${kind}`}
               placeholder={defaultText(shape, kind)}
               value={workers[kind] ?? ''}
@@ -209,6 +225,7 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
           className="jp-mod-styled"
           type="number"
           step={1}
+          {...inputBounds(fieldBounds.gpus)}
           name="gpus"
           placeholder={defaultText(shape, 'gpus')}
           value={gpus}
@@ -244,9 +261,8 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
           type="submit"
           className="jp-mod-styled jp-mod-accept"
           data-testid="lepton-create-cluster"
-          disabled={
-            busy || !team || !profile || Object.keys(errors).length > 0
-          }
+          // A field's error is shown under it; submitting then sends nothing.
+          disabled={busy || !team || !profile}
         >
           {busy ? 'Starting…' : 'Create'}
         </button>
