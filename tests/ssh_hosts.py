@@ -70,6 +70,8 @@ def _stop(daemon: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         daemon.kill()
         daemon.wait(timeout=20)
+    if daemon.stderr is not None:
+        daemon.stderr.close()
 
 
 @contextlib.contextmanager

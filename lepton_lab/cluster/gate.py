@@ -244,7 +244,7 @@ def cluster_of(security: Any) -> str | None:
     if not text:
         return None
     try:
-        pem = text.encode() if "\n" in text else open(text, "rb").read()
+        pem = text.encode() if "\n" in text else Path(text).read_bytes()
         units = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(
             NameOID.ORGANIZATIONAL_UNIT_NAME)
     except (OSError, ValueError):

@@ -1,0 +1,161 @@
+"""A training worker on another network host is killed; a worker on a third host resumes from the
+checkpoint the dead one wrote to the profile's ``checkpoints:`` location.
+
+The cluster is started the product's way (``lepton_lab.up`` on a profile whose ``checkpoints:``
+is a ``file://`` URL of this test, outside every worker's own directory; TLS, the scheduler
+listening on this host's bridge address). Its one site has no local workers: two
+``lepton-lab worker`` processes join it with the cluster's worker certificate from two network
+namespaces on one bridge (:mod:`tests.ssh_hosts`). Once the training worker has written a
+checkpoint, its whole process group (the CLI, its nanny and the worker) is SIGKILLed; the run must
+finish on the other host from that checkpoint, and the checkpoint files must be sealed, not
+XGBoost models. Namespaces, bridge and worker processes are put back even on failure.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import xgboost
+from sklearn.datasets import make_classification
+
+import lepton_lab
+from tests.helpers import eventually
+from tests.ssh_hosts import RigMissing, ssh_hosts
+
+SITE = "edge-lab"
+NAME = "netns-resume"
+ROUNDS = 60
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    """Two network namespaces on one bridge with this host (their sshd daemons go unused)."""
+    try:
+        with ssh_hosts(tmp_path / "hosts", count=2) as rig:
+            yield rig
+    except RigMissing as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def cluster(hosts, tmp_path, monkeypatch):
+    """A TLS cluster of a profile with shared checkpoints; a worker of SITE joins from each namespace."""
+    shared = tmp_path / "shared-checkpoints"
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("LEPTON_HOME", str(home))
+    monkeypatch.setenv("LEPTON_SCHEDULER_HOST", hosts["host_ip"])
+    (home / "profiles.yaml").write_text(
+        "profiles:\n  netns-ckpt:\n"
+        f"    checkpoints: file://{shared}\n"
+        f"    sites:\n      - {{name: {SITE}, kind: edge, workers: 0}}\n")
+    handle = lepton_lab.up("netns-ckpt", name="netns-ckpt")
+    procs: list[subprocess.Popen] = []
+    try:
+        assert handle.address.startswith(f"tls://{hosts['host_ip']}:")
+        args = lepton_lab.worker_certificate(SITE, tmp_path / "certs")
+        for index, host in enumerate(hosts["hosts"]):
+            cwd = tmp_path / f"machine-{index}"
+            cwd.mkdir()
+            with open(cwd / "worker.log", "w") as log:
+                procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", host["ns"], sys.executable, "-m", "lepton_lab.cli", "worker", *args,
+                     "--host", host["ip"], "--index", str(index), "--nthreads", "1", "--memory-limit", "1GiB",
+                     "--death-timeout", "30"],
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd)))
+        try:
+            handle.client.wait_for_workers(2, timeout=90)
+        except Exception:
+            logs = "\n".join((tmp_path / f"machine-{i}" / "worker.log").read_text()[-1500:] for i in range(len(procs)))
+            pytest.fail(f"the namespaced workers did not join:\n{logs}")
+        yield {"handle": handle, "procs": procs, "shared": shared}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait(30)
+        lepton_lab.down("netns-ckpt")
+
+
+def _latest(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkpoint(directory):
+    """``(latest.json, the bytes of the file it names)`` once both are there, else None."""
+    latest = _latest(directory / "latest.json")
+    try:
+        return (latest, (directory / latest["file"]).read_bytes()) if latest else None
+    except OSError:  # pruned by a newer checkpoint meanwhile: look again
+        return None
+
+
+def test_a_killed_worker_on_another_host_resumes_from_the_shared_checkpoint(hosts, cluster):
+    client = cluster["handle"].client
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    host_of = {w["name"]: a for a, w in workers.items()}
+    ns_ips = [h["ip"] for h in hosts["hosts"]]
+    assert sorted(host_of) == [f"{SITE}-0", f"{SITE}-1"]
+    for i, name in enumerate(sorted(host_of)):
+        assert host_of[name].startswith(f"tls://{ns_ips[i]}:")  # each on its own host, over TLS
+    pids = {workers[a]["name"]: pid for a, pid in client.run(os.getpid).items()}
+    group = {f"{SITE}-{i}": proc.pid for i, proc in enumerate(cluster["procs"])}
+    shared = cluster["shared"].resolve()
+    for local in client.run(lambda dask_worker: dask_worker.local_directory).values():
+        local = Path(local).resolve()  # the checkpoints are in no worker's own directory, nor it in them
+        assert not local.is_relative_to(shared) and not shared.is_relative_to(local), (local, shared)
+
+    events: list[dict] = []
+    X, y = make_classification(20000, 20, n_informative=10, random_state=4)
+    ckpt_dir = cluster["shared"] / NAME
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lepton_lab.train, "xgboost", data=(X, y), name=NAME, site=SITE, rounds=ROUNDS,
+                              params={"max_depth": 6}, strategy="single", checkpoint_every=2, max_restarts=1,
+                              progress=False, on_progress=events.append, timeout=150)
+        first = eventually(lambda: running.done() or _checkpoint(ckpt_dir), timeout=120)
+        assert isinstance(first, tuple), \
+            f"no checkpoint in {ckpt_dir}: {running.exception() if running.done() else 'none written'}"
+        written, sealed = first
+        trainer = eventually(lambda: events and events[-1]["worker_name"], timeout=30)
+        assert trainer in group, events
+        # The real processes go: the CLI, its nanny and the training worker (a machine that died).
+        assert psutil.Process(pids[trainer]).pid in {p.pid for p in psutil.Process(group[trainer]).children(True)}
+        os.killpg(group[trainer], signal.SIGKILL)
+        assert eventually(lambda: not psutil.pid_exists(pids[trainer]), timeout=30)
+        result = running.result(timeout=180)
+
+    survivor = next(n for n in group if n != trainer)
+    reached = max(e["round"] for e in events if e["worker_name"] == trainer)
+    assert reached < ROUNDS, "training ended before the kill"
+    assert result.restarts == 1
+    assert 0 < written["step"] <= result.resumed_from <= reached, (written["step"], result.resumed_from, reached)
+    after = [e for e in events if e["worker_name"] == survivor]
+    assert after and min(e["round"] for e in after) > result.resumed_from  # it started from the checkpoint
+    assert all(e["worker"] == host_of[survivor] for e in after)  # on the other host
+    assert result.model.num_boosted_rounds() == ROUNDS and len(result.history) == ROUNDS
+    assert result.metrics["accuracy"] > 0.8
+    assert result.checkpoints == str(ckpt_dir)  # the profile's location, not the kernel's home
+    assert not (Path(os.environ["LEPTON_HOME"]) / "checkpoints").exists()
+    # Sealed on disk: neither the dead worker's checkpoint nor the last one is an XGBoost model.
+    final = _latest(ckpt_dir / "latest.json")
+    assert final["step"] == ROUNDS
+    for data in (sealed, (ckpt_dir / final["file"]).read_bytes()):
+        assert b"learner" not in data and b"gbtree" not in data
+        with pytest.raises(xgboost.core.XGBoostError):
+            xgboost.Booster(model_file=bytearray(data))
