@@ -79,7 +79,7 @@ class Sites:
         self.cluster_id = cluster_id
         self.ca_dir = ca_dir
         self.run_as = run_as
-        self.account = account if account is not None else run_as
+        self.account = account
         self.advertise = advertise
         self.timeout = timeout
 

@@ -14,7 +14,6 @@ like sees the same value as the extension.
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -76,41 +75,39 @@ class LeptonApp(ExtensionApp):
                       "of their own, so a busy or failing scheduler never slows or stops the server; "
                       "bring-up takes seconds longer) (env LEPTON_SCHEDULERS; default in-process).").tag(config=True)
 
+    # Unconfigured, each trait reads what is in force without a configuration: the
+    # environment variable or the built-in default, as lepton_lab.config states them.
     @default("schedulers")
     def _default_schedulers(self) -> str:
-        raw = os.environ.get("LEPTON_SCHEDULERS", "").strip()
-        return raw if raw in ("in-process", "process") else "in-process"  # a bad value is refused at start
+        return "in-process" if config.schedulers_in_process() else "process"
 
     @default("home")
     def _default_home(self) -> str:
-        return str(Path(os.environ.get("LEPTON_HOME") or Path.home() / ".lepton").expanduser())
+        return str(config.home())
 
     @default("policy_path")
     def _default_policy_path(self) -> str:
-        return os.environ.get("LEPTON_POLICY") or str(Path(self.home).expanduser() / "policy.yaml")
+        return str(config.policy_path())
 
     @default("autostart_profile")
     def _default_autostart_profile(self) -> str:
-        return os.environ.get("LEPTON_AUTOSTART", "").strip()
+        return config.autostart_profile()
 
     @default("watch_interval")
     def _default_watch_interval(self) -> float:
-        try:
-            return float(os.environ.get("LEPTON_WATCH_INTERVAL", "30"))
-        except ValueError:  # refused, in one line, when the services start their watch
-            return 30.0
+        return config.watch_interval()
 
     @default("gc_freeze")
     def _default_gc_freeze(self) -> bool:
-        return os.environ.get("LEPTON_GC_FREEZE", "1") != "0"
+        return config.gc_freeze()
 
     @default("scheduler_host")
     def _default_scheduler_host(self) -> str:
-        return os.environ.get("LEPTON_SCHEDULER_HOST") or "127.0.0.1"
+        return config.scheduler_host()
 
     @default("scheduler_advertise")
     def _default_scheduler_advertise(self) -> str:
-        return os.environ.get("LEPTON_SCHEDULER_ADVERTISE", "")
+        return config.scheduler_advertise()
 
     #: The services this server holds (None in a client of the control plane), and its part.
     services: Any = None
