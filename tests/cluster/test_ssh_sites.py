@@ -27,6 +27,7 @@ from lepton_lab.errors import ClusterError, ConfigError
 from lepton_lab.security.certs import ClusterCA, IssuedCert
 from lepton_lab.security.policy import parse_policy_text
 from lepton_lab.services import Actor, Services
+from tests.helpers import eventually
 from tests.ssh_hosts import SSHD, RigMissing, netns_inode, sh, ssh_hosts
 
 pytestmark = pytest.mark.timeout(900)
@@ -64,6 +65,12 @@ def processes_in(ns: str) -> list[psutil.Process]:
         except (OSError, psutil.Error):
             continue
     return found
+
+
+def left_in(ns: str, timeout: float = 30.0) -> list[psutil.Process]:
+    """Processes still in ``ns`` once those that already exited are reaped (polled up to ``timeout`` s)."""
+    eventually(lambda: not processes_in(ns), timeout)
+    return processes_in(ns)
 
 
 def worker_processes_in(ns: str) -> list[psutil.Process]:
@@ -180,7 +187,7 @@ def test_ssh_sites_start_place_scale_and_leave_nothing(edge_hosts, tmp_path):
     # Teardown leaves no worker process and no file of the test on either host.
     for h in (a, b):
         assert worker_processes_in(h["ns"]) == [], h["ns"]
-        assert processes_in(h["ns"]) == [], h["ns"]
+        assert left_in(h["ns"]) == [], h["ns"]
     assert seen_dirs and not any(os.path.exists(d) for d in seen_dirs.values())
 
 
@@ -245,4 +252,4 @@ def test_a_server_cluster_starts_its_ssh_site_at_the_advertised_address(edge_hos
         services.manager.stop_all()
         services.close()
     assert list(dirs) == ["edge-hospital-b-0"] and not os.path.exists(dirs["edge-hospital-b-0"])
-    assert processes_in(b["ns"]) == []
+    assert left_in(b["ns"]) == []
