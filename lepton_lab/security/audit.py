@@ -189,13 +189,23 @@ class AuditLog:
         return verify(self.path)
 
     def _read(self) -> Iterator[AuditEntry]:
-        if not self.path.exists():
+        """Every entry, read under a shared lock so no append is seen half-written.
+
+        A last line with no end of line was never acknowledged (a crash cut it; the
+        next append drops it), so it is not an entry and is left out.
+        """
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
             return
-        with self.path.open(encoding="utf-8") as handle:
+        with handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
             for line_number, raw in enumerate(handle, 1):
+                if not raw.endswith(b"\n"):
+                    break
                 try:
                     entry = json.loads(raw)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     raise IntegrityError(
                         f"{self.path}: line {line_number} is not valid JSON; run verify() to see what changed"
                     ) from None

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -226,6 +227,31 @@ def test_threads_append_without_breaking_the_chain(tmp_path):
     result = verify(audit.path)
     assert result.ok and result.entries == 100
 
+
+
+def test_a_reader_never_sees_an_append_half_written(tmp_path, monkeypatch):
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.record_many([{"user": "before", "action": "a", "resource": "r", "outcome": "allow"}] * 3)
+    half_written, real_write = threading.Event(), os.write
+
+    def slow(fd, data):  # a write the kernel takes in two parts, with a reader in between
+        if half_written.is_set() or len(data) < 100:
+            return real_write(fd, data)
+        done = real_write(fd, data[: len(data) // 2])
+        half_written.set()
+        time.sleep(0.5)
+        return done
+
+    monkeypatch.setattr(os, "write", slow)
+    batch = [{"user": f"new{i}", "action": "a", "resource": "r", "outcome": "allow", "detail": {"pad": "x" * 300}}
+             for i in range(4)]
+    writer = threading.Thread(target=audit.record_many, args=(batch,))
+    writer.start()
+    assert half_written.wait(10)
+    users = [e["user"] for e in audit.entries()]  # waits for the append in progress
+    writer.join()
+    assert users == ["before"] * 3 + [f"new{i}" for i in range(4)]
+    assert verify(audit.path).ok
 
 APPEND = """
 import sys
