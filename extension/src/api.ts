@@ -67,6 +67,7 @@ export interface IJSONSchema {
   maximum?: number;
   const?: unknown;
   anyOf?: IJSONSchema[];
+  oneOf?: IJSONSchema[];
   properties?: { [field: string]: IJSONSchema };
   required?: string[];
   'x-reason'?: string | { [keyword: string]: string };
@@ -133,7 +134,8 @@ export interface INewCluster {
   profile: string;
   name?: string;
   workers?: { [kind in SiteKind]?: number };
-  gpus?: number;
+  /** `"auto"`: every free GPU the machine has. */
+  gpus?: number | 'auto';
 }
 
 /** `PATCH clusters/{id}` body: `site` is a site name or a kind. */

@@ -15,7 +15,12 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import { APIError, ICluster, INewCluster } from './api';
-import { countBounds, outOfBounds, scaleUntilAccepted } from './form';
+import {
+  countBounds,
+  gpusField,
+  outOfBounds,
+  scaleUntilAccepted
+} from './form';
 import { LeptonModel } from './model';
 import { insertAndRun } from './notebook';
 import { askWorkers } from './workersDialog';
@@ -96,10 +101,16 @@ export function registerCommands(context: ICommandContext): void {
       if (args.workers && typeof args.workers === 'object') {
         request.workers = args.workers as INewCluster['workers'];
       }
-      if (typeof args.gpus === 'number') {
-        request.gpus = args.gpus;
-      }
       try {
+        if (typeof args.gpus === 'number') {
+          request.gpus = args.gpus;
+        } else if (typeof args.gpus === 'string') {
+          const gpus = gpusField(args.gpus);
+          if (gpus.error) {
+            throw new Error(`gpus: ${gpus.error}`);
+          }
+          request.gpus = gpus.value;
+        }
         const cluster = await model.createCluster(request);
         Notification.success(`Cluster ${cluster.name} is starting.`, {
           autoClose: 4000

@@ -1,7 +1,8 @@
 /**
  * What the new-cluster form sends for what was typed, and where a refusal is
  * shown. The form never changes a number: an empty field sends nothing (the
- * profile's default), anything else goes to the server as typed, and the
+ * profile's default), the GPU field's `auto` asks for every free GPU,
+ * anything else goes to the server as typed, and the
  * server's one-line reason comes back to the field it is about. Where the
  * server serves the schema of a request, a number outside its bounds is
  * refused here, in the server's own words, and nothing is sent. Pure functions.
@@ -20,6 +21,9 @@ export interface ICountField {
   error?: string;
 }
 
+/** A decimal number as typed: `2`, `-1`, `2.5`, `.5`, `1e3` (no `0x10`, no `Infinity`). */
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
 /** A count field's text: empty → the profile's default (nothing sent); a number → as typed. */
 export function countField(text: string | null | undefined): ICountField {
   const trimmed = (text ?? '').trim();
@@ -27,7 +31,7 @@ export function countField(text: string | null | undefined): ICountField {
     return {};
   }
   const value = Number(trimmed);
-  if (!isFinite(value)) {
+  if (!DECIMAL.test(trimmed) || !isFinite(value)) {
     return { error: `not a number: ${JSON.stringify(trimmed)}` };
   }
   return { value };
@@ -80,7 +84,7 @@ export function countBounds(
   if (!node) {
     return null;
   }
-  const branches = node.anyOf ?? [];
+  const branches = node.anyOf ?? node.oneOf ?? [];
   const numeric = isNumeric(node) ? node : branches.find(isNumeric);
   if (!numeric) {
     return null;
@@ -151,7 +155,35 @@ function reasonOf(schema: IJSONSchema, keyword: string): string | undefined {
   return typeof reason === 'string' ? reason : reason?.[keyword];
 }
 
-/** A `str.format` template of the server's, filled as Python fills it for a number. */
+/** The field's own words for a value no alternative of it takes (none without alternatives). */
+function alternativesReason(bounds: ICountBounds): string | undefined {
+  if (bounds.schema === bounds.numeric) {
+    return undefined;
+  }
+  return reasonOf(bounds.schema, bounds.schema.oneOf ? 'oneOf' : 'anyOf');
+}
+
+const ESCAPES: { [c: string]: string } = {
+  '\\': '\\\\',
+  '\n': '\\n',
+  '\r': '\\r',
+  '\t': '\\t'
+};
+
+/** A string as Python's `repr` writes it, as the server's `{value!r}` shows text. */
+function pythonRepr(text: string): string {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const body = text.replace(/[\\\x00-\x1f\x7f']/g, c =>
+    c === "'"
+      ? quote === "'"
+        ? "\\'"
+        : c
+      : (ESCAPES[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`)
+  );
+  return quote + body + quote;
+}
+
+/** A `str.format` template of the server's, filled as Python fills it. */
 function fillTemplate(
   template: string,
   words: { [name: string]: string }
@@ -181,9 +213,7 @@ export function outOfBounds(
   }
   // The server words a failed alternative with the field's own reason, else the branch's.
   const template =
-    (bounds.schema !== bounds.numeric
-      ? reasonOf(bounds.schema, 'anyOf')
-      : undefined) ??
+    alternativesReason(bounds) ??
     reasonOf(bounds.numeric, keyword) ??
     {
       type: `must be ${bounds.integer ? 'a whole' : 'a'} number, got {kind}`,
@@ -196,6 +226,60 @@ export function outOfBounds(
     expected: bounds.integer ? 'a whole number' : 'a number'
   });
   return `${bounds.path}: ${reason}`;
+}
+
+/** What the GPU field sends: nothing, a number, `"auto"`, or a refusal of its own. */
+export interface IGpusField {
+  value?: number | 'auto';
+  error?: string;
+}
+
+/**
+ * The GPU field's text: empty → the profile's default (nothing sent); `auto`
+ * (any case) → every free GPU; a number → as typed, refused outside the
+ * served `bounds`. Other text is refused in the server's words where it
+ * serves them, and nothing is sent. Without bounds `auto` is always offered.
+ */
+export function gpusField(
+  text: string | null | undefined,
+  bounds?: ICountBounds | null
+): IGpusField {
+  const trimmed = (text ?? '').trim();
+  const takesAuto = !bounds || bounds.auto;
+  if (takesAuto && trimmed.toLowerCase() === 'auto') {
+    return { value: 'auto' };
+  }
+  const field = countField(trimmed);
+  if (field.error === undefined) {
+    const error = outOfBounds(field.value, bounds);
+    return error ? { value: field.value, error } : field;
+  }
+  if (!bounds) {
+    return { error: `not a number or auto: ${JSON.stringify(trimmed)}` };
+  }
+  const template =
+    alternativesReason(bounds) ??
+    reasonOf(bounds.numeric, 'type') ??
+    'must be {expected}, got {kind}';
+  const reason = fillTemplate(template, {
+    value: pythonRepr(trimmed),
+    kind: 'a string',
+    expected: bounds.integer ? 'a whole number' : 'a number'
+  });
+  return { error: `${bounds.path}: ${reason}` };
+}
+
+/** The GPU field's placeholder: its default, then what it takes (`0–64 or auto`). */
+export function gpusPlaceholder(
+  shape: IProfileShape,
+  bounds?: ICountBounds | null
+): string {
+  const range =
+    bounds?.min !== undefined && bounds.max !== undefined
+      ? `${bounds.min}–${bounds.max}`
+      : 'a number';
+  const auto = !bounds || bounds.auto ? ' or auto' : '';
+  return `${defaultText(shape, 'gpus')}; ${range}${auto}`;
 }
 
 /** The text of the form's fields; a field missing here was never touched. */
@@ -236,10 +320,9 @@ export function formRequest(
       request.workers = { ...request.workers, [kind]: field.value };
     }
   }
-  const gpus = countField(text.gpus);
-  const gpusError = gpus.error ?? outOfBounds(gpus.value, bounds.gpus);
-  if (gpusError) {
-    errors.gpus = gpusError;
+  const gpus = gpusField(text.gpus, bounds.gpus);
+  if (gpus.error) {
+    errors.gpus = gpus.error;
   }
   if (gpus.value !== undefined) {
     request.gpus = gpus.value;

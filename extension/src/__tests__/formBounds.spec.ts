@@ -210,7 +210,9 @@ describe('the new-cluster form renders the served bounds', () => {
       expect(field).toContain('max="256"');
       expect(field).toContain('step="1"');
     }
-    expect(input(html, 'gpus')).toContain('max="64"');
+    // GPUs also take `auto`: a text field whose placeholder says the bounds.
+    expect(input(html, 'gpus')).toContain('type="text"');
+    expect(input(html, 'gpus')).toContain('placeholder="0 (profile default); 0–64 or auto"');
   });
 
   it('sets no bound without a schema', () => {

@@ -15,6 +15,7 @@ import {
   fieldOfError,
   formBounds,
   formRequest,
+  gpusPlaceholder,
   inputBounds
 } from '../form';
 import { describeBound, quotaBounds, quotaWarnings } from '../quota';
@@ -42,7 +43,7 @@ function FieldError(props: { error?: string | null }): JSX.Element | null {
 }
 
 /**
- * Team, profile, workers per site kind and GPUs. The limits left by the
+ * Team, profile, workers per site kind and GPUs (a number or `auto`). The limits left by the
  * tighter of the team's and the user's quota are shown; numbers are sent as
  * typed and an empty field sends nothing (the profile's default). A number
  * outside the bounds of the served request schema is refused under its field
@@ -97,7 +98,12 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
   const bounds = quotaBounds(whoami, team);
   const warnings = quotaWarnings(bounds, {
     workers: requestedWorkers(shape, request.workers ?? {}),
-    gpus: request.gpus ?? (shape.gpus === 'auto' ? 0 : shape.gpus)
+    gpus:
+      typeof request.gpus === 'number'
+        ? request.gpus
+        : request.gpus === 'auto' || shape.gpus === 'auto'
+          ? 0
+          : shape.gpus
   });
   const selected = profiles.find(p => p.name === profile);
   const cost = (selected?.sites ?? []).reduce(
@@ -219,15 +225,15 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
       <div className="lepton-Hint" data-testid="lepton-limit-workers">
         workers: {describeBound(bounds.workers)}
       </div>
-      <label>
+      <label title="GPUs for the cluster: a whole number, or auto (every free GPU of the machine); empty: the profile's default">
         GPUs
         <input
           className="jp-mod-styled"
-          type="number"
-          step={1}
-          {...inputBounds(fieldBounds.gpus)}
+          type="text"
+          autoComplete="off"
+          spellCheck={false}
           name="gpus"
-          placeholder={defaultText(shape, 'gpus')}
+          placeholder={gpusPlaceholder(shape, fieldBounds.gpus)}
           value={gpus}
           aria-invalid={!!errorOf('gpus')}
           onChange={e => {
