@@ -142,6 +142,13 @@ def validate(instance: Any, schema: Mapping[str, Any], source: str = "") -> None
         raise ConfigError(": ".join(part for part in (source, path, reason) if part))
 
 
+def object_schema(properties: Mapping[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The schema of a request: these fields and no other, the ``required`` ones present."""
+    return {"type": "object", "properties": dict(properties), "additionalProperties": False,
+            "required": list(required), "x-unknown": "unknown field {key!r} (fields: {known})",
+            "x-missing": "missing field {key!r}"}
+
+
 def check_schema(schema: Mapping[str, Any]) -> None:
     """Raise ``jsonschema.SchemaError`` unless ``schema`` is a valid Draft 2020-12 schema."""
     _validator().check_schema(schema)
@@ -226,5 +233,5 @@ def _default(error: ValidationError) -> str:
     return defaults.get(str(error.validator), " ".join(error.message.split()).replace("{", "{{").replace("}", "}}"))
 
 
-__all__ = ["MEMORY_PATTERN", "check_schema", "field_path", "kind", "parse_size", "problem", "suggest",
-           "validate"]
+__all__ = ["MEMORY_PATTERN", "check_schema", "field_path", "kind", "object_schema", "parse_size", "problem",
+           "suggest", "validate"]

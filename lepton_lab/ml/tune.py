@@ -32,7 +32,8 @@ from typing import Any, Callable
 from ..errors import LeptonError
 from . import tune_trial as _trial
 from .search_space import describe, grid_of
-from .train import TrainingError, _Site, _TorchJob, _xgb_params
+from .train import TrainingError, _Site, _TorchJob
+from .train.xgb_params import _xgb_params
 from .tune_plan import (
     DIRECTIONS,
     KINDS,

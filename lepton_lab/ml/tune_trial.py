@@ -112,7 +112,8 @@ def xgb_trial(X: Any, y: Any, X_test: Any, y_test: Any, spec: dict[str, Any]) ->
     import xgboost as xgb
 
     from .metrics import holdout_metrics
-    from .train import _openmp_threads, _xgb_history
+    from .train import _openmp_threads
+    from .train.xgb_progress import _xgb_history
 
     started = time.perf_counter()
     key = spec["key"]

@@ -12,7 +12,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from ..errors import LeptonError
-from ..schemas import problem
+from ..schemas import object_schema, problem
 from ..security.authz import RequestTrace
 from ..services import Actor, Services
 
@@ -20,13 +20,6 @@ from ..services import Actor, Services
 MAX_BODY = 64 * 1024
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
-
-
-def object_schema(properties: Mapping[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The schema of a request body: these fields and no other, the ``required`` ones present."""
-    return {"type": "object", "properties": dict(properties), "additionalProperties": False,
-            "required": list(required), "x-unknown": "unknown field {key!r} (fields: {known})",
-            "x-missing": "missing field {key!r}"}
 
 
 def fields_schema(allowed: Mapping[str, type | tuple[type, ...]], required: tuple[str, ...] = ()) -> dict[str, Any]:

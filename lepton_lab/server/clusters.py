@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from typing import Any
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized, ws_authenticated
@@ -13,40 +12,17 @@ from jupyter_server.base.handlers import JupyterHandler
 from tornado import web, websocket
 
 from .. import config
-from ..cluster.profile_schema import SITE_KINDS, SITE_SCHEMA, THREADS, WORKERS, whole
+from ..cluster.profile_schema import SITE_SCHEMA, WORKERS
 from ..errors import LeptonError
-from ..schemas import MEMORY_PATTERN
+from ..schemas import object_schema
 from ..security.authz import RequestTrace
 from ..services import Actor
-from .base import LeptonHandler, json_error, object_schema
+from ..services.cluster_request import CREATE_REQUEST
+from .base import LeptonHandler, json_error
 
 AUTH_RESOURCE = "lepton:clusters"
 #: Cluster ids and names as they appear in URLs; anything else is a 404 before any lookup.
 CLUSTER_ID = r"(?P<cluster_id>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"
-#: Largest GPU count and memory a request may ask for.
-MAX_GPUS = 64
-MAX_MEMORY = 2**50
-
-
-def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
-    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-    return {**schema, "type": [*types, "null"]}
-
-
-#: ``POST clusters``: a profile by name (or inline) and what to change of it. Served to the form.
-CREATE_BODY = object_schema({
-    "team": {"type": "string", "x-reason": "wrong type: a team name, got {kind}"},
-    "profile": {"type": ["string", "object", "null"], "x-reason": "a profile name or a profile, got {kind}"},
-    "name": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-             "x-reason": "letters, digits, '_', '.', '-' (at most 64); got {value!r}"},
-    "workers": {"type": ["object", "null"], "additionalProperties": False,
-                "properties": {kind: WORKERS for kind in SITE_KINDS}},
-    "gpus": {"anyOf": [{"type": "null"}, {"const": "auto"}, whole(0, MAX_GPUS)],
-             "x-reason": f"a whole number from 0 to {MAX_GPUS}, or auto (every free GPU); got {{value!r}}"},
-    "threads": _or_null(THREADS),
-    "memory": {"type": ["string", "null"], "pattern": MEMORY_PATTERN, "minBytes": 2**20, "maxBytes": MAX_MEMORY,
-               "x-reason": "a size such as 4GiB, from 1MiB to 1PiB; got {value!r}"},
-}, required=("team",))
 #: ``POST clusters/<id>/worker-certificate``: the site a joining machine serves, and the names it answers to.
 WORKER_CERT_BODY = object_schema({
     "site": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -73,7 +49,7 @@ class ClustersHandler(ClusterBase):
     @web.authenticated
     @authorized
     async def post(self):
-        body = self.json_body(CREATE_BODY)
+        body = self.json_body(CREATE_REQUEST)
         services = self.services
         managed = await self.run(services.create_cluster, self.actor, team=body["team"],
                                  profile=body.get("profile") or config.DEFAULT_PROFILE, name=body.get("name"),
@@ -151,7 +127,7 @@ class ProfilesHandler(ClusterBase):
     @authorized
     async def get(self):
         self.reply({"profiles": [p.to_dict() for p in self.services.profiles()],
-                    "request": CREATE_BODY, "scale": SCALE_BODY, "site": SITE_SCHEMA})
+                    "request": CREATE_REQUEST, "scale": SCALE_BODY, "site": SITE_SCHEMA})
 
 
 class StreamHandler(JupyterHandler, websocket.WebSocketHandler):

@@ -12,7 +12,8 @@ import re
 from jupyter_server.auth.decorator import allow_unauthenticated
 from tornado import web
 
-from .base import LeptonHandler, object_schema
+from ..schemas import object_schema
+from .base import LeptonHandler
 
 HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 _HOSTS = "up to 16 host names or IP addresses; got {value!r}"

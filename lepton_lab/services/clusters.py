@@ -17,6 +17,7 @@ from ..security.files import write_atomic
 from ..security.policy import Usage, check_quota
 from ..security.spend import DEFAULT_PERIOD, check_spend_cap
 from .base import Actor, ServicesBase
+from .cluster_request import check_create_request
 
 
 class ClusterServices(ServicesBase):
@@ -37,12 +38,9 @@ class ClusterServices(ServicesBase):
         return list(all_profiles().values())
 
     def _plan_profile(self, profile: str | dict[str, Any], workers: dict[str, int] | None, gpus: int | str | None,
-                      threads: int | None = None, memory: str | None = None) -> Profile:
+                      threads: int | None = None, memory: int | str | None = None) -> Profile:
         prof = resolve_profile(profile)
         workers = workers or {}
-        for key in workers:
-            if key not in ("cloud", "edge"):
-                raise ConfigError(f"workers: keys are cloud and edge, got {key!r}")
         return prof.with_overrides(cloud=workers.get("cloud"), edge=workers.get("edge"), gpus=gpus,
                                    threads=threads, memory=memory)
 
@@ -63,8 +61,10 @@ class ClusterServices(ServicesBase):
 
     def create_cluster(self, who: Actor, *, team: str, profile: str | dict[str, Any], name: str | None = None,
                        workers: dict[str, int] | None = None, gpus: int | str | None = None,
-                       threads: int | None = None, memory: str | None = None) -> ManagedCluster:
-        """Start a cluster for ``who`` in ``team``: permission, quota, TLS, audit."""
+                       threads: int | None = None, memory: int | str | None = None) -> ManagedCluster:
+        """Start a cluster for ``who`` in ``team``: the request's shape, permission, quota, TLS, audit."""
+        check_create_request({"team": team, "profile": profile, "name": name, "workers": workers, "gpus": gpus,
+                              "threads": threads, "memory": memory})
         if team not in self.policy.teams:
             raise ConfigError(f"unknown team {team!r} (teams: {', '.join(self.policy.teams)})")
         self.require(who, "clusters:create", team, resource=f"clusters:new:{team}")

@@ -80,9 +80,17 @@ async def test_gpus_auto_takes_every_free_gpu(door, monkeypatch, tmp_path):
         await run(lepton_lab.down, f"auto-{door}")
 
 
-async def test_bad_options_are_refused_in_one_line(door):
-    with pytest.raises(ConfigError, match="no site 'fog'|unknown profile|whole number"):
-        await run(lambda: lepton_lab.up(name=f"bad-{door}", cloud=-1))
+@pytest.mark.parametrize("options, words", [
+    ({"cloud": -1}, "workers.cloud: must be a whole number from 0 to 256, got -1"),
+    ({"edge": 2.5}, "workers.edge: must be a whole number from 0 to 256, got 2.5"),
+    ({"gpus": 65}, "gpus: a whole number from 0 to 64, or auto (every free GPU); got 65"),
+    ({"threads": 0}, "threads: must be a whole number from 1 to 256, got 0"),
+])
+async def test_bad_options_are_refused_in_one_line(door, options, words):
+    # The services check the request against the schema GET profiles serves, whichever door it came by.
+    with pytest.raises(ConfigError) as e:
+        await run(lambda: lepton_lab.up(name=f"bad-{door}", **options))
+    assert str(e.value) == words
     assert not [c for c in await run(session_mod.session().transport.list) if c["name"] == f"bad-{door}"]
 
 

@@ -13,6 +13,7 @@ from lepton_lab.errors import ConfigError
 from lepton_lab.schemas import check_schema, field_path, problem, validate
 from lepton_lab.security.policy import example_policy_text, load_policy
 from lepton_lab.security.policy_file import POLICY_SCHEMA
+from lepton_lab.services.cluster_request import CREATE_REQUEST, check_create_request
 
 GOOD_POLICY = {"version": 1, "teams": ["medical"], "members": {"alice": {"medical": "analyst"}}}
 
@@ -68,7 +69,8 @@ def test_validate_raises_one_line_with_source_and_field():
     validate(GOOD_POLICY, POLICY_SCHEMA, "policy.yaml")
 
 
-@pytest.mark.parametrize("schema", [POLICY_SCHEMA, PROFILES_FILE_SCHEMA, PROFILE_SCHEMA, SITE_SCHEMA])
+@pytest.mark.parametrize("schema", [POLICY_SCHEMA, PROFILES_FILE_SCHEMA, PROFILE_SCHEMA, SITE_SCHEMA,
+                                    CREATE_REQUEST])
 def test_every_schema_is_a_valid_draft_2020_12_schema(schema):
     check_schema(schema)
 
@@ -175,3 +177,31 @@ def test_the_builtin_profiles_validate(name):
         body.pop(key)
     assert problem(body, PROFILE_SCHEMA) is None
     assert problem({"profiles": {name: body}}, PROFILES_FILE_SCHEMA) is None
+
+
+# -- a request to start a cluster -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("request_", "expected"), [
+    ({"team": "medical", "workers": {"fog": 1}}, "workers: unknown key 'fog' (keys: cloud, edge)"),
+    ({"team": "medical", "workers": {"cloud": -1}}, "workers.cloud: must be a whole number from 0 to 256, got -1"),
+    ({"team": "medical", "workers": {"edge": 2.0}}, "workers.edge: must be a whole number from 0 to 256, got 2.0"),
+    ({"team": "medical", "gpus": 65}, "gpus: a whole number from 0 to 64, or auto (every free GPU); got 65"),
+    ({"team": "medical", "memory": "lots"}, "memory: a size such as 4GiB, from 1MiB to 1PiB; got 'lots'"),
+    ({"team": "medical", "memory": 1024}, "memory: a size such as 4GiB, from 1MiB to 1PiB; got 1024"),
+    ({"team": None}, "team: wrong type: a team name, got nothing"),
+    ({"profile": "local"}, "missing field 'team'"),
+])
+def test_a_bad_create_request_is_one_line_naming_the_field(request_, expected):
+    with pytest.raises(ConfigError) as exc:
+        check_create_request(request_)
+    assert one_line(exc) == expected
+
+
+def test_a_create_request_takes_counts_sizes_and_nulls():
+    for good in ({"team": "medical", "profile": None, "name": None, "workers": None, "gpus": None, "threads": None,
+                  "memory": None},
+                 {"team": "medical", "profile": {"name": "p", "sites": [{"name": "cloud"}]}, "name": "ward-1",
+                  "workers": {"cloud": 2, "edge": 0}, "gpus": "auto", "threads": 4, "memory": "4GiB"},
+                 {"team": "medical", "memory": 2**30, "gpus": 0}):
+        check_create_request(good)

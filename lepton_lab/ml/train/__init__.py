@@ -31,8 +31,9 @@ filesystem, that is the same directory the kernel reads when it resumes.
 
 The package's modules: :mod:`.data` (arguments, data, holdout), :mod:`.sites` (workers,
 thread-borrowing holds, process tuning), :mod:`.shm` (shared memory), :mod:`.job` (an
-attempt and what the kinds share), :mod:`.supervisor` (restarts), :mod:`.xgboost`,
-:mod:`.torch` and :mod:`.result`.
+attempt and what the kinds share), :mod:`.supervisor` (restarts), :mod:`.xgboost` (the XGBoost job
+and its choice of path; :mod:`.xgb_single`, :mod:`.xgb_distributed`, :mod:`.xgb_split`,
+:mod:`.xgb_params`, :mod:`.xgb_progress`), :mod:`.torch` and :mod:`.result`.
 """
 
 from __future__ import annotations
@@ -64,8 +65,6 @@ from .sites import _openmp_threads as _openmp_threads
 from .sites import _Site as _Site
 from .supervisor import STALL_TIMEOUT, _supervise
 from .torch import _TorchJob as _TorchJob
-from .xgboost import _xgb_history as _xgb_history
-from .xgboost import _xgb_params as _xgb_params
 from .xgboost import _XGBoostJob
 
 __all__ = ["TrainResult", "TrainingError", "train"]
