@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AlreadyExists, ClusterError, ConfigError, LeptonError, NotFound, PermissionDenied
+from .errors import AlreadyExists, ClusterError, ConfigError, Interrupted, LeptonError, NotFound, PermissionDenied
 
 _BY_STATUS = {400: ConfigError, 403: PermissionDenied, 404: NotFound, 409: AlreadyExists}
 
@@ -62,6 +62,9 @@ def find_server() -> ServerInfo | None:
 
 class RestTransport:
     """Cluster operations as REST calls to ``<server>/lepton/api``."""
+
+    #: Seconds to wait for the server to cancel an interrupted job (it may restart a worker).
+    CANCEL_TIMEOUT = 90.0
 
     def __init__(self, server: ServerInfo, timeout: float = 120.0):
         self.server = server
@@ -197,8 +200,26 @@ class RestTransport:
         self.call("DELETE", f"clusters/{cluster_id}/deployments/{urllib.parse.quote(name, safe='')}")
 
     def predict_deployed(self, cluster_id: str, name: str, inputs: Any) -> dict:
-        return self.call("POST", f"clusters/{cluster_id}/deployments/{urllib.parse.quote(name, safe='')}/predict",
-                         {"inputs": inputs})
+        """Predictions computed on the deployment's site; an interrupt (Kernel → Interrupt) cancels the task."""
+        import uuid
+
+        path = f"clusters/{cluster_id}/deployments/{urllib.parse.quote(name, safe='')}/predict"
+        job = uuid.uuid4().hex
+        try:
+            return self.call("POST", path, {"inputs": inputs}, headers={"X-Lepton-Job": job})
+        except KeyboardInterrupt:
+            raise self._cancel(f"{path}/{job}", f"predict {name}") from None
+
+    def _cancel(self, path: str, label: str) -> Interrupted:
+        """Ask the server to stop the job at ``path``; the one line to raise."""
+        try:
+            out = RestTransport(self.server, timeout=RestTransport.CANCEL_TIMEOUT).call("DELETE", path)
+            return Interrupted(out["message"])
+        except NotFound:
+            return Interrupted(f"{label} stopped waiting; the server had already finished it")
+        except (LeptonError, KeyboardInterrupt) as e:
+            return Interrupted(f"{label} stopped waiting, but cancelling it on the server failed "
+                               f"({type(e).__name__}); check the cluster with lepton_lab.status()")
 
 
     # -- studies -------------------------------------------------------------------------------

@@ -123,6 +123,16 @@ export interface ICluster {
   sites: IClusterSite[];
 }
 
+/**
+ * `POST clusters/{id}/start`: the new cluster started from a stopped one's
+ * record, with the deployments served again and why the others were not.
+ */
+export interface IStartedAgain extends ICluster {
+  redeployed: string[];
+  /** Deployment name → one-line reason. */
+  not_redeployed: Record<string, string>;
+}
+
 /** `GET clusters`. */
 export interface IClusterList {
   clusters: ICluster[];
@@ -379,6 +389,15 @@ export class LeptonAPI {
     return requestAPI<ICluster>(
       ['clusters', id],
       jsonInit('PATCH', request),
+      this.settings
+    );
+  }
+
+  /** Start a stopped cluster again from its record, with its deployments. */
+  startClusterAgain(id: string): Promise<IStartedAgain> {
+    return requestAPI<IStartedAgain>(
+      ['clusters', id, 'start'],
+      jsonInit('POST', {}),
       this.settings
     );
   }

@@ -21,6 +21,7 @@ import {
   outOfBounds,
   scaleUntilAccepted
 } from './form';
+import { startedAgainText } from './format';
 import { LeptonModel } from './model';
 import { insertAndRun } from './notebook';
 import { askWorkers } from './workersDialog';
@@ -31,6 +32,7 @@ export namespace CommandIDs {
   export const scaleCluster = 'lepton:scale-cluster';
   export const shutdownCluster = 'lepton:shutdown-cluster';
   export const removeCluster = 'lepton:remove-cluster';
+  export const startAgain = 'lepton:start-cluster-again';
   export const clearStopped = 'lepton:clear-stopped';
   export const useInNotebook = 'lepton:use-in-notebook';
   export const openDashboard = 'lepton:open-dashboard';
@@ -229,6 +231,29 @@ export function registerCommands(context: ICommandContext): void {
     }
   });
 
+  commands.addCommand(CommandIDs.startAgain, {
+    label: 'Start Stopped Lepton Cluster Again',
+    caption: 'Start this cluster again with its settings and deployments',
+    isEnabled: args => clusterOf(model, args)?.status === 'stopped',
+    execute: async args => {
+      const cluster = clusterOf(model, args);
+      if (!cluster || cluster.status !== 'stopped') {
+        return;
+      }
+      try {
+        const started = await model.startClusterAgain(cluster.id);
+        const { success, warning } = startedAgainText(started);
+        Notification.success(success, { autoClose: 6000 });
+        if (warning) {
+          Notification.warning(warning, { autoClose: 10_000 });
+        }
+        return started.id;
+      } catch (error) {
+        report(error);
+      }
+    }
+  });
+
   commands.addCommand(CommandIDs.clearStopped, {
     label: 'Clear Stopped Lepton Clusters',
     isEnabled: () => model.clusters.some(c => c.status === 'stopped'),
@@ -300,6 +325,7 @@ export function registerCommands(context: ICommandContext): void {
       CommandIDs.scaleCluster,
       CommandIDs.shutdownCluster,
       CommandIDs.removeCluster,
+      CommandIDs.startAgain,
       CommandIDs.clearStopped,
       CommandIDs.useInNotebook,
       CommandIDs.openDashboard,

@@ -3,6 +3,8 @@
  * unit-tested as they are.
  */
 
+import type { IStartedAgain } from './api';
+
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 
 /** `1536` → `"1.5 KiB"`; null or negative → `"–"`. */
@@ -109,4 +111,25 @@ export function formatResources(resources: { [name: string]: number }): string {
       return `${name} ${text}`;
     })
     .join(', ');
+}
+
+/**
+ * What to tell the user about a cluster started again: `success`, and a
+ * `warning` with one `name: reason` line per deployment not served again
+ * (null when every one was).
+ */
+export function startedAgainText(started: IStartedAgain): {
+  success: string;
+  warning: string | null;
+} {
+  const redeployed = started.redeployed ?? [];
+  const reasons = Object.entries(started.not_redeployed ?? {});
+  const success =
+    `Started ${started.name} again` +
+    (redeployed.length > 0 ? `; serving again: ${redeployed.join(', ')}` : '');
+  const warning =
+    reasons.length > 0
+      ? ['Not served again:', ...reasons.map(([name, why]) => `${name}: ${why}`)].join('\n')
+      : null;
+  return { success, warning };
 }

@@ -17,6 +17,7 @@ import {
   IProfile,
   IRequestSchemas,
   ISnapshot,
+  IStartedAgain,
   ITemplate,
   IWhoAmI,
   LeptonAPI
@@ -184,6 +185,16 @@ export class LeptonModel implements IDisposable {
     this._stateChanged.emit();
     void this._poll.refresh();
     return cluster;
+  }
+
+  /** Start a stopped cluster again from its record; the new one is selected. */
+  async startClusterAgain(id: string): Promise<IStartedAgain> {
+    const started = await this.api.startClusterAgain(id);
+    this._upsert(started);
+    this.select(started.id);
+    this._stateChanged.emit();
+    void this._poll.refresh();
+    return started;
   }
 
   async shutdownCluster(id: string): Promise<void> {

@@ -72,6 +72,8 @@ export class LeptonPanel extends ReactWidget {
       void this._run(CommandIDs.shutdownCluster, { id }).catch(() => undefined),
     remove: id =>
       void this._run(CommandIDs.removeCluster, { id }).catch(() => undefined),
+    startAgain: id =>
+      this._run(CommandIDs.startAgain, { id }).catch(() => undefined),
     clearStopped: () =>
       void this._run(CommandIDs.clearStopped).catch(() => undefined),
     useInNotebook: id =>

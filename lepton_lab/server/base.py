@@ -16,8 +16,10 @@ from ..schemas import object_schema, problem
 from ..security.authz import RequestTrace
 from ..services import Actor, Services
 
-#: Largest JSON body a Lepton route accepts.
+#: Largest JSON body a Lepton route accepts, unless the route says otherwise (``max_body``).
 MAX_BODY = 64 * 1024
+#: Largest body of a prediction request: rows to score are bigger than any other request.
+PREDICT_MAX_BODY = 16 * 1024 * 1024
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
 
@@ -52,6 +54,9 @@ def json_error(handler: Any, status_code: int, **kwargs: Any) -> None:
 class LeptonHandler(APIHandler):
     """Base of Lepton's REST handlers: ``self.services``, ``self.actor``, one-line JSON errors."""
 
+    #: Largest JSON body this route accepts.
+    max_body = MAX_BODY
+
     @property
     def services(self) -> Services:
         return self.settings["lepton"]
@@ -67,8 +72,8 @@ class LeptonHandler(APIHandler):
     def json_body(self, schema: Mapping[str, Any]) -> dict[str, Any]:
         """The JSON object body, checked against ``schema``: its first problem is a one-line 400."""
         raw = self.request.body or b""
-        if len(raw) > MAX_BODY:
-            raise web.HTTPError(400, f"request body over {MAX_BODY // 1024} KiB")
+        if len(raw) > self.max_body:
+            raise web.HTTPError(400, f"request body over {self.max_body // 1024} KiB")
         try:
             data = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError) as e:

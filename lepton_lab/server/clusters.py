@@ -1,4 +1,4 @@
-"""Cluster routes: list, create, get, scale, stop, allocation, live stream, credentials, profiles."""
+"""Cluster routes: list, create, get, scale, stop, start again, allocation, live stream, credentials, profiles."""
 
 from __future__ import annotations
 
@@ -91,6 +91,18 @@ class ClusterHandler(ClusterBase):
         await self.run(self.services.stop_cluster, self.actor, cluster_id)
         self.set_status(204)
         self.finish()
+
+
+class StartAgainHandler(ClusterBase):
+    """``POST``: a stopped cluster started again with its settings, serving again what it served."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, cluster_id: str):
+        self.json_body(object_schema({}))
+        managed, redeployed, missed = await self.run(self.services.start_again, self.actor, cluster_id)
+        self.reply({**self.services.describe(managed.info()), "redeployed": redeployed, "not_redeployed": missed},
+                   status=201)
 
 
 class AllocationHandler(ClusterBase):

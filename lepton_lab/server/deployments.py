@@ -2,19 +2,33 @@
 
 ``POST clusters/{id}/deployments`` ``{model, version | alias, site, name?}`` starts one,
 ``GET`` lists them, ``DELETE clusters/{id}/deployments/{name}`` stops one, and
-``POST clusters/{id}/deployments/{name}/predict`` ``{inputs}`` answers predictions.
+``POST clusters/{id}/deployments/{name}/predict`` ``{inputs}`` answers predictions (a body of
+up to 16 MiB). A request with an ``X-Lepton-Job`` header (32 hex digits) can be stopped:
+``DELETE clusters/{id}/deployments/{name}/predict/{job}`` by the same user, or the client
+closing the connection, cancels its task and frees the worker running it.
 Another team's cluster is a 404; the rules are the services'.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+
 from jupyter_server.auth.decorator import authorized
 from tornado import web
+from tornado.ioloop import IOLoop
 
-from .base import LeptonHandler
+from ..errors import NotFound
+from .base import PREDICT_MAX_BODY, LeptonHandler
 from .clusters import AUTH_RESOURCE, CLUSTER_ID
 
 DEPLOYMENT = r"(?P<name>[a-z0-9][a-z0-9_.-]{0,63})"
+JOB_ID = r"[0-9a-f]{32}"
+JOB = rf"(?P<job>{JOB_ID})"
+#: The header naming a prediction so that it can be cancelled.
+JOB_HEADER = "X-Lepton-Job"
+
+log = logging.getLogger(__name__)
 
 
 class DeploymentBase(LeptonHandler):
@@ -50,11 +64,44 @@ class DeploymentHandler(DeploymentBase):
 
 
 class PredictHandler(DeploymentBase):
+    max_body = PREDICT_MAX_BODY
+    _job: str | None = None
+
     @web.authenticated
     @authorized
     async def post(self, cluster_id: str, name: str):
         body = self.body({"inputs": list}, required=("inputs",))
-        self.reply(await self.run(self.services.predict_deployed, self.actor, cluster_id, name, body["inputs"]))
+        job = self.request.headers.get(JOB_HEADER)
+        if job is not None and not re.fullmatch(JOB_ID, job):
+            raise web.HTTPError(400, f"{JOB_HEADER}: 32 hex digits (a uuid4 hex), got {job[:40]!r}")
+        self._job = job
+        try:
+            out = await self.run(self.services.predict_deployed, self.actor, cluster_id, name, body["inputs"], job=job)
+        finally:
+            self._job = None
+        self.reply(out)
+
+    def on_connection_close(self) -> None:
+        # The client went away (an interrupted kernel, a closed tab): nobody waits for the answer.
+        job, actor = self._job, self.actor if self._job else None
+        if job is None or actor is None:
+            return
+        self._job = None
+
+        def cancel() -> None:
+            try:
+                log.info("prediction %s: the client went away; %s", job, self.services.cancel_predict(actor, job))
+            except NotFound:
+                pass
+
+        IOLoop.current().run_in_executor(None, cancel)
+
+
+class PredictJobHandler(DeploymentBase):
+    @web.authenticated
+    @authorized
+    async def delete(self, cluster_id: str, name: str, job: str):
+        self.reply({"message": await self.run(self.services.cancel_predict, self.actor, job)})
 
 
 def routes() -> list[tuple[str, type]]:
@@ -63,4 +110,5 @@ def routes() -> list[tuple[str, type]]:
         (base, DeploymentsHandler),
         (f"{base}/{DEPLOYMENT}", DeploymentHandler),
         (f"{base}/{DEPLOYMENT}/predict", PredictHandler),
+        (f"{base}/{DEPLOYMENT}/predict/{JOB}", PredictJobHandler),
     ]

@@ -15,7 +15,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..schemas import problem
-from .base import LeptonHandler, fields_schema
+from .base import PREDICT_MAX_BODY, LeptonHandler, fields_schema
 
 AUTH_RESOURCE = "lepton:models"
 TEAM = r"(?P<team>[a-z0-9][a-z0-9_-]{0,63})"
@@ -128,6 +128,8 @@ class AliasHandler(ModelBase):
 
 class PredictHandler(ModelBase):
     """``POST``: predictions from a model version; authorized like reading it."""
+
+    max_body = PREDICT_MAX_BODY
 
     @web.authenticated
     @authorized

@@ -16,6 +16,7 @@ def setup_route_handlers(web_app) -> None:
         ("profiles", clusters.ProfilesHandler),
         ("clusters", clusters.ClustersHandler),
         (f"clusters/{cid}", clusters.ClusterHandler),
+        (f"clusters/{cid}/start", clusters.StartAgainHandler),
         (f"clusters/{cid}/allocation", clusters.AllocationHandler),
         (f"clusters/{cid}/stream", clusters.StreamHandler),
         (f"clusters/{cid}/credentials", clusters.CredentialsHandler),

@@ -29,6 +29,7 @@ from .clusters import SERVER_STOPPED, ClusterServices, default_cluster_name, iss
 from .deployments import DeploymentServices
 from .models import ModelServices
 from .policy_reload import Reload, reload_policy, stamp
+from .predictions import Predictions
 from .templates import TemplateServices
 from .watch import team_spend
 
@@ -69,6 +70,8 @@ class Services(DeploymentServices, ClusterServices, ModelServices, TemplateServi
         self.watch: Any = None
         #: Where the server proxies dashboards (``<base_url>lepton/dashboard/``); empty: links as they listen.
         self.dashboard_prefix = ""
+        #: Predictions waiting on a deployment's site, stoppable by the job id their caller gave.
+        self.predicting = Predictions()
 
     async def record_async(self, user: str, action: str, resource: str, outcome: str, *,
                            reason: str = "", request_id: str | None = None, **detail: Any) -> Any:

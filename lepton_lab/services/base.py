@@ -14,6 +14,7 @@ from ..security.audit import AuditLog
 from ..security.policy import Policy
 from ..security.spend import SpendMeter
 from ..security.tokens import TokenStore
+from .predictions import Predictions
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ServicesBase:
     idle: IdleClock
     watch: Any
     dashboard_prefix: str
+    predicting: Predictions
 
     def allowed(self, who: Actor, permission: str, team: str | None = None, owner: str | None = None) -> bool:
         return self.policy.allows(who.name, who.groups, permission, team, owner=owner)

@@ -93,7 +93,9 @@ class ClusterServices(ServicesBase):
             # A new cluster takes the place of a stopped one of the same name.
             for key in [k for k, r in self.records.items()
                         if r.get("name") == name and r.get("team") == team and r.get("status") == "stopped"]:
-                del self.records[key]
+                old = self.records.pop(key)
+                if old.get("ca_dir"):
+                    shutil.rmtree(old["ca_dir"], ignore_errors=True)
             self.start_watch()
             security, ca_dir = None, None
             cluster_key = name or f"{who.name}-{prof.name}"
@@ -113,7 +115,11 @@ class ClusterServices(ServicesBase):
                 if ca_dir is not None:
                     shutil.rmtree(ca_dir, ignore_errors=True)
                 raise
-            self.records[managed.id] = {**managed.info().to_dict(), "ca_dir": str(ca_dir or "")}
+            # What it takes to start it again (``start_again``): the profile as resolved, and its deployments.
+            spec = prof.to_dict()
+            spec.pop("builtin", None)
+            self.records[managed.id] = {**managed.info().to_dict(), "ca_dir": str(ca_dir or ""),
+                                        "profile_spec": spec, "deployments": {}}
             self._save_records()
             self.spend.start(managed.id)
         self.audit.record(who.name, "clusters:create", f"clusters:{managed.id}", "allow",
@@ -133,7 +139,8 @@ class ClusterServices(ServicesBase):
             record = self.records.get(key)
             if record is not None and self.allowed(who, "clusters:read", record["team"]):
                 why = record.get("stopped_reason") or record.get("status")
-                raise ClusterError(f"cluster {record['name']} is stopped ({why}); start a new one") from None
+                raise ClusterError(f"cluster {record['name']} is stopped ({why}); start it again or start a new one"
+                                   ) from None
             raise NotFound(f"no cluster {key!r}") from None
         if not self.allowed(who, "clusters:read", c.team):
             raise NotFound(f"no cluster {key!r}")
@@ -182,7 +189,12 @@ class ClusterServices(ServicesBase):
                 raise
             self._meter(c)  # the old worker count is charged up to now
             c.scale(n, site)
-            self.records[c.id] = {**c.info().to_dict(), "ca_dir": self.records.get(c.id, {}).get("ca_dir", "")}
+            record = {**self.records.get(c.id, {}), **c.info().to_dict()}
+            scaled = {s.name for s in sites}
+            for spec in (record.get("profile_spec") or {}).get("sites", []):
+                if spec.get("name") in scaled:
+                    spec["workers"] = n  # started again, the site has what it was last scaled to
+            self.records[c.id] = record
             self._save_records()
         self.audit.record(who.name, "clusters:scale", f"clusters:{c.id}", "allow", site=site, workers=n)
         return c

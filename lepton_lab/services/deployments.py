@@ -12,9 +12,10 @@ the workers receive the verified bytes over the cluster's TLS comms
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import CancelledError
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import AlreadyExists, ClusterError, ConfigError, LeptonError, NotFound
 from ..ml import deployments as domain
 from .base import Actor
 from .clusters import ClusterServices
@@ -54,7 +55,54 @@ class DeploymentServices(ClusterServices, ModelServices):
                             manifest_json=manifest.to_json(), info=info, builders=(live,) if live else ())
         self.audit.record(who.name, "clusters:deploy", f"clusters:{c.id}/deployments/{name}", "allow",
                           model=f"{c.team}/{manifest.name}@{manifest.version}", site=site)
+        self._keep_deployment(c.id, name, {"model": manifest.name, "version": manifest.version, "site": site})
         return out
+
+    def _keep_deployment(self, cluster_id: str, name: str, what: dict[str, Any] | None) -> None:
+        """Record (or, with None, forget) a deployment in its cluster's record, for ``start_again``."""
+        with self.lock:
+            record = self.records.get(cluster_id)
+            if record is None:
+                return
+            kept = record.setdefault("deployments", {})
+            if what is None:
+                kept.pop(name, None)
+            else:
+                kept[name] = what
+            self._save_records()
+
+    def start_again(self, who: Actor, key: str) -> tuple[Any, list[str], dict[str, str]]:
+        """Start stopped cluster ``key`` again from its record: its team, name, profile and sizes as last
+        scaled, and the model versions it served. ``(cluster, redeployed, {deployment: why not})``.
+
+        It is a new cluster (new id, certificates and scheduler) that ``who`` owns: the same
+        permission, quota and spend checks as any start. ``who`` must also be allowed to act on
+        the stopped one (its owner, or a lead or admin of its team).
+        """
+        record = self.records.get(key) or next(
+            (r for r in self.records.values() if r.get("name") == key and r.get("status") == "stopped"
+             and self.allowed(who, "clusters:read", r["team"])), None)
+        if record is None or not self.allowed(who, "clusters:read", record["team"]):
+            raise NotFound(f"no cluster {key!r}")
+        if record.get("status") != "stopped":
+            raise AlreadyExists(f"cluster {record['name']} is running")
+        self.require(who, "clusters:delete", record["team"], owner=record["owner"], resource=f"clusters:{record['id']}")
+        spec = record.get("profile_spec")
+        if not spec:
+            raise ConfigError(f"cluster {record['name']} was recorded without its settings; start a new one")
+        kept = dict(record.get("deployments") or {})
+        managed = self.create_cluster(who, team=record["team"], profile=spec, name=record["name"])
+        redeployed: list[str] = []
+        missed: dict[str, str] = {}
+        for name, d in sorted(kept.items()):
+            try:
+                self.deploy(who, managed.id, model=d["model"], version=d["version"], site=d["site"], name=name)
+                redeployed.append(name)
+            except LeptonError as e:
+                missed[name] = str(e)
+        self.audit.record(who.name, "clusters:start-again", f"clusters:{managed.id}", "allow",
+                          previous=record["id"], redeployed=redeployed, not_redeployed=missed)
+        return managed, redeployed, missed
 
     def deployments(self, who: Actor, key: str) -> list[dict[str, Any]]:
         c = self.cluster(who, key, "clusters:read")
@@ -64,6 +112,7 @@ class DeploymentServices(ClusterServices, ModelServices):
     def undeploy(self, who: Actor, key: str, name: str) -> None:
         c = self.cluster(who, key, "clusters:use")
         domain.undeploy(self._client(c), name)
+        self._keep_deployment(c.id, name, None)
         self.audit.record(who.name, "clusters:undeploy", f"clusters:{c.id}/deployments/{name}", "allow")
 
     def submit_deployed(self, who: Actor, key: str, name: str, inputs: Any) -> tuple[Any, dict[str, Any], Any]:
@@ -78,7 +127,25 @@ class DeploymentServices(ClusterServices, ModelServices):
         future, record = domain.submit_predict(client, name, inputs)
         return future, record, client
 
-    def predict_deployed(self, who: Actor, key: str, name: str, inputs: Any) -> dict[str, Any]:
-        """Predictions from deployment ``name`` of cluster ``key``, computed on its site."""
-        future, record, _ = self.submit_deployed(who, key, name, inputs)
-        return domain.wait_predict(future, record)
+    def predict_deployed(self, who: Actor, key: str, name: str, inputs: Any, *,
+                         job: str | None = None) -> dict[str, Any]:
+        """Predictions from deployment ``name`` of cluster ``key``, computed on its site.
+
+        With ``job`` (an id the caller chose) the wait can be stopped from elsewhere with
+        :meth:`cancel_predict`: a REST client that is interrupted, or goes away, does so.
+        """
+        future, record, client = self.submit_deployed(who, key, name, inputs)
+        if job is None:
+            return domain.wait_predict(future, record)
+        with self.predicting.waiting(who.name, job, future, record, client):
+            try:
+                return domain.wait_predict(future, record)
+            except CancelledError:
+                raise ClusterError(f"predict {record['model']}@{record['version']} was cancelled") from None
+
+    def cancel_predict(self, who: Actor, job: str) -> str:
+        """Stop ``who``'s prediction ``job``: its task cancelled, a worker still running it restarted.
+
+        What was stopped, in one line (the same for a second request); NotFound when it ended unstopped.
+        """
+        return self.predicting.stop(who.name, job)

@@ -74,6 +74,10 @@ LEFT_RUNNING = {
                      "memory": "1 GiB", "cost_per_hour": 0.0}]}
     for cid, name in (("0a1b2c3d4e5f", "local"), ("5f4e3d2c1b0a", "ward"))
 }
+# "ward" was recorded with the settings it started with; "local" (an older record) was not.
+LEFT_RUNNING["5f4e3d2c1b0a"]["profile_spec"] = {
+    "name": "local", "sites": [{"name": "cloud", "kind": "cloud", "workers": 1, "threads": 1, "memory": "1GiB"},
+                               {"name": "edge", "kind": "edge", "workers": 0, "threads": 1, "memory": "1GiB"}]}
 
 
 @pytest.fixture(scope="module")

@@ -47,15 +47,30 @@ def test_stopped_clusters_after_a_restart(open_lab, restarted_lab_server):
     expect(stopped).not_to_contain_text("Shut down")
     lab.screenshot("restarted-2-stopped-open")
 
-    ward = items.filter(has_text="ward")
-    ward.locator('[data-testid="lepton-remove"]').click()
-    expect(items).to_have_count(1, timeout=20_000)
+    # "local" was recorded without its settings: one line says so, and it stays
+    stopped.locator('[data-cluster-id="0a1b2c3d4e5f"] [data-testid="lepton-start-again"]').click()
+    expect(lab.toasts("error")).to_have_count(1, timeout=20_000)
+    expect(lab.toasts("error")).to_contain_text("cluster local was recorded without its settings; start a new one")
+    expect(items).to_have_count(2)
+    # "ward" starts again with its settings: running, listed once
+    stopped.locator('[data-cluster-id="5f4e3d2c1b0a"] [data-testid="lepton-start-again"]').click()
+    running = lab.testid("lepton-cluster-list").locator('[data-testid="lepton-cluster-item"]')
+    expect(running).to_have_count(1, timeout=START_TIMEOUT)
+    expect(running.first).to_contain_text("ward")
+    expect(lab.page.locator(".Toastify__toast").filter(has_text="Started ward again")).to_have_count(1)
+    expect(items).to_have_count(1)
     expect(stopped.locator("summary")).to_contain_text("Stopped (1)")
+    lab.screenshot("restarted-3-started-again")
+    [ward] = running_clusters(restarted_lab_server)
+    assert ward["name"] == "ward" and {s["name"]: s["workers"] for s in ward["sites"]} == {"cloud": 1, "edge": 0}
+    status, _ = restarted_lab_server.api("lepton", "api", "clusters", ward["id"], method="DELETE")
+    assert status == 204
+
     lab.testid("lepton-clear-stopped").click()
     expect(stopped).to_have_count(0, timeout=20_000)
     status, listing = restarted_lab_server.api("lepton", "api", "clusters")
     assert (status, listing) == (200, {"clusters": []})
-    expect(lab.toasts("error")).to_have_count(0)
+    expect(lab.toasts("error")).to_have_count(1)
 
 
 def refused_at(form, field: str, words: str):

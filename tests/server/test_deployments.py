@@ -77,6 +77,9 @@ async def test_a_deployment_outlives_its_kernel_and_its_worker(as_user, jp_fetch
     assert (d.name, d.version, d.site, d.workers) == ("diagnosis", 1, "edge", ["edge-0"])
     out = await asyncio.to_thread(lepton_lab.predict, "diagnosis", X[:5])
     assert np.allclose(out["probabilities"], want, atol=1e-6) and out["worker"] == "edge-0"
+    big = np.repeat(X, 2, axis=0)  # ~0.6 MB of JSON: rows to score are more than other requests carry
+    out = await asyncio.to_thread(lepton_lab.predict, "diagnosis", big)
+    assert out["rows"] == len(big) and np.allclose(out["probabilities"], model.predict(xgb.DMatrix(big)), atol=1e-6)
     await asyncio.to_thread(lepton_lab.down)
     assert handle.closed
     monkeypatch.setattr(session_mod, "_session", None)
@@ -159,6 +162,9 @@ async def test_who_may_deploy_predict_and_list(as_user, jp_fetch, tokens, booste
         code, _ = await as_user(who, *route, "diagnosis", method="DELETE")
         assert code == want
     # bad inputs and bad requests: one line, 400 (409 for a second deployment of one name)
+    too_big = json.dumps({"inputs": [[0.5] * 30] * 120_000})
+    code, err = await as_user("alice", *predict, method="POST", body=too_big)
+    assert code == 400 and err["message"] == "request body over 16384 KiB", (len(too_big), err)
     for inputs, words in (([[1.0, 2.0]], "30"), ([["a", "b"]], "rows"), ([[[1.0]]], "dimensions"),
                           ("x", "wrong type")):
         code, err = await as_user("alice", *predict, method="POST", body={"inputs": inputs})
@@ -173,3 +179,92 @@ async def test_who_may_deploy_predict_and_list(as_user, jp_fetch, tokens, booste
                              ({**body, "alias": None, "version": 1, "site": "cloud"}, 409, "already serves")):
         code, err = await as_user("alice", *route, method="POST", body=bad)
         assert code == want and words in err["message"], (bad, err)
+
+
+def _executing(client) -> dict[str, list[str]]:
+    """Worker name -> keys of the tasks its threads run now."""
+    def running(dask_worker):
+        return [str(k) for k, ts in dask_worker.state.tasks.items() if ts.state == "executing"]
+
+    names = {a: str(w["name"]) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    return {names.get(a, a): keys for a, keys in client.run(running).items() if keys}
+
+
+def _sleepy_deployment(client) -> None:
+    """A deployment on the edge site whose predictions take ten minutes."""
+    import torch
+
+    from lepton_lab.ml.deployments import METADATA, PLUGIN_PREFIX, ModelDeployment
+
+    class Sleepy(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(600)
+            return x
+
+    class SleepyDeployment(ModelDeployment):
+        def setup(self, worker):
+            if "edge" in worker.state.total_resources:
+                self.model, self.manifest = Sleepy(), {}
+
+    client.register_plugin(SleepyDeployment("sleepy", "edge", b"", "{}"), name=PLUGIN_PREFIX + "sleepy")
+    client.set_metadata([*METADATA, "sleepy"], {"name": "sleepy", "model": "sleepy", "version": 1, "site": "edge",
+                                               "team": "medical"})
+
+
+PREDICT_THEN_WAIT = """
+import sys
+from lepton_lab.errors import Interrupted
+from lepton_lab.rest import RestTransport, ServerInfo
+transport = RestTransport(ServerInfo(sys.argv[1], sys.argv[2], "test"))
+try:
+    transport.predict_deployed(sys.argv[3], "sleepy", [[1.0, 2.0]])
+except Interrupted as e:
+    print("interrupted:", e, flush=True)
+"""
+
+
+async def _until(what, check, timeout=90.0):
+    end = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        assert time.monotonic() < end, f"{what} within {timeout:g} s"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("how", ["interrupt", "gone"])
+async def test_a_prediction_stops_when_its_rest_caller_does(how, as_user, jp_serverapp, jp_http_port, jp_base_url,
+                                                            tokens):
+    """Kernel → Interrupt of a prediction over REST cancels its task on the site; so does a caller that vanishes."""
+    import subprocess
+    import sys
+
+    code, c = await as_user("alice", "lepton", "api", "clusters", method="POST",
+                            body={"team": "medical", "profile": "local", "workers": {"cloud": 0, "edge": 1}})
+    assert code == 201, c
+    client = _server_client(jp_serverapp, c["id"])
+    await asyncio.to_thread(_sleepy_deployment, client)
+    url = f"http://localhost:{jp_http_port}{jp_base_url}"
+    caller = subprocess.Popen([sys.executable, "-c", PREDICT_THEN_WAIT, url, tokens["alice"], c["id"]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        busy = await _until("the prediction runs on edge-0", lambda: _executing(client).get("edge-0"))
+        assert all(k.startswith("predict-sleepy-") for k in busy)
+        caller.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
+        out, err = await asyncio.to_thread(caller.communicate, timeout=120)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+    if how == "interrupt":
+        # one line from the server: the task cancelled, and the worker restarted to stop its running code
+        assert out.strip() == ("interrupted: cancelled job predict sleepy@1 on edge-0 "
+                               "(restarted edge-0 to stop its running code)"), (out, err)
+    await _until("edge-0 is free again", lambda: "edge-0" in {w["name"] for w in
+                                                             client.scheduler_info(n_workers=-1)["workers"].values()}
+                 and not _executing(client))
+    assert not jp_serverapp.web_app.settings["lepton"].predicting
+    # nothing is left to cancel: the job ended
+    code, err = await as_user("alice", "lepton", "api", "clusters", c["id"], "deployments", "sleepy", "predict",
+                              "0" * 32, method="DELETE")
+    assert code == 404 and "has ended" in err["message"]

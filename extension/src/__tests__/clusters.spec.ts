@@ -8,6 +8,7 @@ import { NewClusterForm } from '../components/NewClusterForm';
 declare function require(module: 'react-dom/server'): {
   renderToStaticMarkup(element: React.ReactElement): string;
 };
+declare function require(module: 'react'): typeof React;
 const { renderToStaticMarkup } = require('react-dom/server');
 
 const NOW = Date.parse('2026-03-01T12:00:00Z');
@@ -38,6 +39,7 @@ const actions: IClusterActions = {
   scale: () => undefined,
   shutdown: () => undefined,
   remove: () => undefined,
+  startAgain: () => undefined,
   clearStopped: () => undefined,
   useInNotebook: () => undefined,
   openDashboard: () => undefined
@@ -103,6 +105,17 @@ describe('stopped clusters', () => {
     expect(view.running).toContain('No running cluster');
   });
 
+  it('offer "Start again" beside "Remove", each with its cluster', () => {
+    const view = render([stopped('1', 5), stopped('3', 90)]);
+    const buttons = view.stopped.match(
+      /<button[^>]*data-testid="lepton-start-again"[^>]*>Start again<\/button><button[^>]*data-testid="lepton-remove"/g
+    );
+    expect(buttons).toHaveLength(2);
+    expect(buttons![0]).toContain('title="Start this cluster again with its settings and deployments"');
+    expect(buttons![0]).not.toContain('disabled');
+    expect(render([cluster('2', 'running')]).html).not.toContain('lepton-start-again');
+  });
+
   it('leave a running cluster its dashboard and "Shut down"', () => {
     const view = render([cluster('2', 'running')]);
     expect(view.count(/<details/)).toBe(0);
@@ -158,5 +171,69 @@ describe('the new-cluster form', () => {
     }
     expect(html).not.toContain('lepton-form-error');
     expect(html).not.toContain('$0.00');
+  });
+});
+
+/** The host elements of a tree, function components called in place. */
+function hostElements(node: React.ReactNode): React.ReactElement[] {
+  if (Array.isArray(node)) {
+    return node.flatMap(hostElements);
+  }
+  if (!React.isValidElement(node)) {
+    return [];
+  }
+  const element = node as React.ReactElement<any>;
+  if (typeof element.type === 'function') {
+    return hostElements((element.type as (props: any) => React.ReactNode)(element.props));
+  }
+  const children = element.type === 'button' ? [] : hostElements(element.props.children);
+  return [element, ...children];
+}
+
+/** Resolves once every pending promise callback has run. */
+const settled = () => new Promise(resolve => setTimeout(resolve, 0));
+
+describe('"Start again" on a stopped cluster', () => {
+  afterEach(() => jest.restoreAllMocks());
+
+  /** Click the cluster's button; `busy` records what the button's state was set to. */
+  function click(id: string, startAgain: IClusterActions['startAgain']): boolean[] {
+    const busy: boolean[] = [];
+    jest
+      .spyOn(require('react'), 'useState')
+      .mockImplementation(((initial: unknown) => [initial, (v: boolean) => busy.push(v)]) as any);
+    const tree = ClusterList({
+      clusters: [stopped('1', 5), stopped('3', 90)],
+      selectedId: null,
+      actions: { ...actions, startAgain },
+      now: NOW
+    });
+    const items = hostElements(tree).filter(
+      (e: React.ReactElement<any>) => e.type === 'li' && e.props['data-cluster-id'] === id
+    );
+    expect(items).toHaveLength(1);
+    const button = hostElements(items[0].props.children).find(
+      (e: React.ReactElement<any>) => e.props['data-testid'] === 'lepton-start-again'
+    ) as React.ReactElement<any>;
+    button.props.onClick({ stopPropagation: () => undefined });
+    return busy;
+  }
+
+  it('calls startAgain with its id and is disabled until the request ends', async () => {
+    let finish: () => void = () => undefined;
+    const startAgain = jest.fn(() => new Promise<void>(resolve => (finish = resolve)));
+    const busy = click('3', startAgain);
+    expect(startAgain).toHaveBeenCalledTimes(1);
+    expect(startAgain).toHaveBeenCalledWith('3');
+    expect(busy).toEqual([true]);
+    finish();
+    await settled();
+    expect(busy).toEqual([true, false]);
+  });
+
+  it('is enabled again after a failed request', async () => {
+    const busy = click('1', () => Promise.reject(new Error('cluster local-ann-1 is running')));
+    await settled();
+    expect(busy).toEqual([true, false]);
   });
 });

@@ -10,6 +10,11 @@ export interface IClusterActions {
   shutdown(id: string): void;
   /** Forget a stopped cluster's record. */
   remove(id: string): void;
+  /**
+   * Start a stopped cluster again with its settings and deployments; a
+   * returned promise settles when the request is done.
+   */
+  startAgain(id: string): Promise<unknown> | void;
   /** Forget every stopped cluster's record. */
   clearStopped(): void;
   useInNotebook(id: string): void;
@@ -169,13 +174,20 @@ export function stoppedText(cluster: ICluster, now: number = Date.now()): string
   return cluster.stopped_reason ? `${when}: ${cluster.stopped_reason}` : when;
 }
 
-/** A stopped cluster: what it was, when and why it stopped, and "Remove". */
+/** A stopped cluster: what it was, when and why it stopped, "Start again" and "Remove". */
 function StoppedItem(props: {
   cluster: ICluster;
   now: number;
   actions: IClusterActions;
 }): JSX.Element {
   const { cluster, now, actions } = props;
+  const [starting, setStarting] = React.useState(false);
+  const startAgain = () => {
+    setStarting(true);
+    void Promise.resolve(actions.startAgain(cluster.id))
+      .catch(() => undefined)
+      .then(() => setStarting(false));
+  };
   const workers = groupSitesByKind(cluster.sites)
     .map(g => `${g.workers} ${g.kind}`)
     .join(' + ');
@@ -191,6 +203,15 @@ function StoppedItem(props: {
           {cluster.name}
         </span>
         <span className="lepton-Status lepton-Status-stopped">stopped</span>
+        <button
+          className="jp-mod-styled jp-mod-accept lepton-StartAgainButton"
+          data-testid="lepton-start-again"
+          title="Start this cluster again with its settings and deployments"
+          disabled={starting}
+          onClick={startAgain}
+        >
+          Start again
+        </button>
         <button
           className="jp-mod-styled lepton-RemoveButton"
           data-testid="lepton-remove"
