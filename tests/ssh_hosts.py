@@ -132,6 +132,7 @@ def ssh_hosts(tmp: Path, count: int = 2) -> Iterator[dict[str, Any]]:
                 f"AllowUsers {user}\n"
                 "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
                 "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+                "Subsystem sftp internal-sftp\n"
             )
             daemon = subprocess.Popen([ip, "netns", "exec", ns, SSHD, "-D", "-e", "-f", str(config)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -146,6 +147,12 @@ def ssh_hosts(tmp: Path, count: int = 2) -> Iterator[dict[str, Any]]:
     finally:
         for daemon in daemons:
             _stop(daemon)
+        for h in hosts:  # sessions the daemons forked, and anything else left in the namespace
+            for pid in sh(ip, "netns", "pids", h["ns"], check=False).stdout.split():
+                try:
+                    os.kill(int(pid), 9)
+                except (ProcessLookupError, ValueError):
+                    pass
         for h in hosts:
             sh(ip, "link", "del", h["outside"], check=False)
             sh(ip, "netns", "del", h["ns"], check=False)

@@ -11,11 +11,12 @@ the files on a site's disk are unreadable once the run is over, and any changed,
 cut or swapped byte fails authentication instead of resuming from bad weights.
 Team keys never leave the services for this.
 
-The directory may be an fsspec URL (``file:///shared/ckpt``, ``s3://bucket/ckpt``,
-``memory://`` within one process; a profile's ``checkpoints:`` setting), so workers on
-other machines write where the kernel, and every other worker, reads: a run resumes
-from the checkpoint a lost worker wrote elsewhere. A local path or ``file://`` keeps
-the atomic rename; object stores replace an object whole on each write.
+The directory may be an fsspec URL (``file:///shared/ckpt``, ``sftp://user@host/ckpt``,
+``s3://bucket/ckpt``, ``memory://`` within one process; a profile's ``checkpoints:``
+setting), so workers on other machines write where the kernel, and every other worker,
+reads: a run resumes from the checkpoint a lost worker wrote elsewhere. A local path,
+``file://`` and ``sftp://`` (the server's POSIX rename) keep the atomic rename; object
+stores replace an object whole on each write.
 """
 
 from __future__ import annotations
@@ -66,6 +67,32 @@ def _local(fs: Any) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
+
+
+def _renames_atomically(fs: Any) -> bool:
+    """Whether ``fs.mv`` replaces a file in one step (SFTP's posix-rename), so a reader never sees half."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return bool({"sftp", "ssh"} & set(protocols))
+
+
+def _put_whole(fs: Any, path: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` on ``fs`` so that readers see the old file or the new one, where ``fs`` allows it."""
+    if not _renames_atomically(fs):
+        with fs.open(path, "wb") as handle:
+            write(handle)
+        return
+    head, _, name = path.rpartition("/")
+    tmp = f"{head}/.{name}.{secrets.token_hex(4)}.tmp"
+    try:
+        with fs.open(tmp, "wb") as handle:
+            write(handle)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm_file(tmp)
+        except OSError:
+            pass
+        raise
 
 
 class Checkpoints:
@@ -167,9 +194,8 @@ def save_checkpoint(spec: dict[str, Any], kind: str, step: int, write: Callable[
             write_atomic(Path(root) / "latest.json", meta, durable=False)
         else:
             fs.makedirs(root, exist_ok=True)
-            with fs.open(f"{root}/{fname}", "wb") as handle:
-                _sealed(key, write)(handle)
-            fs.pipe_file(f"{root}/latest.json", meta)  # named only once the checkpoint is whole
+            _put_whole(fs, f"{root}/{fname}", _sealed(key, write))
+            _put_whole(fs, f"{root}/latest.json", lambda h: h.write(meta))  # named once the checkpoint is whole
         prefix = "xgboost-r" if kind == "xgboost" else "torch-e"
         names = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
         old = [n for n in names if n.startswith(prefix) and ".tmp" not in n]

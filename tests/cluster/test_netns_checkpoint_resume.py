@@ -1,14 +1,16 @@
 """A training worker on another network host is killed; a worker on a third host resumes from the
-checkpoint the dead one wrote to the profile's ``checkpoints:`` location.
+checkpoint the dead one wrote over SFTP to a fourth host, the profile's ``checkpoints:`` location.
 
 The cluster is started the product's way (``lepton_lab.up`` on a profile whose ``checkpoints:``
-is a ``file://`` URL of this test, outside every worker's own directory; TLS, the scheduler
-listening on this host's bridge address). Its one site has no local workers: two
-``lepton-lab worker`` processes join it with the cluster's worker certificate from two network
-namespaces on one bridge (:mod:`tests.ssh_hosts`). Once the training worker has written a
-checkpoint, its whole process group (the CLI, its nanny and the worker) is SIGKILLed; the run must
-finish on the other host from that checkpoint, and the checkpoint files must be sealed, not
-XGBoost models. Namespaces, bridge and worker processes are put back even on failure.
+is an ``sftp://`` URL on a storage host of this test; TLS, the scheduler listening on this
+host's bridge address). Its one site has no local workers: two ``lepton-lab worker`` processes
+join it with the cluster's worker certificate from two network namespaces on one bridge
+(:mod:`tests.ssh_hosts`); the third namespace is the storage host, its ``sshd`` serving SFTP.
+The key to it reaches the workers and the kernel the way fsspec takes settings (the
+``FSSPEC_SFTP_KEY_FILENAME`` environment variable, fsspec's config). Once the training worker
+has written a checkpoint, its whole process group (the CLI, its nanny and the worker) is
+SIGKILLed; the run must finish on the other host from that checkpoint, and the checkpoint files
+must be sealed, not XGBoost models. Namespaces, bridge and processes are put back even on failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fsspec
 import psutil
 import pytest
 import xgboost
@@ -39,25 +42,40 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture
 def hosts(tmp_path):
-    """Two network namespaces on one bridge with this host (their sshd daemons go unused)."""
+    """Three network namespaces on one bridge with this host: two for workers, one storing checkpoints."""
     try:
-        with ssh_hosts(tmp_path / "hosts", count=2) as rig:
-            yield rig
+        with ssh_hosts(tmp_path / "hosts", count=3) as rig:
+            yield {**rig, "hosts": rig["hosts"][:2], "store": rig["hosts"][2]}
     except RigMissing as e:
         pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture
-def cluster(hosts, tmp_path, monkeypatch):
-    """A TLS cluster of a profile with shared checkpoints; a worker of SITE joins from each namespace."""
-    shared = tmp_path / "shared-checkpoints"
+def sftp_key(hosts, monkeypatch):
+    """The key to the storage host, as fsspec takes settings: its environment variable, and its config here."""
+    from fsspec.implementations.sftp import SFTPFileSystem
+
+    monkeypatch.setenv("FSSPEC_SFTP_KEY_FILENAME", hosts["key"])
+    monkeypatch.setitem(fsspec.config.conf, "sftp", {"key_filename": hosts["key"]})
+    yield hosts["key"]
+    for fs in list(SFTPFileSystem._cache.values()):  # this process's SSH sessions to the storage host
+        fs.client.close()
+    SFTPFileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def cluster(hosts, sftp_key, tmp_path, monkeypatch):
+    """A TLS cluster of a profile with checkpoints over SFTP; a worker of SITE joins from each namespace."""
+    shared = tmp_path / "store-checkpoints"  # on the storage host (one filesystem here, read back below)
+    store = hosts["store"]
+    url = f"sftp://{hosts['user']}@{store['ip']}:{store['port']}{shared}"
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("LEPTON_HOME", str(home))
     monkeypatch.setenv("LEPTON_SCHEDULER_HOST", hosts["host_ip"])
     (home / "profiles.yaml").write_text(
         "profiles:\n  netns-ckpt:\n"
-        f"    checkpoints: file://{shared}\n"
+        f"    checkpoints: {url}\n"
         f"    sites:\n      - {{name: {SITE}, kind: edge, workers: 0}}\n")
     handle = lepton_lab.up("netns-ckpt", name="netns-ckpt")
     procs: list[subprocess.Popen] = []
@@ -78,7 +96,7 @@ def cluster(hosts, tmp_path, monkeypatch):
         except Exception:
             logs = "\n".join((tmp_path / f"machine-{i}" / "worker.log").read_text()[-1500:] for i in range(len(procs)))
             pytest.fail(f"the namespaced workers did not join:\n{logs}")
-        yield {"handle": handle, "procs": procs, "shared": shared}
+        yield {"handle": handle, "procs": procs, "shared": shared, "url": url}
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -106,7 +124,7 @@ def _checkpoint(directory):
         return None
 
 
-def test_a_killed_worker_on_another_host_resumes_from_the_shared_checkpoint(hosts, cluster):
+def test_a_killed_worker_on_another_host_resumes_from_the_checkpoint_on_a_storage_host(hosts, cluster):
     client = cluster["handle"].client
     workers = client.scheduler_info(n_workers=-1)["workers"]
     host_of = {w["name"]: a for a, w in workers.items()}
@@ -150,7 +168,7 @@ def test_a_killed_worker_on_another_host_resumes_from_the_shared_checkpoint(host
     assert all(e["worker"] == host_of[survivor] for e in after)  # on the other host
     assert result.model.num_boosted_rounds() == ROUNDS and len(result.history) == ROUNDS
     assert result.metrics["accuracy"] > 0.8
-    assert result.checkpoints == str(ckpt_dir)  # the profile's location, not the kernel's home
+    assert result.checkpoints == f"{cluster['url']}/{NAME}"  # the profile's location, not the kernel's home
     assert not (Path(os.environ["LEPTON_HOME"]) / "checkpoints").exists()
     # Sealed on disk: neither the dead worker's checkpoint nor the last one is an XGBoost model.
     final = _latest(ckpt_dir / "latest.json")
