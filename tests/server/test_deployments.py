@@ -212,7 +212,9 @@ def _sleepy_deployment(client) -> None:
 
 
 PREDICT_THEN_WAIT = """
-import sys
+import signal, sys
+# Ctrl-C raises KeyboardInterrupt, as in a kernel: a process started in the background inherits SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from lepton_lab.errors import Interrupted
 from lepton_lab.rest import RestTransport, ServerInfo
 transport = RestTransport(ServerInfo(sys.argv[1], sys.argv[2], "test"))
