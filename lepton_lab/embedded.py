@@ -178,13 +178,13 @@ class EmbeddedTransport:
     def predict_deployed(self, cluster_id: str, name: str, inputs: Any) -> dict:
         """Predictions computed on the deployment's site; an interrupt (Kernel → Interrupt) cancels the task."""
         from .cluster.interrupt import stop_job
-        from .ml.deployments import wait_predict
+        from .ml.deployments import predict_label, wait_predict
 
         future, record, client = self.services.submit_deployed(self.who, cluster_id, name, inputs)
         try:
             return wait_predict(future, record)
         except KeyboardInterrupt:
-            raise stop_job(client, f"predict {record['model']}@{record['version']}", futures=[future]) from None
+            raise stop_job(client, predict_label(record), futures=[future]) from None
 
     # -- studies and privacy ledgers -----------------------------------------------------------
 

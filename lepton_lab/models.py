@@ -224,8 +224,7 @@ def predict(name: str, inputs: Any, *, cluster: str | None = None) -> dict[str, 
         try:
             out = deployments_domain.wait_predict(future, record)
         except KeyboardInterrupt:
-            raise stop_job(handle.client, f"predict {record['model']}@{record['version']}",
-                           futures=[future]) from None
+            raise stop_job(handle.client, deployments_domain.predict_label(record), futures=[future]) from None
     out["round_trip_ms"] = round((time.perf_counter() - start) * 1000, 3)
     latencies = _LATENCIES.setdefault((handle.name, name), [])
     latencies.append(out["round_trip_ms"])

@@ -70,6 +70,15 @@ function clusterOf(
   return model.clusters.find(c => c.id === id) ?? null;
 }
 
+/** The stopped cluster the command is about (`args.id`, else the selected one), or null. */
+function stoppedOf(
+  model: LeptonModel,
+  args: ReadonlyPartialJSONObject
+): ICluster | null {
+  const cluster = clusterOf(model, args);
+  return cluster?.status === 'stopped' ? cluster : null;
+}
+
 export function registerCommands(context: ICommandContext): void {
   const { app, model, panelId, notebooks, palette } = context;
   const { commands } = app;
@@ -217,10 +226,10 @@ export function registerCommands(context: ICommandContext): void {
 
   commands.addCommand(CommandIDs.removeCluster, {
     label: 'Remove Stopped Lepton Cluster',
-    isEnabled: args => clusterOf(model, args)?.status === 'stopped',
+    isEnabled: args => stoppedOf(model, args) !== null,
     execute: async args => {
-      const cluster = clusterOf(model, args);
-      if (!cluster || cluster.status !== 'stopped') {
+      const cluster = stoppedOf(model, args);
+      if (!cluster) {
         return;
       }
       try {
@@ -234,10 +243,10 @@ export function registerCommands(context: ICommandContext): void {
   commands.addCommand(CommandIDs.startAgain, {
     label: 'Start Stopped Lepton Cluster Again',
     caption: 'Start this cluster again with its settings and deployments',
-    isEnabled: args => clusterOf(model, args)?.status === 'stopped',
+    isEnabled: args => stoppedOf(model, args) !== null,
     execute: async args => {
-      const cluster = clusterOf(model, args);
-      if (!cluster || cluster.status !== 'stopped') {
+      const cluster = stoppedOf(model, args);
+      if (!cluster) {
         return;
       }
       try {

@@ -212,6 +212,11 @@ def submit_predict(client: Any, name: str, inputs: Any) -> tuple[Any, dict[str, 
     return future, record
 
 
+def predict_label(record: dict[str, Any]) -> str:
+    """How a prediction of deployment ``record`` is named when it is stopped: ``predict fraud@3``."""
+    return f"predict {record['model']}@{record['version']}"
+
+
 def wait_predict(future: Any, record: dict[str, Any], *, timeout: float = PREDICT_TIMEOUT) -> dict[str, Any]:
     try:
         return future.result(timeout=timeout)

@@ -83,10 +83,10 @@ class PredictHandler(DeploymentBase):
 
     def on_connection_close(self) -> None:
         # The client went away (an interrupted kernel, a closed tab): nobody waits for the answer.
-        job, actor = self._job, self.actor if self._job else None
-        if job is None or actor is None:
+        job, self._job = self._job, None
+        if job is None:
             return
-        self._job = None
+        actor = self.actor
 
         def cancel() -> None:
             try:

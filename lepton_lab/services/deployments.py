@@ -141,7 +141,7 @@ class DeploymentServices(ClusterServices, ModelServices):
             try:
                 return domain.wait_predict(future, record)
             except CancelledError:
-                raise ClusterError(f"predict {record['model']}@{record['version']} was cancelled") from None
+                raise ClusterError(f"{domain.predict_label(record)} was cancelled") from None
 
     def cancel_predict(self, who: Actor, job: str) -> str:
         """Stop ``who``'s prediction ``job``: its task cancelled, a worker still running it restarted.

@@ -64,6 +64,7 @@ class Predictions:
     def stop(self, user: str, job: str) -> str:
         """Stop ``job`` of ``user``; what was stopped, in one line. NotFound when it ended unstopped."""
         from ..cluster.interrupt import stop_job
+        from ..ml.deployments import predict_label
 
         key = (user, job)
         with self._lock:
@@ -76,10 +77,8 @@ class Predictions:
         assert held.stopped is not None
         if not first:
             return held.stopped.result(timeout=STOP_WAIT)
-        record = held.record
         try:
-            message = str(stop_job(held.client, f"predict {record['model']}@{record['version']}",
-                                   futures=[held.future]))
+            message = str(stop_job(held.client, predict_label(held.record), futures=[held.future]))
         except BaseException as e:
             held.stopped.set_exception(e)
             raise

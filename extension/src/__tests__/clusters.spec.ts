@@ -3,6 +3,7 @@ import * as React from 'react';
 import type { ICluster } from '../api';
 import { ClusterList, IClusterActions, stoppedText } from '../components/ClusterList';
 import { NewClusterForm } from '../components/NewClusterForm';
+import { ANALYST } from './fixtures/whoami';
 
 // react-dom ships no types here; only this one function is used.
 declare function require(module: 'react-dom/server'): {
@@ -138,15 +139,7 @@ describe('the new-cluster form', () => {
   it('starts with empty fields that say the profile decides', () => {
     const html: string = renderToStaticMarkup(
       React.createElement(NewClusterForm, {
-        whoami: {
-          name: 'ann',
-          display_name: 'ann',
-          teams: ['medical'],
-          roles: { medical: 'analyst' },
-          permissions: [],
-          quotas: {},
-          user_quota: { max_gpus: null, max_workers: null, max_clusters: null, used: { gpus: 0, workers: 0, clusters: 0 } }
-        },
+        whoami: ANALYST,
         profiles: [
           {
             name: 'local',

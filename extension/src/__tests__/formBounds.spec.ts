@@ -1,6 +1,6 @@
 import * as React from 'react';
 
-import type { IJSONSchema, IWhoAmI } from '../api';
+import type { IJSONSchema } from '../api';
 import { NewClusterForm } from '../components/NewClusterForm';
 import {
   IScaleAnswer,
@@ -13,6 +13,7 @@ import {
 } from '../form';
 // The `request` and `scale` schemas of `GET profiles`, as the server serves them.
 import served from './fixtures/served-schemas.json';
+import { ANALYST } from './fixtures/whoami';
 
 declare function require(module: 'react-dom/server'): {
   renderToStaticMarkup(element: React.ReactElement): string;
@@ -170,15 +171,7 @@ describe('the scale dialog with served bounds', () => {
 });
 
 describe('the new-cluster form renders the served bounds', () => {
-  const whoami: IWhoAmI = {
-    name: 'ann',
-    display_name: 'ann',
-    teams: ['medical'],
-    roles: { medical: 'analyst' },
-    permissions: [],
-    quotas: {},
-    user_quota: { max_gpus: null, max_workers: null, max_clusters: null, used: { gpus: 0, workers: 0, clusters: 0 } }
-  };
+  const whoami = ANALYST;
   const profiles = [
     {
       name: 'local',

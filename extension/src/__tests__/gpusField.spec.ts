@@ -1,11 +1,12 @@
 import * as React from 'react';
 
-import type { IJSONSchema, IWhoAmI } from '../api';
+import type { IJSONSchema } from '../api';
 import { NewClusterForm } from '../components/NewClusterForm';
 import { countBounds, formBounds, formRequest, gpusField, gpusPlaceholder } from '../form';
 import { profileShape } from '../sites';
 // The `request` schema of `GET profiles`, as the server serves it.
 import served from './fixtures/served-schemas.json';
+import { ANALYST } from './fixtures/whoami';
 
 declare function require(module: 'react-dom/server'): {
   renderToStaticMarkup(element: React.ReactElement): string;
@@ -105,15 +106,7 @@ describe('the GPU field under other schemas', () => {
 });
 
 describe('the new-cluster form offers auto', () => {
-  const whoami: IWhoAmI = {
-    name: 'ann',
-    display_name: 'ann',
-    teams: ['medical'],
-    roles: { medical: 'analyst' },
-    permissions: [],
-    quotas: {},
-    user_quota: { max_gpus: null, max_workers: null, max_clusters: null, used: { gpus: 0, workers: 0, clusters: 0 } }
-  };
+  const whoami = ANALYST;
   const site = { name: 'cloud', kind: 'cloud' as const, workers: 1, threads: 1, memory: '1 GiB', cost_per_hour: 0 };
   const render = (gpus: number | 'auto', requestSchema?: IJSONSchema) =>
     renderToStaticMarkup(

@@ -96,14 +96,11 @@ export function NewClusterForm(props: INewClusterFormProps): JSX.Element {
   };
 
   const bounds = quotaBounds(whoami, team);
+  // `auto` counts as none here: how many it takes is known only when the cluster starts.
+  const gpusAsked = request.gpus ?? shape.gpus;
   const warnings = quotaWarnings(bounds, {
     workers: requestedWorkers(shape, request.workers ?? {}),
-    gpus:
-      typeof request.gpus === 'number'
-        ? request.gpus
-        : request.gpus === 'auto' || shape.gpus === 'auto'
-          ? 0
-          : shape.gpus
+    gpus: gpusAsked === 'auto' ? 0 : gpusAsked
   });
   const selected = profiles.find(p => p.name === profile);
   const cost = (selected?.sites ?? []).reduce(
