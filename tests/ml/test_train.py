@@ -134,14 +134,33 @@ def test_dask_inputs_stay_distributed(cluster, binary):
     X, y = binary
     df = pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])]).assign(label=y)
     ddf = dd.from_pandas(df, npartitions=4)
-    # stall_timeout: under heavy machine load a run here once sat for minutes without progress
-    # (not reproduced since); the guard turns that into a restart instead of a hung test.
     r1 = train("xgboost", data=ddf, target="label", name="dask-df", rounds=15, strategy="distributed",
-               progress=False, stall_timeout=90)
+               progress=False)
     assert r1.metrics["auc"] >= 0.9 and r1.input_schema["shape"] == [4000, 20]
     dX, dy = da.from_array(X, chunks=(1000, 20)), da.from_array(y, chunks=1000)
     r2 = train("xgboost", data=(dX, dy), name="dask-arr", rounds=15, strategy="single", progress=False)
     assert r2.metrics["auc"] >= 0.9 and len(r2.workers) >= 1
+
+
+def test_dask_fingerprint_builds_its_graph_in_the_callers_thread(cluster, binary, monkeypatch):
+    """Two threads building dask-expr graphs over the same frame can hang each other on
+    Python 3.11; the fingerprint's graph is built where training builds its own."""
+    import dask.dataframe as dd
+
+    from lepton_lab.ml.train.data import _DaskFingerprint, _fingerprint
+
+    X, y = binary
+    ddf = dd.from_pandas(pd.DataFrame(X, columns=[f"c{i}" for i in range(X.shape[1])]), npartitions=4)
+    dy = dd.from_pandas(pd.Series(y, name="label"), npartitions=4)
+    threads = []
+    for cls in (type(ddf), type(dy)):
+        real = cls.to_delayed
+        monkeypatch.setattr(cls, "to_delayed", lambda self, *a, _real=real, **k: (
+            threads.append(threading.get_ident()), _real(self, *a, **k))[1])
+    pending = _DaskFingerprint(cluster.client, b"header", ddf, dy, frame=True)
+    assert threads and set(threads) == {threading.get_ident()}
+    digest = pending.result()
+    assert len(digest) == 64 and digest == _fingerprint(b"header", ddf, dy, True, True)
 
 
 def test_job_shows_in_allocation_and_progress_streams(cluster):

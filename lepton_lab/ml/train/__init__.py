@@ -53,7 +53,7 @@ from .data import NAME as NAME
 from .data import OPTIMIZERS as OPTIMIZERS
 from .data import STRATEGIES as STRATEGIES
 from .data import _as_table as _as_table
-from .data import _check_args
+from .data import _check_args, _DaskFingerprint
 from .data import _detect_task as _detect_task
 from .data import _fingerprint as _fingerprint
 from .data import _split_indices as _split_indices
@@ -144,9 +144,10 @@ def train(
     task = _detect_task(table, params)
     schema = table.schema(task)
     # Hash the user's data (before labels are encoded) while the workers train: sha256
-    # releases the GIL on large buffers.
-    fingerprint = _Background(functools.partial(_fingerprint, table.header(), table.X, table.y, table.dask,
-                                                table.frame))
+    # releases the GIL on large buffers; Dask data is hashed where it lives.
+    fingerprint: _Background | _DaskFingerprint = (
+        _DaskFingerprint(client, table.header(), table.X, table.y, table.frame) if table.dask
+        else _Background(functools.partial(_fingerprint, table.header(), table.X, table.y, False, table.frame)))
     table.encode(task)
     checkpoints = _Checkpoints(checkpoint_dir if checkpoint_dir else
                                config.home() / "checkpoints" / name, checkpoint_every)

@@ -205,23 +205,62 @@ def _fingerprint(header: bytes, X: Any, y: Any, is_dask: bool, frame: bool) -> s
 
 
 def _fingerprint_of(header: bytes, X: Any, y: Any, is_dask: bool, frame: bool) -> str:
-    import dask.array as da
-
-    h = hashlib.sha256(header)
     if not is_dask:
+        h = hashlib.sha256(header)
         _hash_into(h, X)
         _hash_into(h, y)
         return h.hexdigest()
+    return _combine_digests(header, dask.compute(*_digest_parts(X, y, frame)))
+
+
+def _digest_parts(X: Any, y: Any, frame: bool) -> list[Any]:
+    """One delayed SHA-256 per partition of Dask data (row-aligned features and target)."""
+    import dask.array as da
+
     if not frame:
         X = X.rechunk({1: -1})
         if hasattr(y, "rechunk"):
             y = y.rechunk((X.chunks[0],))
     xs = X.to_delayed().ravel().tolist() if not frame else X.to_delayed()
     ys = y.to_delayed().ravel().tolist() if isinstance(y, da.Array) else y.to_delayed()
-    digests = dask.compute(*[dask.delayed(_part_digest)(a, b) for a, b in zip(xs, ys)])
+    return [dask.delayed(_part_digest)(a, b) for a, b in zip(xs, ys)]
+
+
+def _combine_digests(header: bytes, digests: Any) -> str:
+    h = hashlib.sha256(header)
     for d in digests:
         h.update(bytes.fromhex(d))
     return h.hexdigest()
+
+
+class _DaskFingerprint:
+    """The fingerprint of Dask data, hashed on the workers while the training runs.
+
+    The graph is built in the caller's thread, never in a helper thread: on Python 3.11
+    ``functools.cached_property`` holds one lock per property of a class, so two threads
+    building dask-expr graphs over the same collections can each hold the lock the other
+    waits for (dask-expr's ``_meta`` of a projection and of a concat, say) and hang.
+    """
+
+    def __init__(self, client: Any, header: bytes, X: Any, y: Any, frame: bool):
+        self._client, self._header = client, header
+        self._futures: list[Any] | None = None
+        try:
+            self._futures = client.compute(_digest_parts(X, y, frame))
+        except Exception:
+            logger.warning("could not fingerprint the training data; lineage will lack it", exc_info=True)
+
+    def result(self) -> str:
+        if self._futures is None:
+            return ""
+        futures, self._futures = self._futures, None
+        try:
+            return _combine_digests(self._header, self._client.gather(futures))
+        except Exception:
+            logger.warning("could not fingerprint the training data; lineage will lack it", exc_info=True)
+            return ""
+        finally:
+            self._client.cancel(futures)
 
 
 def _distinct(values: Any) -> np.ndarray:

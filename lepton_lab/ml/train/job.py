@@ -90,6 +90,13 @@ class _Attempt:
             except Exception:  # a timeout, or cancelled futures: the watcher looks at them next
                 pass
 
+    def settle(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the thread driving this attempt to end; False if it did not."""
+        if self._thread is not None:
+            self._thread.join(seconds)
+            return not self._thread.is_alive()
+        return True
+
     def outcome(self) -> _Outcome:
         if self._thread is not None:
             if self._error is not None:

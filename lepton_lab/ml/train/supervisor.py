@@ -70,6 +70,10 @@ def _supervise(job: "_Job", ctx: _Context, listener: _progress.ProgressListener,
         except _Retry as retry:
             attempt.cancel()
             _free_survivors(ctx, attempt, set(retry.lost))
+            # The next attempt builds its graphs only once this one's thread has let go of
+            # its own (two threads building dask-expr graphs can hang each other on 3.11).
+            if not attempt.settle(GRACE):
+                logger.warning("training %s: the cancelled attempt's thread is still running", ctx.name)
             restarts += 1
             resume = ctx.checkpoints.latest() if ctx.checkpoints.every else None
             step = int(resume["step"]) if resume else 0
