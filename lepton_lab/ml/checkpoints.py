@@ -16,7 +16,8 @@ The directory may be an fsspec URL (``file:///shared/ckpt``, ``sftp://user@host/
 setting), so workers on other machines write where the kernel, and every other worker,
 reads: a run resumes from the checkpoint a lost worker wrote elsewhere. A local path,
 ``file://`` and ``sftp://`` (the server's POSIX rename) keep the atomic rename; object
-stores replace an object whole on each write.
+stores replace an object whole on each write. An SFTP host is reached only if its key is
+already known (:mod:`lepton_lab.ml.known_hosts`).
 """
 
 from __future__ import annotations
@@ -52,11 +53,22 @@ def location(directory: str | os.PathLike) -> tuple[Any, str]:
     """The fsspec filesystem of ``directory`` (a path or URL) and its path there."""
     import fsspec
 
+    url = str(directory)
+    ssh = url.lower().startswith(("sftp://", "ssh://"))
+    options: dict[str, Any] = {}
+    if ssh:
+        from .known_hosts import sftp_options
+
+        options = sftp_options(url)
     try:
-        return fsspec.core.url_to_fs(str(directory))
+        return fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:
-        raise ConfigError(f"checkpoints: cannot use {str(directory)!r} ({_one_line(e)}); "
+        raise ConfigError(f"checkpoints: cannot use {url!r} ({_one_line(e)}); "
                           "install its fsspec filesystem or give a path") from None
+    except Exception as e:  # an SFTP host refused (its key, the login) or out of reach
+        if not ssh and not isinstance(e, OSError):
+            raise
+        raise ConfigError(f"checkpoints: cannot reach {url!r}: {_one_line(e)}") from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -7,7 +7,8 @@ host's bridge address). Its one site has no local workers: two ``lepton-lab work
 join it with the cluster's worker certificate from two network namespaces on one bridge
 (:mod:`tests.ssh_hosts`); the third namespace is the storage host, its ``sshd`` serving SFTP.
 The key to it reaches the workers and the kernel the way fsspec takes settings (the
-``FSSPEC_SFTP_KEY_FILENAME`` environment variable, fsspec's config). Once the training worker
+``FSSPEC_SFTP_KEY_FILENAME`` environment variable, fsspec's config), and the storage host's
+own key through ``LEPTON_KNOWN_HOSTS``: a host whose key is not known is refused. Once the training worker
 has written a checkpoint, its whole process group (the CLI, its nanny and the worker) is
 SIGKILLed; the run must finish on the other host from that checkpoint, and the checkpoint files
 must be sealed, not XGBoost models. Namespaces, bridge and processes are put back even on failure.
@@ -56,6 +57,7 @@ def sftp_key(hosts, monkeypatch):
     from fsspec.implementations.sftp import SFTPFileSystem
 
     monkeypatch.setenv("FSSPEC_SFTP_KEY_FILENAME", hosts["key"])
+    monkeypatch.setenv("LEPTON_KNOWN_HOSTS", hosts["known_hosts"])  # the storage host's key, checked
     monkeypatch.setitem(fsspec.config.conf, "sftp", {"key_filename": hosts["key"]})
     yield hosts["key"]
     for fs in list(SFTPFileSystem._cache.values()):  # this process's SSH sessions to the storage host
@@ -106,6 +108,28 @@ def cluster(hosts, sftp_key, tmp_path, monkeypatch):
                     pass
             proc.wait(30)
         lepton_lab.down("netns-ckpt")
+
+
+def test_an_sftp_host_whose_key_is_not_known_is_refused(hosts, sftp_key, tmp_path, monkeypatch):
+    from lepton_lab.errors import ConfigError
+    from lepton_lab.ml.checkpoints import location
+
+    store = hosts["store"]
+    url = f"sftp://{hosts['user']}@{store['ip']}:{store['port']}{tmp_path / 'ckpt'}"
+    lines = Path(hosts["known_hosts"]).read_text().splitlines()
+    ours = next(line for line in lines if line.startswith(f"[{store['ip']}]:{store['port']} "))
+    other = next(line for line in lines if line != ours)  # another host's key under the store's name
+    for text, said in (("", "a key in no known hosts file"),
+                       (f"{ours.split()[0]} {' '.join(other.split()[1:])}\n", "a different key than the one known")):
+        known = tmp_path / "known_hosts"
+        known.write_text(text)
+        monkeypatch.setenv("LEPTON_KNOWN_HOSTS", str(known))
+        with pytest.raises(ConfigError, match=f"cannot reach .*presented {said}"):
+            location(url)
+    monkeypatch.setenv("LEPTON_KNOWN_HOSTS", hosts["known_hosts"])
+    fs, root = location(url)
+    fs.makedirs(root, exist_ok=True)
+    assert fs.isdir(root) and (tmp_path / "ckpt").is_dir()
 
 
 def _latest(path):
