@@ -66,3 +66,14 @@ class Interrupted(KeyboardInterrupt):
 
     def _render_traceback_(self) -> list[str]:
         return [f"interrupted: {self}"]
+
+
+def by_kind(kind: str | None) -> type[LeptonError] | None:
+    """The LeptonError subclass named ``kind`` (as a REST error body names it), or None."""
+    todo: list[type[LeptonError]] = [LeptonError]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == kind:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None

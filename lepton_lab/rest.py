@@ -23,7 +23,16 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AlreadyExists, ClusterError, ConfigError, Interrupted, LeptonError, NotFound, PermissionDenied
+from .errors import (
+    AlreadyExists,
+    ClusterError,
+    ConfigError,
+    Interrupted,
+    LeptonError,
+    NotFound,
+    PermissionDenied,
+    by_kind,
+)
 
 _BY_STATUS = {400: ConfigError, 403: PermissionDenied, 404: NotFound, 409: AlreadyExists}
 
@@ -88,10 +97,11 @@ class RestTransport:
                 return json.loads(content) if content else None
         except urllib.error.HTTPError as e:
             try:
-                message = json.loads(e.read()).get("message") or e.reason
-            except ValueError:
-                message = e.reason
-            raise _BY_STATUS.get(e.code, LeptonError)(message) from None
+                answer = json.loads(e.read())
+                message, kind = answer.get("message") or e.reason, answer.get("kind")
+            except (ValueError, AttributeError):
+                message, kind = e.reason, None
+            raise (by_kind(kind) or _BY_STATUS.get(e.code, LeptonError))(message) from None
         except urllib.error.URLError as e:
             raise ClusterError(f"the Jupyter server at {self.server.url} did not answer ({e.reason})") from None
 

@@ -35,8 +35,15 @@ def fields_schema(allowed: Mapping[str, type | tuple[type, ...]], required: tupl
     return object_schema(properties, required)
 
 
+def http_error(e: LeptonError) -> web.HTTPError:
+    """The HTTP error a LeptonError crosses REST as: its status, its line, and its kind for clients."""
+    err = web.HTTPError(e.status, str(e).replace("%", "%%"))
+    err.lepton_kind = type(e).__name__  # type: ignore[attr-defined]
+    return err
+
+
 def json_error(handler: Any, status_code: int, **kwargs: Any) -> None:
-    """Answer an error as ``{"message": <one line>, "reason": ...}``."""
+    """Answer an error as ``{"message": <one line>, "reason": ..., "kind": <LeptonError subclass>?}``."""
     exc = kwargs.get("exc_info", (None, None, None))[1]
     message = ""
     if isinstance(exc, web.HTTPError) and exc.log_message:
@@ -48,7 +55,10 @@ def json_error(handler: Any, status_code: int, **kwargs: Any) -> None:
         message = {401: "sign in first (a token or the login page)", 403: "not allowed",
                    404: "not found"}.get(status_code, "request failed")
     handler.set_header("Content-Type", "application/json")
-    handler.finish(json.dumps({"message": " ".join(str(message).split()), "reason": handler._reason}))
+    body = {"message": " ".join(str(message).split()), "reason": handler._reason}
+    if getattr(exc, "lepton_kind", None):
+        body["kind"] = exc.lepton_kind
+    handler.finish(json.dumps(body))
 
 
 class LeptonHandler(APIHandler):
@@ -121,7 +131,7 @@ class LeptonHandler(APIHandler):
         except LeptonError as e:
             if e.status in (403, 404):
                 await self.audit_denial(str(e))
-            raise web.HTTPError(e.status, str(e).replace("%", "%%")) from None
+            raise http_error(e) from None
 
     async def audit_denial(self, reason: str) -> None:
         """One audit line for a refusal of this request, unless one is already written."""

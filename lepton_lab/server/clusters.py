@@ -18,7 +18,7 @@ from ..schemas import object_schema
 from ..security.authz import RequestTrace
 from ..services import Actor
 from ..services.cluster_request import CREATE_REQUEST
-from .base import LeptonHandler, json_error
+from .base import LeptonHandler, http_error, json_error
 
 AUTH_RESOURCE = "lepton:clusters"
 #: Cluster ids and names as they appear in URLs; anything else is a 404 before any lookup.
@@ -169,7 +169,7 @@ class StreamHandler(JupyterHandler, websocket.WebSocketHandler):
                 await services.record_async(self.current_user.username, "execute", f"clusters:{cluster_id}",
                                             "deny", reason=str(e), request_id=RequestTrace.of(self).id,
                                             method="GET", url=self.request.path)
-            raise web.HTTPError(e.status, str(e).replace("%", "%%")) from None
+            raise http_error(e) from None
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             raise web.HTTPError(400, "this route is a WebSocket: connect with an Upgrade: websocket request")
         self.cluster_id = cluster_id

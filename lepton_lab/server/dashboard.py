@@ -20,7 +20,7 @@ from tornado import httpclient, httputil, web, websocket
 from ..errors import LeptonError
 from ..security.authz import RequestTrace
 from ..services import Actor
-from .base import json_error
+from .base import http_error, json_error
 from .clusters import AUTH_RESOURCE, CLUSTER_ID
 
 #: Request headers never passed to the dashboard: Jupyter's credentials, hop-by-hop headers.
@@ -132,7 +132,7 @@ class DashboardProxyHandler(JupyterHandler, websocket.WebSocketHandler):
         except LeptonError as e:
             if e.status in (403, 404):
                 await self._audit(cluster_id, str(e))
-            raise web.HTTPError(e.status, str(e).replace("%", "%%")) from None
+            raise http_error(e) from None
         link = urlsplit(c.dashboard_link) if c.dashboard_link else None
         if link is None or not link.port:
             raise web.HTTPError(404, f"cluster {c.name} has no dashboard (bokeh is not installed)")

@@ -17,7 +17,7 @@ import pytest
 import lepton_lab
 from lepton_lab import session as session_mod
 from lepton_lab.embedded import EmbeddedTransport
-from lepton_lab.errors import ConfigError, PermissionDenied
+from lepton_lab.errors import ConfigError, NoGPUError, NotFound, QuotaExceeded
 from lepton_lab.rest import RestTransport, ServerInfo
 from tests.fake_gpu import install_fake_dask_cuda
 from tests.helpers import fake_nvml
@@ -57,8 +57,9 @@ async def test_up_scale_down_with_tls_quota_and_audit(door, lepton_home):
         await run(lepton_lab.scale, 2, "edge")
         listed = {c["name"]: c for c in await run(session_mod.session().transport.list)}
         assert {s["name"]: s["workers"] for s in listed[f"both-{door}"]["sites"]} == {"cloud": 1, "edge": 2}
-        # The policy's quota holds the same way: a user may hold 8 workers (quotas.default_user).
-        with pytest.raises(PermissionDenied, match="may hold 8 workers"):
+        # The policy's quota holds the same way, the same error type through both doors:
+        # a user may hold 8 workers (quotas.default_user).
+        with pytest.raises(QuotaExceeded, match="may hold 8 workers"):
             await run(lepton_lab.scale, 200, "edge")
     finally:
         await run(lepton_lab.down, f"both-{door}")
@@ -92,6 +93,15 @@ async def test_bad_options_are_refused_in_one_line(door, options, words):
         await run(lambda: lepton_lab.up(name=f"bad-{door}", **options))
     assert str(e.value) == words
     assert not [c for c in await run(session_mod.session().transport.list) if c["name"] == f"bad-{door}"]
+
+
+async def test_errors_keep_their_type_through_both_doors(door, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(0))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(NoGPUError, match="GPU"):  # a 400 like ConfigError, and still a ClusterError
+        await run(lambda: lepton_lab.up(name=f"nogpu-{door}", gpus=1, edge=0))
+    with pytest.raises(NotFound):
+        await run(lambda: session_mod.session().transport.info("no-such-cluster"))
 
 
 async def test_publish_then_load_the_same_model(door, lepton_home):
