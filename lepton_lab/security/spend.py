@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,8 +110,8 @@ class SpendMeter:
         """What ``team`` spent: in all (``total``) or in the calendar month now (``month``, UTC)."""
         with self._lock:
             if period == "month":
-                return Spend(**asdict(self.months.get(team, {}).get(month_of(self.clock()), Spend())))
-            return Spend(**asdict(self.teams.get(team, Spend())))
+                return replace(self.months.get(team, {}).get(month_of(self.clock()), Spend()))
+            return replace(self.teams.get(team, Spend()))
 
     def month(self) -> str:
         """The calendar month (UTC) now, ``YYYY-MM``."""
@@ -119,7 +119,7 @@ class SpendMeter:
 
     def cluster(self, cluster_id: str) -> Spend:
         with self._lock:
-            return Spend(**asdict(self.clusters.get(cluster_id, Spend())))
+            return replace(self.clusters.get(cluster_id, Spend()))
 
 
 def check_spend_cap(team: str, spent: Spend, cap: float | None, source: str = "the policy",
