@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _API = frozenset({
     "ClusterHandle", "RunResult", "clusters", "compress", "connect", "connect_cluster", "current", "deployments",
     "down", "federate", "load", "models", "on_site", "plan", "predict", "publish", "run_on", "scale", "serve",
-    "serve_stop", "status", "train", "tune", "up", "worker_certificate",
+    "serve_stop", "start_again", "status", "train", "tune", "up", "worker_certificate",
 })
 __all__ = sorted(_API | {"LeptonError"})
 

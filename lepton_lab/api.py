@@ -205,6 +205,27 @@ def scale(n: int, site: str = "edge", *, name: str | None = None) -> ClusterHand
     return current(name).scale(n, site)
 
 
+def start_again(name: str) -> ClusterHandle:
+    """Start the stopped cluster ``name`` (or id) again and connect: its team, profile and sizes as
+    last scaled, serving again the model versions it served (``info["redeployed"]``; what could not
+    be, with why, in ``info["not_redeployed"]``). A new scheduler and certificates; the same checks
+    as any start."""
+    s = session()
+    with kernel_environment():
+        info = s.transport.start_again(name)
+        try:
+            client = connect_client(info["scheduler_address"], security=s.transport.security(info["id"]))
+        except Exception:
+            s.transport.stop(info["id"])
+            raise
+    stale = s.handles.get(info["name"])
+    if stale is not None:  # this kernel's handle of the stopped one: its client let go, nothing stopped
+        stale.owned = False
+        stale.close()
+        s.remove(stale)
+    return s.add(ClusterHandle(info, client, transport=s.transport))
+
+
 def down(name: str | None = None, *, all: bool = False) -> list[str]:
     """Stop a cluster this kernel started (one it connected to is only disconnected). Returns the names."""
     s = session()

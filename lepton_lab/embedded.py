@@ -119,6 +119,10 @@ class EmbeddedTransport:
     def stop(self, cluster_id: str) -> None:
         self.services.stop_cluster(self.who, cluster_id)
 
+    def start_again(self, cluster: str) -> dict:
+        managed, redeployed, missed = self.services.start_again(self.who, cluster)
+        return {**self.services.describe(managed.info()), "redeployed": redeployed, "not_redeployed": missed}
+
     def list(self) -> builtins.list[dict]:
         return self.services.visible_clusters(self.who)
 

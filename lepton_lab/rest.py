@@ -156,6 +156,9 @@ class RestTransport:
     def stop(self, cluster_id):
         self.call("DELETE", f"clusters/{cluster_id}")
 
+    def start_again(self, cluster: str) -> dict:
+        return self.call("POST", f"clusters/{urllib.parse.quote(cluster, safe='')}/start", {})
+
     def list(self):
         return self.call("GET", "clusters")["clusters"]
 

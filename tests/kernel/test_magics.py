@@ -84,6 +84,9 @@ def test_run_cell_error_points_at_cell_lines(shell, up, capsys):
     ("%lepton up --gpus 1 --name g", "no GPU found on this machine"),
     ("%lepton run --site edge", "'run' is a cell magic"),
     ("%lepton connect tcp://127.0.0.1:1 --timeout 1", "could not reach a Dask scheduler"),
+    ("%lepton start", "the following arguments are required: name"),
+    ("%lepton start nosuch", "no cluster 'nosuch'"),
+    ("%lepton start magic-test", "cluster magic-test is running"),
 ])
 def test_bad_input_is_one_line_usage_error(shell, up, capsys, line, message):
     from IPython.core.error import UsageError

@@ -47,6 +47,19 @@ SUBSTITUTIONS = [
 ]
 
 
+#: What must be true before an example of a magic can run, made the way it happens in use.
+BEFORE = {
+    # a stopped cluster to start again: one stopped as the idle watch stops it
+    "start": """\
+import lepton_lab
+from lepton_lab.services.watch import stop_idle
+_t = lepton_lab.session.session().transport
+_ward = lepton_lab.up(name="ward", cloud=0, edge=1, team="finance")
+stop_idle(_t.services, _t.services.manager.get(_ward.id), 3600.0, (1800.0, "team finance"))
+""",
+}
+
+
 def table_rows(text: str) -> list[tuple[str, list[str]]]:
     """(syntax, examples) of each row of the table under ``### Magics``."""
     section = text.split("### Magics", 1)[1].split("\n### ", 1)[0]
@@ -156,6 +169,9 @@ def test_every_readme_magic_example_runs_in_a_real_kernel(tmp_path):
                     used.add(i)
                     line = re.sub(pattern, replacement.format(address=address), line)
             code = line + ("\n" + cell_body(line) if line.startswith("%%") else "")
+            if command(line) in BEFORE:
+                reply, msgs = kernel.run(BEFORE[command(line)])
+                assert reply["status"] == "ok", f"before {line}\n{_text(msgs)}"
             t0 = time.monotonic()
             reply, msgs = kernel.run(code)
             print(f"{time.monotonic() - t0:6.1f} s  {line}")

@@ -17,7 +17,7 @@ import pytest
 import lepton_lab
 from lepton_lab import session as session_mod
 from lepton_lab.embedded import EmbeddedTransport
-from lepton_lab.errors import ConfigError, NoGPUError, NotFound, QuotaExceeded
+from lepton_lab.errors import AlreadyExists, ConfigError, NoGPUError, NotFound, QuotaExceeded
 from lepton_lab.rest import RestTransport, ServerInfo
 from tests.fake_gpu import install_fake_dask_cuda
 from tests.helpers import fake_nvml
@@ -102,6 +102,30 @@ async def test_errors_keep_their_type_through_both_doors(door, monkeypatch):
         await run(lambda: lepton_lab.up(name=f"nogpu-{door}", gpus=1, edge=0))
     with pytest.raises(NotFound):
         await run(lambda: session_mod.session().transport.info("no-such-cluster"))
+
+
+async def test_a_stopped_cluster_starts_again_from_the_kernel(door, jp_serverapp):
+    from lepton_lab.services.watch import stop_idle
+
+    sess = session_mod.session()
+    services = jp_serverapp.web_app.settings["lepton"] if door == "rest" else sess.transport.services
+    handle = await run(lepton_lab.up, name=f"again-{door}", cloud=0, edge=1)
+    await run(lepton_lab.scale, 2, "edge")
+    await run(stop_idle, services, services.manager.get(handle.id), 3600.0, (1800.0, "team medical"))
+    [stopped] = [c for c in await run(sess.transport.list) if c["name"] == f"again-{door}"]
+    assert stopped["status"] == "stopped"
+    again = await run(lepton_lab.start_again, f"again-{door}")
+    try:
+        assert again.id != handle.id and again.info["team"] == "medical" and again.info["redeployed"] == []
+        assert {s["name"]: s["workers"] for s in again.info["sites"]} == {"cloud": 0, "edge": 2}
+        assert await run(lambda: again.client.submit(lambda: 6 * 7, pure=False).result()) == 42
+        assert lepton_lab.current() is again and handle.closed  # the stale handle let go, nothing stopped
+        with pytest.raises(AlreadyExists, match=f"cluster again-{door} is running"):
+            await run(lepton_lab.start_again, f"again-{door}")
+    finally:
+        await run(lepton_lab.down, f"again-{door}")
+    with pytest.raises(NotFound):
+        await run(lepton_lab.start_again, "never-was")
 
 
 async def test_publish_then_load_the_same_model(door, lepton_home):

@@ -1,4 +1,4 @@
-"""``%lepton up / connect / status / clusters / scale / down / help`` and ``%%lepton run``: the cluster verbs."""
+"""``%lepton up, connect, status, clusters, scale, start, down, help`` and ``%%lepton run``: cluster verbs."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ def add_parsers(verbs: Any) -> None:
     scale.add_argument("n", type=count)
     scale.add_argument("--site", default="edge", help="a site name or kind (default edge)")
     scale.add_argument("--name", default=None, help="cluster (default: the current one)")
+
+    start = add_verb(verbs, "start", "start a stopped cluster again with its settings and bind `client`", _start)
+    start.add_argument("name", help="the stopped cluster's name (see the sidebar or GET clusters)")
+    start.add_argument("--no-view", action="store_true", help="do not show the live view")
 
     down = add_verb(verbs, "down", "stop a cluster", _down)
     down.add_argument("name", nargs="?")
@@ -145,6 +149,19 @@ def _scale(magics: Any, a: argparse.Namespace) -> None:
     handle = api.scale(a.n, a.site, name=a.name)
     counts = ", ".join(f"{s['name']}={s['workers']}" for s in handle.info["sites"])
     print(f"cluster {handle.name}: {counts}")
+
+
+def _start(magics: Any, a: argparse.Namespace) -> None:
+    handle = api.start_again(a.name)
+    _bind(magics, handle)
+    sizes = ", ".join(f"{s['name']}={s['workers']}" for s in handle.info["sites"])
+    print(f"cluster {handle.name} started again at {handle.address} ({sizes}); `client` is connected")
+    for name in handle.info.get("redeployed") or []:
+        print(f"serving {name} again")
+    for name, why in (handle.info.get("not_redeployed") or {}).items():
+        print(f"not serving {name} again: {why}")
+    if not a.no_view:
+        _show(magics, handle)
 
 
 def _down(magics: Any, a: argparse.Namespace) -> None:
