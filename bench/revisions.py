@@ -9,9 +9,11 @@ fresh process with its own empty ``LEPTON_HOME``, so a machine's drift hits both
 The workload, timed phase by phase inside the process:
 
 - ``import``: ``import lepton_lab`` and one attribute of the API;
-- ``up``: ``lepton_lab.up(cloud=2, edge=1)``, the cluster answering;
-- ``train``: XGBoost on 20,000 x 20 rows, 40 rounds, one worker;
+- ``up``: an inline profile of a cloud site and two edge sites, one worker each, answering;
+- ``train``: XGBoost on 20,000 x 20 rows, 40 rounds, on the cloud site;
 - ``publish`` and ``load``: the trained model into the team registry and back, verified;
+- ``compress``: a 64-32-2 MLP to int8, measured on 2,000 rows;
+- ``federate``: that MLP over the two edge sites, 3 rounds, secure aggregation;
 - ``down``: the cluster stopped.
 
 Reported per phase: each revision's median seconds and the median of the per-pair ratios
@@ -32,7 +34,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PHASES = ("import", "up", "train", "publish", "load", "down")
+PHASES = ("import", "up", "train", "publish", "load", "compress", "federate", "down")
+PROFILE = {"name": "revisions", "sites": [{"name": "cloud", "kind": "cloud", "workers": 1},
+                                          {"name": "edge-a", "kind": "edge", "workers": 1},
+                                          {"name": "edge-b", "kind": "edge", "workers": 1}]}
+
+
+def site_data(site: str):
+    """A federated site's rows: its own slice of a fixed synthetic set."""
+    import numpy as np
+
+    rng = np.random.default_rng(1 if site.endswith("a") else 2)
+    X = rng.normal(size=(1_000, 64)).astype("float32")
+    return X, (X[:, :8].sum(axis=1) > 0).astype("int64")
 
 
 def workload() -> dict[str, float]:
@@ -52,7 +66,7 @@ def workload() -> dict[str, float]:
     lap("import")
     import numpy as np
 
-    cluster = lepton_lab.up(cloud=2, edge=1, name="revisions")
+    cluster = lepton_lab.up(PROFILE, name="revisions")
     cluster.client.submit(int, 1).result()
     lap("up")
     rng = np.random.default_rng(0)
@@ -65,6 +79,15 @@ def workload() -> dict[str, float]:
     lap("publish")
     lepton_lab.load("revisions", team="medical")
     lap("load")
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    Xt, yt = site_data("edge-c")
+    lepton_lab.compress(net, data=(Xt[:2_000], yt[:2_000]), quantize="int8", force=True, progress=False)
+    lap("compress")
+    lepton_lab.federate(net, loader=site_data, sites=["edge-a", "edge-b"], rounds=3, secure=True, progress=False)
+    lap("federate")
     lepton_lab.down("revisions")
     lap("down")
     return laps
