@@ -9,7 +9,7 @@ from lepton_lab.kernel.magics import parse
 from lepton_lab.kernel.magics.parser import build_parser
 
 LINE_VERBS = ["clusters", "compress", "connect", "down", "federate", "help", "load", "models", "plan", "predict",
-              "publish", "scale", "serve", "status", "train", "tune", "up"]
+              "publish", "scale", "serve", "start", "status", "train", "tune", "up"]
 
 
 def _refusal(line: str, *, cell: bool = False) -> str:
@@ -40,6 +40,8 @@ GOOD = [
     ("clusters", {}),
     ("scale 2 --site edge-branch-b --name lab", {"n": 2, "site": "edge-branch-b", "name": "lab"}),
     ("scale 0", {"n": 0, "site": "edge", "name": None}),
+    ("start ward", {"name": "ward", "no_view": False}),
+    ("start ward --no-view", {"name": "ward", "no_view": True}),
     ("down --all", {"name": None, "all": True}),
     ("down lab", {"name": "lab", "all": False}),
     ("help", {"topic": None}),
@@ -115,6 +117,8 @@ BAD = [
     ("connect", "%lepton connect: the following arguments are required: address"),
     ("connect tcp://h:1 --timeout soon", "%lepton connect: argument --timeout: invalid float value: 'soon'"),
     ("status a b", "%lepton status: unrecognized arguments: b (valid options: --static)"),
+    ("start", "%lepton start: the following arguments are required: name"),
+    ("start ward --workers 3", "%lepton start: unrecognized arguments: --workers 3 (valid options: --no-view)"),
     ("clusters --all", "%lepton clusters: unrecognized arguments: --all"),
     ("scale many", "%lepton scale: argument n: not a whole number: 'many'"),
     ("scale", "%lepton scale: the following arguments are required: n"),
