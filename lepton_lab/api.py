@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import config
 from .cluster import allocation
@@ -12,8 +12,11 @@ from .cluster.remote import RunResult, run_code
 from .cluster.workers import kernel_environment, on_site  # noqa: F401  (re-exported)
 from .errors import ClusterError, ConfigError, NotFound
 from .models import deployments, load, models, predict, publish, serve, serve_stop
-from .session import ClusterHandle, connect_client, session
+from .session import ClusterHandle, Session, connect_client, session
 from .tuning import tune  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def up(
@@ -65,9 +68,7 @@ def up(
                                   "add --replace (replace=True) to restart it so, or pick another name")
             if replace:
                 if known is not None:
-                    known.owned = False  # stopped below, whoever started it
-                    known.close()
-                    s.remove(known)
+                    s.let_go(known)  # stopped below, whoever started it
                 s.transport.stop(info["id"])
             elif known is not None:
                 known.reused = True
@@ -75,15 +76,20 @@ def up(
     with kernel_environment():
         info, security, reused = s.transport.create(profile or config.DEFAULT_PROFILE, name=name,
                                                      overrides=overrides)
-        try:
-            client = connect_client(info["scheduler_address"], security=security)
-        except Exception:
-            if not reused:
-                s.transport.stop(info["id"])
-            raise
+        client = _client_of(s, info, security, started=not reused)
     handle = ClusterHandle(info, client, transport=s.transport)
     handle.reused = reused
     return s.add(handle)
+
+
+def _client_of(s: Session, info: dict[str, Any], security: Any, *, started: bool) -> Client:
+    """A Client of the cluster ``info`` describes; one this call ``started`` is stopped if it cannot be reached."""
+    try:
+        return connect_client(info["scheduler_address"], security=security)
+    except Exception:
+        if started:
+            s.transport.stop(info["id"])
+        raise
 
 
 def _differences(info: dict[str, Any], profile: str | dict | None, overrides: dict[str, Any]) -> list[str]:
@@ -213,16 +219,10 @@ def start_again(name: str) -> ClusterHandle:
     s = session()
     with kernel_environment():
         info = s.transport.start_again(name)
-        try:
-            client = connect_client(info["scheduler_address"], security=s.transport.security(info["id"]))
-        except Exception:
-            s.transport.stop(info["id"])
-            raise
+        client = _client_of(s, info, s.transport.security(info["id"]), started=True)
     stale = s.handles.get(info["name"])
-    if stale is not None:  # this kernel's handle of the stopped one: its client let go, nothing stopped
-        stale.owned = False
-        stale.close()
-        s.remove(stale)
+    if stale is not None:  # this kernel's handle of the stopped one
+        s.let_go(stale)
     return s.add(ClusterHandle(info, client, transport=s.transport))
 
 

@@ -188,6 +188,12 @@ class Session:
                 live = [h for h in self.handles.values() if not h.closed]
                 self.current = live[-1] if live else None
 
+    def let_go(self, handle: ClusterHandle) -> None:
+        """Disconnect ``handle`` and forget it, leaving its cluster as it is (running or not)."""
+        handle.owned = False
+        handle.close()
+        self.remove(handle)
+
     def close_all(self) -> None:
         for handle in list(self.handles.values()):
             handle.close()

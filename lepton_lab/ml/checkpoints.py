@@ -54,12 +54,13 @@ def location(directory: str | os.PathLike) -> tuple[Any, str]:
     import fsspec
 
     url = str(directory)
-    ssh = url.lower().startswith(("sftp://", "ssh://"))
+    protocol = url.split("://", 1)[0].lower() if "://" in url else ""
+    ssh = protocol in ("sftp", "ssh")
     options: dict[str, Any] = {}
     if ssh:
         from .known_hosts import sftp_options
 
-        options = sftp_options(url)
+        options = sftp_options(protocol)
     try:
         return fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:

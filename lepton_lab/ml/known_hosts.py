@@ -52,12 +52,9 @@ class KnownHostsOnly(paramiko.MissingHostKeyPolicy):
 POLICY = KnownHostsOnly()
 
 
-def sftp_options(url: str) -> dict[str, Any]:
-    """Storage options for ``url``: the known-hosts check for sftp and ssh URLs, unless fsspec's config sets one."""
+def sftp_options(protocol: str) -> dict[str, Any]:
+    """Storage options for an ``sftp`` or ``ssh`` URL: the known-hosts check, unless fsspec's config sets one."""
     import fsspec
 
-    protocol = url.split("://", 1)[0].lower() if "://" in url else ""
-    if protocol not in ("sftp", "ssh"):
-        return {}
     configured = {**fsspec.config.conf.get("sftp", {}), **fsspec.config.conf.get(protocol, {})}
     return {} if "host_key_policy" in configured else {"host_key_policy": POLICY}

@@ -79,10 +79,10 @@ class DeploymentServices(ClusterServices, ModelServices):
         permission, quota and spend checks as any start. ``who`` must also be allowed to act on
         the stopped one (its owner, or a lead or admin of its team).
         """
-        named = sorted((r for r in self.records.values() if r.get("name") == key
-                        and self.allowed(who, "clusters:read", r["team"])),
-                       key=lambda r: r.get("status") != "stopped")  # a stopped one of that name first
-        record = self.records.get(key) or next(iter(named), None)
+        record = self.records.get(key) or min(  # else by name, a stopped one first
+            (r for r in self.records.values()
+             if r.get("name") == key and self.allowed(who, "clusters:read", r["team"])),
+            key=lambda r: r.get("status") != "stopped", default=None)
         if record is None or not self.allowed(who, "clusters:read", record["team"]):
             raise NotFound(f"no cluster {key!r}")
         if record.get("status") != "stopped":
