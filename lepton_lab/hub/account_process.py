@@ -30,10 +30,16 @@ ROLES = ("scheduler", "worker")
 
 
 def _watch_stdin() -> None:
-    """End this process gracefully once standard input reaches its end."""
+    """End this process gracefully once standard input reaches its end.
+
+    Reads the descriptor itself, not ``sys.stdin.buffer``: a daemon thread blocked in
+    the buffered reader holds its lock, and a process leaving on its own (a worker that
+    refuses to start) then dies at shutdown with a fatal error in place of its reason.
+    """
     def watch() -> None:
+        fd = sys.stdin.fileno()
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(fd, 4096):
                 pass
         except (OSError, ValueError):
             pass

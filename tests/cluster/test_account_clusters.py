@@ -81,3 +81,21 @@ def test_no_tls_means_no_account_cluster():
 
     with pytest.raises(ConfigError, match="needs TLS"):
         ManagedCluster.start(resolve_profile("local"), name="plain", run_as=getpass.getuser(), gpus=[])
+
+
+def test_a_worker_that_refuses_to_start_says_why_in_one_line(ca):
+    """A GPU this process believes in but the worker's process cannot find: the worker's own
+    reason reaches the caller (not a crash of the process at its shutdown), and nothing stays."""
+    from lepton_lab.cluster.gpus import GPU
+
+    ca_dir, security = ca
+    profile = resolve_profile({"name": "gpu-here", "sites": [
+        {"name": "cloud", "kind": "cloud", "workers": 1, "threads": 1, "memory": "512MiB", "gpus": 1}]})
+    believed = GPU(index=0, name="believed", uuid="GPU-00000000-1111-2222-3333-000000000000", memory_total=2**34)
+    with pytest.raises(ClusterError) as e:
+        ManagedCluster.start(profile, name="nogpu", security=security, ca_dir=ca_dir, run_as=getpass.getuser(),
+                             gpus=[believed], timeout=60)
+    message = str(e.value)
+    assert "\n" not in message and "no GPU found on this machine" in message
+    assert "Fatal Python error" not in message and "Python frame" not in message
+    assert account_processes() == []
