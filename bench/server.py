@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import shutil
 import statistics
@@ -44,9 +43,11 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rest_load import CONCURRENCY, P99_TARGET_MS, KeepAliveClient, Tally, TornadoClient, pct, spread  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-CONCURRENCY = 100
-P99_TARGET_MS = 50.0
 DECISION_TARGET_MS = 1.0
 #: An allowed, audited read: authorization's own cost (its audit line is committed by the group writer).
 ALLOWED_READ_TARGET_MS = 0.3
@@ -80,12 +81,6 @@ def policy_text(local: str) -> str:
         "terminals: [admin]",
         "",
     ])
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 # -- 1. REST latency under load ----------------------------------------------------------
@@ -132,105 +127,7 @@ class Server:
         self.server.stop()
 
 
-class KeepAliveClient:
-    """A minimal HTTP/1.1 GET client over ``CONCURRENCY`` persistent asyncio connections.
-
-    Like a browser tab, each connection is reused, so what is timed is the server's
-    answer rather than TCP set-up; the client does little Python work per request.
-    """
-
-    def __init__(self, port: int):
-        self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def get(self, path: str, token: str) -> tuple[int, float]:
-        conn = self.idle.pop() if self.idle else await asyncio.open_connection("127.0.0.1", self.port)
-        reader, writer = conn
-        request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                   f"Authorization: token {token}\r\nAccept: application/json\r\n\r\n").encode()
-        t = time.perf_counter()
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-            elif name.strip().lower() == b"transfer-encoding":
-                raise RuntimeError("chunked response: this client reads Content-Length bodies only")
-        await reader.readexactly(length)
-        dt = time.perf_counter() - t
-        self.idle.append(conn)
-        return status, dt
-
-    async def close(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
-        self.idle.clear()
-
-
-class TornadoClient:
-    """tornado's AsyncHTTPClient (one new connection per request), ``max_clients=CONCURRENCY``."""
-
-    def __init__(self, port: int):
-        from tornado.httpclient import AsyncHTTPClient
-
-        self.port = port
-        self.http = AsyncHTTPClient(force_instance=True, max_clients=CONCURRENCY)
-
-    async def get(self, path: str, token: str) -> tuple[int, float]:
-        t = time.perf_counter()
-        response = await self.http.fetch(f"http://127.0.0.1:{self.port}{path}", raise_error=False,
-                                         headers={"Authorization": f"token {token}"})
-        return response.code, time.perf_counter() - t
-
-    async def close(self) -> None:
-        self.http.close()
-
-
-class _Tally:
-    """Latencies, statuses, wall time, server CPU and audit lines of one endpoint's rounds."""
-
-    def __init__(self):
-        self.latencies: list[float] = []
-        self.statuses: dict[int, int] = {}
-        self.wall = self.cpu = 0.0
-        self.audit_lines = 0
-        self.loads: list[float] = []
-
-    def merge(self, other: _Tally) -> None:
-        self.latencies += other.latencies
-        for status, n in other.statuses.items():
-            self.statuses[status] = self.statuses.get(status, 0) + n
-        self.wall += other.wall
-        self.cpu += other.cpu
-        self.audit_lines += other.audit_lines
-        self.loads += other.loads
-
-    def summary(self) -> dict:
-        n = len(self.latencies)
-        cpu_ms = 1000 * self.cpu / n
-        p99 = pct(self.latencies, 99)
-        return {
-            "requests": n,
-            "concurrency": CONCURRENCY,
-            "p50_ms": round(pct(self.latencies, 50), 2),
-            "p99_ms": round(p99, 2),
-            "max_ms": round(max(self.latencies), 2),
-            "requests_per_s": round(n / self.wall, 1),
-            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-            "audit_lines_per_request": round(self.audit_lines / n, 2),
-            "server_cpu_ms_per_request": round(cpu_ms, 3),
-            # With 100 requests arriving together on one event loop, the 99th waits for ~98 others.
-            "serial_floor_p99_ms": round(0.99 * CONCURRENCY * cpu_ms, 1),
-            "load_avg_1min": round(statistics.fmean(self.loads), 2),
-            "target_p99_ms": P99_TARGET_MS,
-            "meets_target": p99 <= P99_TARGET_MS and set(self.statuses) == {200},
-        }
-
-
-async def _round(server: Server, client, path: str, tally: _Tally | None) -> None:
+async def _round(server: Server, client, path: str, tally: Tally | None) -> None:
     """100 requests at once (tokens rotating over the identities); tallied unless a warm-up."""
     tokens = list(server.tokens.values())
     audit, cpu, t = server.audit_lines(), server.cpu_seconds(), time.perf_counter()
@@ -245,11 +142,6 @@ async def _round(server: Server, client, path: str, tally: _Tally | None) -> Non
     for status, dt in results:
         tally.statuses[status] = tally.statuses.get(status, 0) + 1
         tally.latencies.append(dt * 1000)
-
-
-def _spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "blocks": [round(v, 3) for v in values]}
 
 
 def bench_rest(tmp: Path, blocks: int, rounds: int, client_kind: str) -> dict:
@@ -279,13 +171,13 @@ def bench_rest(tmp: Path, blocks: int, rounds: int, client_kind: str) -> dict:
 
         async def run() -> tuple[dict, list[dict]]:
             clients = {name: make_client(srv.port) for name, (srv, _) in targets.items()}
-            overall = {name: _Tally() for name in targets}
+            overall = {name: Tally() for name in targets}
             per_block: list[dict] = []
             try:
                 for name, (srv, path) in targets.items():  # warm-up, not counted
                     await _round(srv, clients[name], path, None)
                 for b in range(blocks):
-                    tallies = {name: _Tally() for name in targets}
+                    tallies = {name: Tally() for name in targets}
                     for r in range(rounds):
                         # A/B: the Lepton targets first, then the baseline first, and so on.
                         order = list(targets) if (b * rounds + r) % 2 == 0 else list(reversed(targets))
@@ -305,7 +197,7 @@ def bench_rest(tmp: Path, blocks: int, rounds: int, client_kind: str) -> dict:
         for e in ENDPOINTS:
             p50 = [blk[e]["p50_ms"] / blk[BASELINE]["p50_ms"] for blk in per_block]
             p99 = [blk[e]["p99_ms"] / blk[BASELINE]["p99_ms"] for blk in per_block]
-            ratios[e] = {"p50_ratio": _spread(p50), "p99_ratio": _spread(p99), "target_ratio": REST_RATIO_TARGET,
+            ratios[e] = {"p50_ratio": spread(p50), "p99_ratio": spread(p99), "target_ratio": REST_RATIO_TARGET,
                          "meets_target": max(statistics.median(p50), statistics.median(p99)) <= REST_RATIO_TARGET}
         out["vs_plain_jupyter_server"] = {"baseline": f"plain jupyter_server GET {REFERENCE}", "blocks": blocks,
                                           "requests_per_block": rounds * CONCURRENCY, "ratios": ratios}

@@ -36,18 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rest_load import CONCURRENCY, KeepAliveClient, pct, spread  # noqa: E402
 from results_io import write_results  # noqa: E402
-from server import CONCURRENCY, KeepAliveClient, pct  # noqa: E402
 
 TARGET = 1.1
 PATH = "/api/status"
 MODES = ("process", "in-process")
 ROUNDS = 5
 SINGLES = 100
-
-
-def _spread(xs: list[float]) -> dict:
-    return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
 
 
 def _children(server) -> int:
@@ -139,7 +135,7 @@ def main() -> int:
     print(f"  {'':12}" + "".join(f"{m:>24}" for m in metrics))
     all_met = True
     for mode in MODES:
-        ratios = {m: _spread([blk[(mode, n_clusters)][m] / blk[(mode, 0)][m] for blk in per_block]) for m in metrics}
+        ratios = {m: spread([blk[(mode, n_clusters)][m] / blk[(mode, 0)][m] for blk in per_block]) for m in metrics}
         absolute = {f"{m}_ms": {"none": round(statistics.median(blk[(mode, 0)][m] for blk in per_block), 2),
                                 "clusters": round(statistics.median(blk[(mode, n_clusters)][m]
                                                                     for blk in per_block), 2)}
@@ -151,7 +147,7 @@ def main() -> int:
         up = bring_up[mode]
         results["modes"][mode] = {"ratios": ratios, "latency": absolute, "worst_ratio": round(worst, 3),
                                   "meets_target": met if mode == "process" else None,
-                                  "bring_up_s": _spread(up) if up else None}
+                                  "bring_up_s": spread(up) if up else None}
         print(f"  {mode:12}" + "".join(
             f"{ratios[m]['median']:>10.2f} [{ratios[m]['min']:.2f}-{ratios[m]['max']:.2f}]" for m in metrics))
         print(f"  {'':12}" + "".join(
