@@ -132,8 +132,9 @@ def connect(address: str, *, name: str | None = None, timeout: float | None = No
     timeout = config.CONNECT_TIMEOUT if timeout is None else timeout
     client = connect_client(address, security=security, timeout=timeout)
     sites: dict[str, dict[str, Any]] = {}
-    for w in client.scheduler_info(n_workers=-1)["workers"].values():
-        from .cluster.workers import site_of
+    from .cluster.workers import site_of, workers_now
+
+    for w in workers_now(client).values():
 
         site, kind = site_of(w.get("name", ""), w.get("resources"))
         entry = sites.setdefault(site, {"name": site, "kind": kind, "workers": 0, "gpus": 0,

@@ -83,8 +83,9 @@ def tune(
         raise ConfigError(f"tune {kind}: unknown option(s) {', '.join(unknown)}")
     if site is None:
         from .cluster.placement import JobRequest
+        from .cluster.workers import workers_now
 
-        slots = len(client.scheduler_info(n_workers=-1)["workers"])
+        slots = len(workers_now(client))
         site = _auto_place(JobRequest("tune", workers=max(1, min(int(trials), slots))), client).sites
     plan = _tune.prepare(kind, data=data, target=target, space=space, name=name, metric=metric,
                          direction=direction, sampler=sampler, pruner=pruner, site=site, **kwargs)

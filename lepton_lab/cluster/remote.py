@@ -25,7 +25,7 @@ from distributed import Client, Future, get_worker
 
 from ..errors import ConfigError
 from .interrupt import stop_job
-from .workers import on_site
+from .workers import on_site, workers_now
 
 #: Seconds of buffered output before a partial line is flushed anyway.
 FLUSH_INTERVAL = 0.2
@@ -252,7 +252,7 @@ def run_code(
     finally:
         client.unsubscribe_topic(topic)
     worker_addr = who[0] if who else ""
-    info = client.scheduler_info(n_workers=-1)["workers"].get(worker_addr, {}) if worker_addr else {}
+    info = workers_now(client).get(worker_addr, {}) if worker_addr else {}
     return RunResult(values, str(info.get("name", worker_addr)), site, job, output)
 
 
@@ -274,7 +274,7 @@ def _default_echo(stream: str, text: str) -> None:
 
 
 def _check_site(client: Client, site: str, gpus: int) -> None:
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    workers = workers_now(client).values()
     need = on_site(site, gpus)
     ok = [w for w in workers if all(w.get("resources", {}).get(r, 0) >= n for r, n in need.items())]
     if not ok:

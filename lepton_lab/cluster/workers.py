@@ -30,6 +30,16 @@ from .profiles import SiteSpec
 WORKER_NAME = re.compile(r"^(?P<site>[a-z][a-z0-9-]*?)-(?P<n>\d+)$")
 
 
+def workers_now(client) -> dict[str, dict[str, Any]]:
+    """Every worker the scheduler has now, by address, asked of the scheduler itself.
+
+    Not ``Client.scheduler_info()``: it answers from the client's cache, which the
+    client's periodic refresh (without per-worker information) may overwrite between
+    the fetch and the read.
+    """
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 def worker_name(site: str, n: int) -> str:
     return f"{site}-{n}"
 

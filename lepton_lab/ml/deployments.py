@@ -128,7 +128,9 @@ def _loaded_here(name: str, dask_worker: Any = None) -> bool:
 
 def site_workers(client: Any, site: str) -> dict[str, str]:
     """Address -> name of the workers holding ``site``'s resource."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    from lepton_lab.cluster.workers import workers_now
+
+    workers = workers_now(client)
     return {addr: str(w.get("name", addr)) for addr, w in workers.items()
             if float((w.get("resources") or {}).get(site, 0)) > 0}
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..cluster.gate import bound_workers, push_revocations, push_scheduler_certificate, renew_contexts
 from ..cluster.launcher import ManagedCluster
+from ..cluster.workers import workers_now
 from ..errors import ConfigError
 from ..security.audit import AuditLog
 from ..security.certs import ClusterCA
@@ -170,7 +171,7 @@ def renew_cluster(c: ManagedCluster, ca: ClusterCA) -> None:
     push_scheduler_certificate(c.listen_address, security, cert_pem, key_pem)
     client = _fresh_client(c)
     bound = client.run_on_scheduler(bound_workers)
-    local = [a for a in client.scheduler_info(n_workers=-1)["workers"] if a not in bound]
+    local = [a for a in workers_now(client) if a not in bound]
     if local:  # the control plane's own workers and nannies read the rewritten files
         client.run(reload_worker_certificate, workers=local)
         client.run(reload_worker_certificate, workers=local, nanny=True)

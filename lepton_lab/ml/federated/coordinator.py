@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lepton_lab.cluster.interrupt import stop_job
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ConfigError
 from lepton_lab.ml.federated.calls import collect, rpc, short, site_workers
 from lepton_lab.ml.federated.local import _metrics, get_vector, set_vector
@@ -104,8 +105,14 @@ class _Run:
     def load(self) -> None:
         from distributed import wait
 
-        missing = [s for s in self.sites if not site_workers(self.client, s)]
-        known = sorted({r for w in self.client.scheduler_info(n_workers=-1)["workers"].values()
+        missing = list(self.sites)
+        for attempt in range(3):  # a site's worker between a restart and joining again: look again
+            if attempt:
+                time.sleep(0.5 * attempt)
+            missing = [s for s in missing if not site_workers(self.client, s)]
+            if not missing:
+                break
+        known = sorted({r for w in workers_now(self.client).values()
                         for r in (w.get("resources") or {}) if r not in ("cloud", "edge", "GPU")})
         if missing:
             raise FederatedError(f"no worker of site {', '.join(missing)} in this cluster "
@@ -162,7 +169,7 @@ class _Run:
     # -- which sites can take part -------------------------------------------------------
 
     def available(self) -> list[str]:
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        workers = workers_now(self.client)
         fresh = max((w.get("last_seen", 0) for w in workers.values()), default=0)
         out = []
         for site, p in self.places.items():

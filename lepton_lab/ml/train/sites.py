@@ -36,10 +36,12 @@ class _Site:
     def workers(self, *, required: bool = True) -> list[_Worker]:
         from distributed.comm import get_address_host
 
+        from ...cluster.workers import workers_now
+
         for attempt in range(3 if required else 1):
             if attempt:  # a worker between death and restart, or a stale answer: look again
                 time.sleep(0.5 * attempt)
-            info = self.client.scheduler_info(n_workers=-1)["workers"]
+            info = workers_now(self.client)
             out = [_Worker(addr, str(w.get("name", addr)), int(w.get("nthreads", 1)),
                            int(w.get("memory_limit") or 0), dict(w.get("resources") or {}),
                            get_address_host(addr))
