@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 def site_workers(client, site: str) -> list[str]:
     """Addresses of the workers that hold ``site``'s resource."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    from lepton_lab.cluster.workers import workers_now
+
+    workers = workers_now(client)
     return sorted(a for a, w in workers.items() if (w.get("resources") or {}).get(site, 0) > 0)
 
 
@@ -21,13 +23,6 @@ def short(exc: BaseException | None) -> str:
         return "no answer"
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
-
-
-async def _in_thread(fn: Callable, *args):
-    """Run ``fn`` off the worker's event loop, so a slow site never stalls its heartbeats."""
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
 
 
 def collect(client, futures: dict[str, Any], timeout: float,
@@ -60,6 +55,35 @@ def collect(client, futures: dict[str, Any], timeout: float,
     return results, failed
 
 
+#: How much longer than a call's own deadline the coordinator waits for a worker's answer to arrive.
+ANSWER_GRACE = 2.0
+
+
+async def _serve_calls(fn: Callable, by_site: dict[str, tuple], timeout: float) -> dict[str, tuple[str, Any]]:
+    """On one worker: each of its sites' calls in a thread, bounded by ``timeout``; {site: (failure, result)}."""
+    import asyncio
+
+    async def one(call: tuple):
+        return await asyncio.wait_for(asyncio.to_thread(fn, *call), timeout)
+
+    outs = await asyncio.gather(*(one(c) for c in by_site.values()), return_exceptions=True)
+    return {site: ((_why(out, timeout), None) if isinstance(out, BaseException) else ("", out))
+            for site, out in zip(by_site, outs)}
+
+
+async def _serve_here(fn: Callable, by_address: dict[str, dict[str, tuple]], timeout: float, dask_worker=None):
+    """The calls meant for this worker, picked by its address from one broadcast."""
+    return await _serve_calls(fn, by_address.get(dask_worker.address, {}), timeout)
+
+
+def _why(exc: BaseException | None, timeout: float) -> str:
+    import asyncio
+
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"no answer within {timeout:g} s"
+    return short(exc)
+
+
 def rpc(client, fn, calls: dict[str, tuple[str, tuple]],
         timeout: float) -> tuple[dict[str, Any], dict[str, str]]:
     """Call ``fn(*call)`` on each site's worker directly, each bounded by ``timeout``.
@@ -67,31 +91,58 @@ def rpc(client, fn, calls: dict[str, tuple[str, tuple]],
     ``calls`` maps each site to ``(worker address, call arguments)``.
 
     The secure-aggregation control messages (keys, shares, unmasking) carry no data
-    and need no placement, so they go as ``Client.run`` calls through the scheduler
-    rather than as tasks: about 6 ms instead of 30 ms a trip on a small machine.
+    and need no placement, so they go as one ``Client.run`` broadcast through the
+    scheduler rather than as tasks, each worker picking its own calls and bounding
+    them itself: one trip for every site (about 21 ms for 12 sites on a small
+    machine, against 36 ms for a ``Client.run`` per site and more as tasks). A
+    worker that does not answer at all (its link cut) would hold up the whole
+    broadcast: then each worker is asked on its own, so the others' answers count.
     """
     import asyncio
 
-    async def one(addr: str, call: tuple):
+    by_address: dict[str, dict[str, tuple]] = {}
+    for site, (addr, call) in calls.items():
+        by_address.setdefault(addr, {})[site] = call
+    if not by_address:
+        return {}, {}
+
+    async def broadcast():
         return await asyncio.wait_for(
-            client.run(_in_thread, fn, *call, workers=[addr], on_error="return", asynchronous=True), timeout)
+            client.run(_serve_here, fn, by_address, timeout, workers=list(by_address), on_error="return",
+                       asynchronous=True), timeout + ANSWER_GRACE)
 
-    async def every(calls: dict[str, tuple[str, tuple]]):
-        outs = await asyncio.gather(*(one(a, c) for a, c in calls.values()), return_exceptions=True)
-        return dict(zip(calls, outs))
-
-    outs = client.sync(every, calls) if calls else {}
+    try:
+        outs = client.sync(broadcast)
+    except (asyncio.TimeoutError, TimeoutError):
+        outs = _each(client, fn, by_address, timeout)
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    for site, out in outs.items():
-        if isinstance(out, (asyncio.TimeoutError, TimeoutError)):
-            failed[site] = f"no answer within {timeout:g} s"
-        elif isinstance(out, BaseException):
-            failed[site] = short(out)
-        else:
-            value = out.get(calls[site][0]) if isinstance(out, dict) else None
-            if isinstance(value, BaseException) or value is None:
-                failed[site] = short(value)
+    for addr, sites in by_address.items():
+        answer = outs.get(addr)
+        for site in sites:
+            if not isinstance(answer, dict) or site not in answer:
+                failed[site] = _why(answer if isinstance(answer, BaseException) else None, timeout)
+                continue
+            why, value = answer[site]
+            if why:
+                failed[site] = why
             else:
                 results[site] = value
     return results, failed
+
+
+def _each(client, fn, by_address: dict[str, dict[str, tuple]], timeout: float) -> dict[str, Any]:
+    """Each worker asked on its own, each within ``timeout``: {address: its answers, or why none came}."""
+    import asyncio
+
+    async def one(addr: str, by_site: dict[str, tuple]):
+        out = await asyncio.wait_for(
+            client.run(_serve_calls, fn, by_site, timeout, workers=[addr], on_error="return", asynchronous=True),
+            timeout + ANSWER_GRACE)
+        return out.get(addr) if isinstance(out, dict) else out
+
+    async def every():
+        outs = await asyncio.gather(*(one(a, c) for a, c in by_address.items()), return_exceptions=True)
+        return dict(zip(by_address, outs))
+
+    return client.sync(every)
