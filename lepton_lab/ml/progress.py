@@ -125,16 +125,21 @@ class ProgressListener:
     def silent(self, attempt: int, ranks: dict[int, str], since: float,
                longer_than: float) -> list[tuple[int, str, float, str]]:
         """Ranks of ``attempt`` with no beat for ``longer_than`` seconds (counting from ``since``
-        at the latest): ``(rank, worker, seconds silent, last phase)`` each."""
+        at the latest): ``(rank, worker, seconds silent, last phase)`` each.
+
+        Once one rank is that silent, every rank silent for at least half as long is named
+        with it: ranks blocked in one collective stop within moments of each other, and on
+        a busy machine the last beats of the others may have arrived a little later.
+        """
         now = time.monotonic()
-        out = []
+        quiet_ranks = []
         with self._lock:
             for rank, worker in sorted(ranks.items()):
                 when, phase, name = self.beats.get((attempt, rank), (since, "not started", worker))
-                quiet = now - max(when, since)
-                if quiet > longer_than:
-                    out.append((rank, name or worker, quiet, phase))
-        return out
+                quiet_ranks.append((rank, name or worker, now - max(when, since), phase))
+        if not any(quiet > longer_than for _, _, quiet, _ in quiet_ranks):
+            return []
+        return [r for r in quiet_ranks if r[2] > longer_than / 2]
 
     def note(self, text: str) -> None:
         """A short status line under the bar (a restart, say)."""
