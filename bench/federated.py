@@ -21,7 +21,8 @@ The breast-cancer training set is split into three disjoint, unevenly sized part
    same model (same shards, the same local training function, ``client.submit`` per
    site pinned to its worker, numpy mean), runs alternated, median round; the ratio
    secure ÷ plain (target <= 1.3 at 12 sites), Lepton without secure aggregation as a
-   middle step, and how each phase (keys, train, unmask) grows with the sites.
+   middle step, how each phase (keys, train, unmask) grows with the sites, and what one
+   control message to every site costs: Lepton's ``rpc`` against a plain ``Client.run``.
 
 ``--only scaling`` (or any of accuracy, round_time, dp, scaling, comma-separated) runs a selection.
 """
@@ -231,6 +232,34 @@ def plain_fedavg(client, shards: dict, make, rounds: int) -> list[float]:
     return times
 
 
+def _control(site: str, round_no: int) -> tuple[str, int]:
+    """A control message's work on a site: nothing (what is timed is reaching every site)."""
+    return site, round_no
+
+
+def control_message_ms(client, sites: list[str], reps: int = 20) -> dict:
+    """One control message to every site: Lepton's ``rpc`` (one broadcast, each worker bounding
+    its own call) against a plain ``Client.run`` of the same function on the same workers,
+    alternated; medians in ms."""
+    from lepton_lab.ml.federated.calls import rpc, site_workers
+
+    where = {s: site_workers(client, s)[0] for s in sites}
+    times: dict[str, list[float]] = {"lepton_rpc": [], "plain_client_run": []}
+    for i in range(reps + 1):
+        for mode in (["lepton_rpc", "plain_client_run"] if i % 2 else ["plain_client_run", "lepton_rpc"]):
+            t = time.perf_counter()
+            if mode == "lepton_rpc":
+                results, failed = rpc(client, _control, {s: (a, (s, i)) for s, a in where.items()}, 10.0)
+                assert len(results) == len(sites) and not failed, failed
+            else:
+                client.run(_control, "any", i, workers=list(where.values()))
+            if i:  # the first of each is a warm-up
+                times[mode].append(time.perf_counter() - t)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {**{f"{m}_ms": round(1000 * v, 1) for m, v in med.items()},
+            "ratio": round(med["lepton_rpc"] / med["plain_client_run"], 3), "reps": reps}
+
+
 def bench_scaling(client, sites: list[str], runs: int, rounds: int) -> dict:
     import numpy as np
     from sklearn.datasets import make_classification
@@ -284,6 +313,7 @@ def bench_scaling(client, sites: list[str], runs: int, rounds: int) -> dict:
             "lepton_plain_over_plain_dask": round(med["lepton_plain"] / med["plain_dask"], 3),
             "secure_phase_ms": {p: round(1000 * statistics.median(v), 1) for p, v in sorted(phases.items())},
             "first_secure_round_ms": round(1000 * statistics.median(first_secure), 1),
+            "control_message": control_message_ms(client, chosen),
             "rounds_measured": len(per["secure"]),
         }
         print(f"scaling: {n} sites done ({out['sites'][str(n)]['secure_over_plain_dask']} secure / plain-Dask)",
@@ -319,6 +349,9 @@ def print_table(results: dict) -> None:
         print(f"{'  secure / plain-Dask (per run)':44} {r['secure_over_plain_dask']:>12.3f}  "
               f"{'<= 1.3 ' if n == '12' else ''}{r['secure_over_plain_dask_per_run']}")
         print(f"{'  secure phases, ms (median)':44} {phases}")
+        cm = r["control_message"]
+        print(f"{'  a control message to every site, ms':44} Lepton rpc {cm['lepton_rpc_ms']} / plain Client.run "
+              f"{cm['plain_client_run_ms']} ({cm['ratio']}x)")
 
 
 def main() -> None:
