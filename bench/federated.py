@@ -241,9 +241,10 @@ def control_message_ms(client, sites: list[str], reps: int = 20) -> dict:
     """One control message to every site: Lepton's ``rpc`` (one broadcast, each worker bounding
     its own call) against a plain ``Client.run`` of the same function on the same workers,
     alternated; medians in ms."""
-    from lepton_lab.ml.federated.calls import rpc, site_workers
+    from lepton_lab.cluster.workers import site_workers
+    from lepton_lab.ml.federated.calls import rpc
 
-    where = {s: site_workers(client, s)[0] for s in sites}
+    where = {s: next(iter(site_workers(client, s))) for s in sites}
     times: dict[str, list[float]] = {"lepton_rpc": [], "plain_client_run": []}
     for i in range(reps + 1):
         for mode in (["lepton_rpc", "plain_client_run"] if i % 2 else ["plain_client_run", "lepton_rpc"]):

@@ -135,7 +135,6 @@ def connect(address: str, *, name: str | None = None, timeout: float | None = No
     from .cluster.workers import site_of, workers_now
 
     for w in workers_now(client).values():
-
         site, kind = site_of(w.get("name", ""), w.get("resources"))
         entry = sites.setdefault(site, {"name": site, "kind": kind, "workers": 0, "gpus": 0,
                                         "threads": w.get("nthreads", 1), "memory": "",

@@ -40,6 +40,12 @@ def workers_now(client) -> dict[str, dict[str, Any]]:
     return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
 
 
+def site_workers(client, site: str) -> dict[str, str]:
+    """Address -> name of the workers holding ``site``'s resource, in address order."""
+    return {addr: str(w.get("name", addr)) for addr, w in sorted(workers_now(client).items())
+            if float((w.get("resources") or {}).get(site, 0)) > 0}
+
+
 def worker_name(site: str, n: int) -> str:
     return f"{site}-{n}"
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
+from ..cluster.workers import site_workers
 from ..errors import ClusterError, ConfigError, IntegrityError, LeptonError, NotFound
 
 #: Scheduler plugin names of deployments begin with this.
@@ -124,15 +125,6 @@ def _loaded_here(name: str, dask_worker: Any = None) -> bool:
     """(Run on a worker by ``client.run``.) Whether deployment ``name``'s model is loaded there."""
     plugin = dask_worker.plugins.get(PLUGIN_PREFIX + name)
     return plugin is not None and getattr(plugin, "model", None) is not None
-
-
-def site_workers(client: Any, site: str) -> dict[str, str]:
-    """Address -> name of the workers holding ``site``'s resource."""
-    from lepton_lab.cluster.workers import workers_now
-
-    workers = workers_now(client)
-    return {addr: str(w.get("name", addr)) for addr, w in workers.items()
-            if float((w.get("resources") or {}).get(site, 0)) > 0}
 
 
 def deploy(client: Any, *, name: str, site: str, payload: bytes, manifest_json: str,

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from lepton_lab.cluster.interrupt import stop_job
-from lepton_lab.cluster.workers import workers_now
+from lepton_lab.cluster.workers import on_site, workers_now
 from lepton_lab.errors import ConfigError
-from lepton_lab.ml.federated.calls import collect, rpc, short, site_workers
+from lepton_lab.ml.federated.calls import collect, rpc, short
 from lepton_lab.ml.federated.local import _metrics, get_vector, set_vector
 from lepton_lab.ml.federated.options import LOAD_TIMEOUT, STALE_AFTER, FederatedError, _as_dp, _check_args
 from lepton_lab.ml.federated.result import FederatedResult, RoundRecord
@@ -109,17 +109,15 @@ class _Run:
         for attempt in range(3):  # a site's worker between a restart and joining again: look again
             if attempt:
                 time.sleep(0.5 * attempt)
-            missing = [s for s in missing if not site_workers(self.client, s)]
+            known = sorted({r for w in workers_now(self.client).values() for r, n in (w.get("resources") or {}).items()
+                            if n > 0 and r not in ("cloud", "edge", "GPU")})
+            missing = [s for s in missing if s not in known]
             if not missing:
                 break
-        known = sorted({r for w in workers_now(self.client).values()
-                        for r in (w.get("resources") or {}) if r not in ("cloud", "edge", "GPU")})
         if missing:
             raise FederatedError(f"no worker of site {', '.join(missing)} in this cluster "
                                  f"(sites with workers: {', '.join(known) or 'none'}); check the names or "
                                  "join a machine with `lepton-lab worker --site NAME`")
-        from lepton_lab.cluster.workers import on_site
-
         data = {s: self.client.submit(_site_load, self.loader, s, key=self._key("data", s), resources=on_site(s),
                                       pure=False) for s in self.sites}
         described = {s: self.client.submit(_site_describe, f, key=self._key("describe", s), resources=on_site(s),

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable
 
+from lepton_lab.cluster.workers import site_workers
 from lepton_lab.errors import ConfigError
-from lepton_lab.ml.federated.calls import site_workers
 from lepton_lab.ml.federated.options import PHASES
 
 _FAULTS: dict[str, list[dict[str, Any]]] = {}  # site -> armed faults (testing aid)
@@ -44,7 +44,7 @@ def inject_fault(client, site: str, phase: str, rounds: Iterable[int] | None = N
         raise ConfigError(f"unknown phase {phase!r} (phases: {', '.join(PHASES)})")
     if mode not in ("raise", "hang"):
         raise ConfigError(f"unknown fault mode {mode!r} (raise or hang)")
-    addrs = site_workers(client, site)
+    addrs = list(site_workers(client, site))
     if not addrs:
         raise ConfigError(f"no worker of site {site!r} to arm")
     client.run(_arm_fault, site, phase, None if rounds is None else sorted(rounds), mode, seconds,
