@@ -13,6 +13,7 @@ a job that ended stays listed, finished, for a while.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,8 +111,7 @@ class Snapshot:
     def from_dict(cls, d: dict[str, Any]) -> "Snapshot":
         return cls(
             cluster=d["cluster"], time=d["time"], scheduler=d["scheduler"],
-            workers=[WorkerAllocation(**{**w, "gpus": [GPUUsage(**g) for g in w["gpus"]]})
-                     for w in d["workers"]],
+            workers=[_worker(w) for w in d["workers"]],
             sites=[SiteTotals(**s) for s in d["sites"]],
             jobs=[JobAllocation(**j) for j in d["jobs"]],
             totals=Totals(**d["totals"]),
@@ -122,6 +122,13 @@ class Snapshot:
 
     def job(self, name: str) -> JobAllocation | None:
         return next((j for j in self.jobs if j.name == name), None)
+
+
+def _worker(w: dict[str, Any]) -> WorkerAllocation:
+    worker = WorkerAllocation(**w)
+    if worker.gpus:
+        worker.gpus = [GPUUsage(**g) for g in worker.gpus]  # type: ignore[arg-type]
+    return worker
 
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})
@@ -145,12 +152,14 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _gpu_usage(ws: Any) -> list[dict[str, Any]]:
+def _gpu_usage(ws: Any, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """A worker's GPUs as ``GPUUsage`` fields."""
-    live = (ws.metrics or {}).get("gpu") or {}
-    static = (getattr(ws, "extra", None) or {}).get("gpu") or {}
+    live = metrics.get("gpu")
+    extra = getattr(ws, "extra", None)
+    static = extra.get("gpu") if extra else None
     if not live and not static:
         return []
+    live, static = live or {}, static or {}
     return [{"index": 0, "name": str(static.get("name", "GPU")), "utilization": live.get("utilization"),
              "memory_used": live.get("memory-used"), "memory_total": static.get("memory-total")}]
 
@@ -159,74 +168,102 @@ def collect(dask_scheduler: Any, cluster: str = "", costs: dict[str, float] | No
     """Build the snapshot from a live ``Scheduler`` object (runs on the scheduler).
 
     One pass over workers and their tasks; workers go straight to their JSON form
-    (the fields of ``WorkerAllocation``), since there are many of them.
+    (the fields of ``WorkerAllocation``), since there are many of them. A site's
+    totals add up in that pass as plain numbers; the cluster's are the sum of its sites'.
     """
     costs = costs or {}
     now = time.time()
     workers: list[dict[str, Any]] = []
-    sites: dict[str, SiteTotals] = {}
+    # site -> [kind, workers, nthreads, memory_used, memory_limit, gpus, processing, cost]
+    sums: dict[str, list[Any]] = {}
     jobs: dict[str, JobAllocation] = {}
     # Each job's sites, as a set beside its list: one pass costs workers + tasks.
     job_sites: dict[str, set[str]] = {}
-    totals = Totals()
     for ws in list(dask_scheduler.workers.values()):
         resources = dict(ws.resources or {})
-        site, kind = site_of(ws.name, resources)
+        name = str(ws.name)
+        site, kind = site_of(name, resources)
         per_job: dict[str, int] = {}
-        for ts in list(ws.processing):
+        processing_tasks = list(ws.processing)
+        # Tasks are counted per job on this worker, then added to their jobs once.
+        per_job_resources: dict[str, dict[str, float]] = {}
+        for ts in processing_tasks:
             job_name = job_of(ts)
             per_job[job_name] = per_job.get(job_name, 0) + 1
+            restrictions = ts.resource_restrictions
+            if restrictions:
+                held = per_job_resources.get(job_name) or per_job_resources.setdefault(job_name, {})
+                for res, amount in restrictions.items():
+                    held[res] = held.get(res, 0) + amount
+        # A worker is visited once, so it joins each of its jobs once.
+        for job_name, count in per_job.items():
             job = jobs.get(job_name)
             if job is None:
                 job = jobs[job_name] = JobAllocation(job_name)
                 job_sites[job_name] = set()
-            job.tasks += 1
+            job.tasks += count
+            job.workers.append(name)
             job_resources = job.resources
-            job_resources["threads"] = job_resources.get("threads", 0) + 1
-            for res, amount in (ts.resource_restrictions or {}).items():
+            job_resources["threads"] = job_resources.get("threads", 0) + count
+            for res, amount in per_job_resources.get(job_name, {}).items():
                 job_resources[res] = job_resources.get(res, 0) + amount
-        # A worker is visited once, so it joins each of its jobs once.
-        for job_name in per_job:
-            jobs[job_name].workers.append(str(ws.name))
             if site not in job_sites[job_name]:
                 job_sites[job_name].add(site)
-                jobs[job_name].sites.append(site)
+                job.sites.append(site)
         metrics = ws.metrics or {}
-        gpus = _gpu_usage(ws)
+        gpus = _gpu_usage(ws, metrics)
         mem_used = int(metrics.get("memory", 0) or 0)
         cost = float(costs.get(site, 0.0))
-        nthreads, memory_limit, processing = ws.nthreads, int(ws.memory_limit or 0), len(ws.processing)
+        nthreads, memory_limit, processing = ws.nthreads, int(ws.memory_limit or 0), len(processing_tasks)
         workers.append({
-            "name": str(ws.name), "address": ws.address, "site": site, "kind": kind, "nthreads": nthreads,
+            "name": name, "address": ws.address, "site": site, "kind": kind, "nthreads": nthreads,
             "memory_used": mem_used, "memory_limit": memory_limit,
             "cpu": float(metrics.get("cpu", 0.0) or 0.0), "gpus": gpus, "processing": processing,
             "resources": resources, "used_resources": dict(ws.used_resources or {}), "jobs": per_job,
             "cost_per_hour": cost,
         })
-        n_gpus = max(len(gpus), int(resources.get("GPU", 0)))
-        s = sites.get(site)
+        n_gpus = len(gpus)
+        if "GPU" in resources:
+            n_gpus = max(n_gpus, int(resources["GPU"]))
+        s = sums.get(site)
         if s is None:
-            s = sites[site] = SiteTotals(site, kind)
-        for agg in (s, totals):
-            agg.workers += 1
-            agg.nthreads += nthreads
-            agg.memory_used += mem_used
-            agg.memory_limit += memory_limit
-            agg.gpus += n_gpus
-            agg.processing += processing
-            agg.cost_per_hour = round(agg.cost_per_hour + cost, 4)
+            s = sums[site] = [kind, 0, 0, 0, 0, 0, 0, 0.0]
+        s[1] += 1
+        s[2] += nthreads
+        s[3] += mem_used
+        s[4] += memory_limit
+        s[5] += n_gpus
+        s[6] += processing
+        s[7] += cost
+    sites = [SiteTotals(site, kind, n, threads, used, limit, g, proc, round(cost, 4))
+             for site, (kind, n, threads, used, limit, g, proc, cost) in sums.items()]
+    totals = Totals()
+    for st in sites:
+        totals.workers += st.workers
+        totals.nthreads += st.nthreads
+        totals.memory_used += st.memory_used
+        totals.memory_limit += st.memory_limit
+        totals.gpus += st.gpus
+        totals.processing += st.processing
+        totals.cost_per_hour += st.cost_per_hour
+    totals.cost_per_hour = round(totals.cost_per_hour, 4)
     for job_name, p in progress(dask_scheduler, now).items():
         job = jobs.get(job_name)
         if job is None:
             job = jobs[job_name] = JobAllocation(job_name)
         job.done, job.total, job.erred = p.done, p.total, p.erred
         job.started, job.finished, job.elapsed = p.started, p.finished, p.elapsed
-    workers.sort(key=lambda w: (w["kind"] != "cloud", w["site"], _natural(w["name"])))
+    workers.sort(key=_worker_order)
     return {
         "cluster": cluster, "time": now, "scheduler": dask_scheduler.address, "workers": workers,
-        "sites": _plain(sorted(sites.values(), key=lambda s: (s.kind != "cloud", s.name))),
+        "sites": _plain(sorted(sites, key=lambda s: (s.kind != "cloud", s.name))),
         "jobs": _plain(sorted(jobs.values(), key=_job_order)), "totals": _plain(totals),
     }
+
+
+def _worker_order(w: dict[str, Any]) -> tuple:
+    """Cloud workers first, then by site, then by name with its number read as a number."""
+    return (w["kind"] != "cloud", w["site"], _natural(w["name"]))
 
 
 def _job_order(job: JobAllocation) -> tuple:
@@ -236,6 +273,7 @@ def _job_order(job: JobAllocation) -> tuple:
     return (1, -job.finished, job.name)
 
 
+@functools.lru_cache(maxsize=4096)
 def _natural(name: str) -> tuple:
     head, _, tail = name.rpartition("-")
     return (head, int(tail)) if tail.isdigit() else (name, 0)

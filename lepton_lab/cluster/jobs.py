@@ -70,23 +70,28 @@ def progress(dask_scheduler: Any, now: float) -> dict[str, JobProgress]:
     within ``config.ENDED_JOB_SECONDS`` (one pass over tasks, one over executing tasks)."""
     counts: dict[str, list[int]] = {}  # job -> [total, done, erred]
     owner: dict[Any, str | None] = {}  # task group -> its one job, None when jobs share it
+    # Tasks of one group mostly come one after another: a task of the same group and job
+    # as the one before needs no look-up.
+    last_group: Any = None
+    last_job = ""
+    c = [0, 0, 0]
     for ts in dask_scheduler.tasks.values():
         if ts.run_spec is None:  # data put there (scatter), not a task that runs
             continue
         annotations = ts.annotations
         group = ts.group
         job = str(annotations["job"]) if annotations and "job" in annotations else group.prefix.name
-        c = counts.get(job)
-        if c is None:
-            c = counts[job] = [0, 0, 0]
+        if group is not last_group or job != last_job:
+            c = counts.get(job) or counts.setdefault(job, [0, 0, 0])
+            held = owner.get(group, job)
+            owner[group] = held if held == job else None
+            last_group, last_job = group, job
         c[0] += 1
         state = ts.state
         if state == "memory" or (state == "released" and ts.nbytes >= 0):
             c[1] += 1
         elif state == "erred":
             c[2] += 1
-        held = owner.get(group, job)
-        owner[group] = held if held == job else None
 
     started: dict[str, float] = {}
     stopped: dict[str, float] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -57,11 +58,19 @@ def site_of(name: str, resources: dict[str, float] | None = None) -> tuple[str, 
     ``("unknown", "unknown")`` unless its resources name a kind.
     """
     resources = resources or {}
-    kind = next((k for k in ("cloud", "edge") if k in resources), "unknown")
-    m = WORKER_NAME.match(str(name))
-    if m and (m["site"] in resources or m["site"] == kind):
-        return m["site"], kind
-    return (kind if kind != "unknown" else "unknown"), kind
+    kind = "cloud" if "cloud" in resources else "edge" if "edge" in resources else "unknown"
+    site = _named_site(str(name))
+    if site is not None and (site in resources or site == kind):
+        return site, kind
+    return kind, kind
+
+
+@functools.lru_cache(maxsize=4096)
+def _named_site(name: str) -> str | None:
+    """The site a worker's name gives (``edge-hospital-a-0`` -> ``edge-hospital-a``); a
+    snapshot asks this of every worker every second, and names do not change."""
+    m = WORKER_NAME.match(name)
+    return m["site"] if m else None
 
 
 def site_resources(kind: str, site: str, threads: int, gpu: bool = False) -> dict[str, float]:
