@@ -11,6 +11,11 @@ valid chain. So every append also rewrites a small sidecar,
 it. Someone able to rewrite both files can still cut the end unnoticed; to
 rule that out too, copy the head elsewhere from time to time (another
 machine, a ticket, a signed note).
+
+Only the log is synced (one fsync a batch); the head is replaced after it, by a
+rename. A crash may therefore leave a head a few lines behind the log, never
+ahead of it: lines it does not name yet are still chained, and the next append
+names them.
 """
 
 from __future__ import annotations
@@ -149,7 +154,9 @@ class AuditLog:
                 data = data[os.write(fd, data) :]
             os.fsync(fd)
             last = out[-1]
-            write_atomic(self.head_path, json.dumps({"seq": last["seq"], "hash": last["hash"]}).encode())
+            # After the log's fsync, so the head never names a line the disk might not hold.
+            write_atomic(self.head_path, json.dumps({"seq": last["seq"], "hash": last["hash"]}).encode(),
+                         durable=False)
         finally:
             os.close(fd)
         return out
