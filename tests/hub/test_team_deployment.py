@@ -256,8 +256,13 @@ def test_the_control_planes_state_is_its_own(team):
     assert info.st_mode & 0o077 == 0
     # Nothing of the analysts runs as the control plane's account but the service itself.
     cp_uid = pwd.getpwnam(team.users["cp"].name).pw_uid
-    names = {" ".join(p.cmdline()) for p in processes_of({cp_uid})}
-    assert all("lepton_lab.hub.control_plane" in n or "sudo" in n for n in names), names
+    mine = processes_of({cp_uid})
+    names = {" ".join(p.cmdline()) for p in mine}
+    # (Its audit log's writer is a child of the service, started by it.)
+    writers = [p for p in mine if "lepton_lab.security.audit_writer" in " ".join(p.cmdline())]
+    assert all("lepton_lab.hub.control_plane" in " ".join(p.parent().cmdline()) for p in writers), names
+    assert all("lepton_lab.hub.control_plane" in n or "sudo" in n or "lepton_lab.security.audit_writer" in n
+               for n in names), names
 
 
 def test_the_sidebar_in_a_hub_users_lab_shows_their_own_identity_and_team(team):

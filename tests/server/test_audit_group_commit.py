@@ -1,9 +1,10 @@
 """Group commit: an answer leaves only after its audit line is on disk; many at once keep the chain whole."""
 
 import asyncio
+import fcntl
+import os
 import subprocess
 import sys
-import threading
 
 from lepton_lab.security.audit import verify
 
@@ -12,48 +13,47 @@ def _services(jp_serverapp):
     return jp_serverapp.web_app.settings["lepton"]
 
 
-async def test_the_answer_waits_for_its_audit_line(as_user, jp_serverapp, monkeypatch):
-    services = _services(jp_serverapp)
-    audit = services.audit
-    release, writing = threading.Event(), threading.Event()
-    real = audit.record_many
-
-    def slow_disk(items):
-        writing.set()
-        assert release.wait(30)
-        return real(items)
-
-    monkeypatch.setattr(audit, "record_many", slow_disk)
+async def test_the_answer_waits_for_its_audit_line(as_user, jp_serverapp):
+    audit = _services(jp_serverapp).audit
     before = len(audit.entries())
-    answer = asyncio.ensure_future(as_user("alice", "lepton", "api", "templates"))
-    for _ in range(300):  # the decision is queued and the handler runs, but the disk is held
-        if writing.is_set():
-            break
-        await asyncio.sleep(0.01)
-    assert writing.is_set()
-    await asyncio.sleep(0.3)
-    assert not answer.done(), "the answer left before its audit line was written"
-    assert len(audit.entries()) == before
-    release.set()
+    # Another process holds the log (as an append does): the writer cannot commit until it lets go.
+    audit.path.parent.mkdir(parents=True, exist_ok=True)
+    holder = os.open(audit.path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        answer = asyncio.ensure_future(as_user("alice", "lepton", "api", "templates"))
+        await asyncio.sleep(0.5)
+        assert not answer.done(), "the answer left before its audit line was written"
+        size = os.fstat(holder).st_size
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    finally:
+        os.close(holder)
     code, body = await asyncio.wait_for(answer, 30)
     assert code == 200 and body
     lines = audit.entries()
+    assert len(lines) > before and audit.path.stat().st_size > size
     assert lines[-1]["user"] == "alice" and lines[-1]["resource"] == "lepton:templates"
     assert lines[-1]["outcome"] == "allow"
 
 
-async def test_an_unwritable_line_withholds_the_answer(as_user, jp_serverapp, monkeypatch):
+async def test_an_unwritable_line_withholds_the_answer(as_user, jp_serverapp):
     audit = _services(jp_serverapp).audit
-
-    def broken_disk(items):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(audit, "record_many", broken_disk)
-    code, body = await as_user("alice", "lepton", "api", "templates")
-    assert code == 500 and "could not be written to the audit log" in body["message"]
-    assert "templates" not in body  # nothing of the handler's answer leaked
-    code, body = await as_user("bob", "lepton", "api", "audit")  # a refusal waits too, and fails the same way
-    assert code == 500
+    aside = audit.path.with_name(audit.path.name + ".aside")
+    if audit.path.exists():
+        audit.path.rename(aside)
+    audit.path.mkdir(parents=True)  # the log is a folder now: no line can be appended
+    try:
+        code, body = await as_user("alice", "lepton", "api", "templates")
+        assert code == 500 and "could not be written to the audit log" in body["message"]
+        assert "templates" not in body  # nothing of the handler's answer leaked
+        code, body = await as_user("bob", "lepton", "api", "audit")  # a refusal waits too, and fails the same way
+        assert code == 500
+    finally:
+        audit.path.rmdir()
+        if aside.exists():
+            aside.rename(audit.path)
+    code, _ = await as_user("alice", "lepton", "api", "templates")
+    assert code == 200  # the log is back and so are the answers
 
 
 async def test_concurrent_requests_share_fsyncs_and_keep_the_chain(as_user, jp_serverapp, lepton_home):
