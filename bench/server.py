@@ -14,8 +14,8 @@
    (target <= 1.2x). Each block then sends as many requests again as a steady load (100
    always in flight, each answer sending the next at once), shown beside the bursts:
    the target is judged on the bursts (100 sent together and all awaited), the harder
-   shape for an answer held until its audit line is durable, since the audit writer
-   thread gets little time while the event loop handles the burst.
+   shape for an answer held until its audit line is durable: the event loop handles
+   many requests in one turn, and a held answer leaves only when the loop looks.
    The same ``/api/status`` on the Lepton server is shown too. The
    server's CPU time per request is reported, and from it the floor of a p99 when 100
    requests queue on one event loop.
@@ -364,7 +364,7 @@ def bench_authz(tmp: Path, iterations: int, audited_iterations: int) -> dict:
             "audit_batches": services._audit_batcher.batches - batches,
             "iterations": iterations, "is_authorized_iterations": n,
         })
-    # The audit append alone, as the authorizer's writer thread does it.
+    # The audit append alone, as the audit writer process does it for a batch of one.
     for _ in range(3):
         services.audit.record("bench", "read", "lepton:clusters", "allow", reason="warm-up")
 
@@ -374,7 +374,7 @@ def bench_authz(tmp: Path, iterations: int, audited_iterations: int) -> dict:
         return 1000 * (time.perf_counter() - t0)
 
     # Diagnosis too: the same appends with fsync stubbed out in this process, in alternating
-    # blocks, to show how much of an append is the two fsyncs (log line, head file).
+    # blocks, to show how much of an append is its fsync.
     times, no_fsync = [], []
     real_fsync = os.fsync
     for _ in range(max(1, audited_iterations // 10)):
@@ -507,7 +507,7 @@ def print_table(results: dict) -> None:
                         f"{c['answer_ready_100_at_once_p99_ms']} ms)" if c["audited"] else "")))
     rows.append(("audit append alone p50 / p99 (ms)",
                  f"{authz['audit_append_p50_ms']} / {authz['audit_append_p99_ms']}",
-                 f"AuditLog.record: flock, tail read, append + fsync, head write + fsync + rename; "
+                 f"AuditLog.record: flock, tail read, append + fsync, head write + rename; "
                  f"p50 {authz['audit_append_without_fsync_p50_ms']} ms with fsync stubbed (diagnosis)"))
     rows.append(("decision, worst case (ms)", f"{authz['worst_decide_ms']}",
                  f"pure decide(): <= {DECISION_TARGET_MS:g} ms {_yes(authz['decide_meets_target'])}"))
