@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import select
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -37,7 +33,7 @@ from tornado import httputil
 from tornado.concurrent import chain_future
 
 from ..security.audit import AuditEntry, AuditLog
-from ..security.audit_writer import rebuild
+from ..security.audit_writer import WriterProcess, rebuild
 
 logger = logging.getLogger(__name__)
 
@@ -99,71 +95,6 @@ class Ticket:
 _Woken = tuple[_Batch, list[tuple[asyncio.AbstractEventLoop, asyncio.Future]], list[asyncio.AbstractEventLoop]]
 
 
-def _reply(line: bytes) -> dict[str, Any]:
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict) or not ("entries" in reply or "error" in reply):
-        return {"error": {"type": "other", "message": "the audit writer's answer could not be read"}}
-    return reply
-
-
-class _Writer:
-    """One audit writer process (:mod:`lepton_lab.security.audit_writer`) and its two pipes."""
-
-    def __init__(self, path: str):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "lepton_lab.security.audit_writer", path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.requests = self.process.stdin.fileno()
-        self.replies = self.process.stdout.fileno()
-        os.set_blocking(self.replies, False)
-        self.buffer = b""
-        self.ended = False
-        #: Event loops that still have this writer's reply pipe in their selector.
-        self.watched_by = 0
-
-    def send(self, items: list[dict[str, Any]]) -> None:
-        data = json.dumps(items, default=str, separators=(",", ":")).encode("utf-8") + b"\n"
-        while data:
-            data = data[os.write(self.requests, data):]
-
-    def read(self) -> list[dict[str, Any]] | None:
-        """The replies that have arrived in full, without waiting; None once the process has ended."""
-        if self.ended:
-            return None
-        while True:
-            try:
-                chunk = os.read(self.replies, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                self.ended = True
-                break
-            self.buffer += chunk
-        *lines, self.buffer = self.buffer.split(b"\n")
-        replies = [_reply(line) for line in lines]
-        return replies if replies or not self.ended else None
-
-    def stop(self, timeout: float) -> None:
-        """End the process (its input closes, so it finishes the batch it has and exits)."""
-        assert self.process.stdin is not None
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def close_replies(self) -> None:
-        """Close the reply pipe, once no event loop's selector holds it."""
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-
-
 class AuditBatcher:
     """Group commit: ``submit`` adds to the pending batch; a writer process commits batch after batch.
 
@@ -179,12 +110,12 @@ class AuditBatcher:
         self._cond = threading.Condition(threading.Lock())
         self._next = _Batch()
         self._sent: _Batch | None = None
-        self._writer: _Writer | None = None
+        self._writer: WriterProcess | None = None
         self._closed = False
         # Held answers whose batch is done, per event loop: (callback, error), for that loop to call.
         self._due: dict[asyncio.AbstractEventLoop, list[tuple[Callable, BaseException | None]]] = {}
         # The event loops watching a writer's reply pipe, and which writer each watches.
-        self._watchers: dict[asyncio.AbstractEventLoop, _Writer] = {}
+        self._watchers: dict[asyncio.AbstractEventLoop, WriterProcess] = {}
         #: Batches committed and lines written, for benchmarks and tests.
         self.batches = self.lines = 0
 
@@ -311,7 +242,7 @@ class AuditBatcher:
         with self._cond:
             self._watch(loop)
 
-    def _unwatched(self, writer: _Writer) -> None:
+    def _unwatched(self, writer: WriterProcess) -> None:
         writer.watched_by -= 1
         if writer.watched_by <= 0 and writer is not self._writer:
             writer.close_replies()
@@ -323,7 +254,7 @@ class AuditBatcher:
             return []
         try:
             if self._writer is None:
-                self._writer = _Writer(str(self.audit.path))
+                self._writer = WriterProcess(str(self.audit.path))
             self._writer.send(batch.items)
         except OSError as e:  # it could not start, or it has died: this batch fails, the next tries a new one
             logger.error("audit batch of %d lines not written: %s", len(batch.items), e)
@@ -388,7 +319,7 @@ class AuditBatcher:
         if writer.watched_by <= 0:
             writer.close_replies()
 
-    def _let_go(self, loop: asyncio.AbstractEventLoop, writer: _Writer) -> None:
+    def _let_go(self, loop: asyncio.AbstractEventLoop, writer: WriterProcess) -> None:
         """On ``loop``'s thread: stop watching a writer that was dropped."""
         with self._cond:
             loop.remove_reader(writer.replies)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import threading
 import time
@@ -182,3 +183,18 @@ def test_close_commits_what_is_pending(tmp_path):
     assert [t.result()["seq"] for t in tickets] == list(range(10))
     with pytest.raises(RuntimeError, match="closed"):
         b.submit(_item("u", 11))
+
+
+def test_the_writer_answers_a_bad_batch_with_one_error_and_goes_on(tmp_path):
+    from io import BytesIO
+
+    from lepton_lab.security.audit_writer import reply_of, serve
+
+    lines = [b'{"not": "a list"}\n', b"not json\n", json.dumps([_item("u", 0)]).encode() + b"\n"]
+    out = BytesIO()
+    serve(AuditLog(tmp_path / "audit.jsonl"), lines, out)
+    replies = [reply_of(line) for line in out.getvalue().splitlines()]
+    assert [sorted(r) for r in replies] == [["error"], ["error"], ["entries"]]
+    assert "list" in replies[0]["error"]["message"] and "\n" not in replies[1]["error"]["message"]
+    assert replies[2]["entries"][0]["seq"] == 0
+    assert reply_of(b"garbage")["error"]["message"] == "the audit writer's answer could not be read"
