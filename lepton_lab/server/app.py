@@ -241,3 +241,7 @@ class LeptonApp(ExtensionApp):
     async def stop_extension(self) -> None:
         # The next server in this process (tests start many) reads its own configuration.
         config.configure({})
+        # No decision comes after the server: what is pending is written and the audit writer ends.
+        services = getattr(self, "services", None)
+        if services is not None:
+            services.close_audit()

@@ -88,6 +88,15 @@ class Services(DeploymentServices, ClusterServices, ModelServices, TemplateServi
         return self._audit_batcher.submit(dict(user=user, action=action, resource=resource, outcome=outcome,
                                                reason=reason, request_id=request_id, detail=detail))
 
+    def close(self) -> None:
+        """Stop the clusters (see ``ClusterServices.close``), then the audit writer."""
+        super().close()
+        self.close_audit()
+
+    def close_audit(self) -> None:
+        """Write the audit lines still pending and stop the audit writer; later decisions are refused."""
+        self._audit_batcher.close()
+
     async def record_before_answer(self, handler: Any, user: str, action: str, resource: str, outcome: str, *,
                                    reason: str = "", request_id: str | None = None, **detail: Any) -> None:
         """Audit a decision on ``handler``'s request: its answer leaves only once the line is on disk.

@@ -198,3 +198,18 @@ def test_the_writer_answers_a_bad_batch_with_one_error_and_goes_on(tmp_path):
     assert "list" in replies[0]["error"]["message"] and "\n" not in replies[1]["error"]["message"]
     assert replies[2]["entries"][0]["seq"] == 0
     assert reply_of(b"garbage")["error"]["message"] == "the audit writer's answer could not be read"
+
+
+def test_close_ends_the_writer_process(tmp_path):
+    b = AuditBatcher(AuditLog(tmp_path / "audit.jsonl"))
+
+    async def one():
+        return await b.submit(_item("u", 0))
+
+    assert asyncio.run(one())["seq"] == 0
+    writer = b._writer
+    assert writer is not None and writer.process.poll() is None
+    b.close()
+    b.close()  # a second close (the server's stop, then its exit) finds nothing to do
+    writer.process.wait(30)
+    assert writer.process.returncode == 0
