@@ -159,19 +159,19 @@ class AuditBatcher:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if self._sent is not None:
-            with self._cond:
-                wake = self._take_replies()
-            self._wake(wake, here=loop)
-        if loop is not None:
+        if self._sent is not None:  # else no answer is due: the selector sees an ended writer
+            self._look(loop)
+        elif loop is not None:
             self._deliver(loop)
 
-    def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A loop's selector saw the writer's reply pipe readable."""
+    def _look(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Take the writer's answers, wake the loops they finish, release ``loop``'s held answers.
+        Also what a loop's selector calls when the writer's reply pipe is readable."""
         with self._cond:
             wake = self._take_replies()
         self._wake(wake, here=loop)
-        self._deliver(loop)
+        if loop is not None:
+            self._deliver(loop)
 
     def _wait(self, batch: _Batch) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -219,7 +219,7 @@ class AuditBatcher:
         if old is not None:
             loop.remove_reader(old.replies)
             self._unwatched(old)
-        loop.add_reader(writer.replies, self._readable, loop)
+        loop.add_reader(writer.replies, self._look, loop)
         writer.watched_by += 1
         self._watchers[loop] = writer
 
