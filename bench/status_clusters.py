@@ -7,10 +7,10 @@ all up at once: for each way of running schedulers, one server with no cluster a
 ``--clusters`` TLS clusters created through its REST API (``--workers`` cloud workers each, 1 thread,
 512 MiB; none by default, so the bring-up of 32 clusters stays within minutes on 2 cores):
 
-* process (``LEPTON_SCHEDULERS=process``): each cluster's scheduler and worker are processes
-  of their own;
-* in-process (the default): the schedulers run inside the server's process (on distributed's
-  loop thread), and so do the workers' nannies.
+* process (``LEPTON_SCHEDULERS=process``, the default): each cluster's scheduler and worker
+  are processes of their own, the scheduler in the process the server keeps started ahead;
+* in-process: the schedulers run inside the server's process (on distributed's loop thread),
+  and so do the workers' nannies.
 
 Each block measures every server in a rotating order: 5 rounds of 100 requests at once
 (p50 and p99, as ``bench/server.py`` loads the server) and 100 requests one at a time

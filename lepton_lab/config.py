@@ -157,9 +157,9 @@ def gc_freeze() -> bool:
 
 
 def schedulers_in_process() -> bool:
-    """Whether the server runs its clusters' schedulers in its own event loop (``in-process``, the
-    default, as ``LocalCluster`` does) or as processes of their own (``LEPTON_SCHEDULERS=process``)."""
-    raw = setting("LEPTON_SCHEDULERS", "in-process").strip() or "in-process"
+    """Whether the server runs its clusters' schedulers in its own event loop (``LEPTON_SCHEDULERS=in-process``,
+    as ``LocalCluster`` does) or as processes of their own (``process``, the default)."""
+    raw = setting("LEPTON_SCHEDULERS", "process").strip() or "process"
     if raw not in ("process", "in-process"):
         from .errors import ConfigError
 

@@ -15,19 +15,25 @@ this command as the users, e.g. (``lepton`` runs the control plane)::
     lepton ALL=(%lepton-users) NOPASSWD: /opt/lepton/venv/bin/python -m lepton_lab.hub.account_process
 
 When the account is the control plane's own (tests, a personal server, whose clusters
-run as processes of its own account apart from it), no sudo is used.
+run as processes of its own account apart from it), no sudo is used, and one process is
+kept started ahead (:data:`SPARES`): its imports done, it waits for its order, so a
+cluster's scheduler does not wait for Python and Dask to load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import getpass
 import json
 import logging
+import os
 import secrets
 import shutil
+import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -69,6 +75,134 @@ def this_account() -> str:
         return ""
 
 
+class Child:
+    """A started process of :data:`ENTRY`: its order goes in on standard input, and the event
+    loop that runs it reads its standard output and error (any loop: a process kept ready was
+    started before the loop that uses it)."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def attach(self) -> None:
+        loop = asyncio.get_running_loop()
+        for reader, pipe in ((self.stdout, self.popen.stdout), (self.stderr, self.popen.stderr)):
+            transport, _ = await loop.connect_read_pipe(functools.partial(asyncio.StreamReaderProtocol, reader), pipe)
+            self._transports.append(transport)
+
+    def send(self, line: bytes) -> None:
+        """Write ``line`` to the process (a process that already left shows it by its output's end)."""
+        assert self.popen.stdin is not None
+        try:
+            self.popen.stdin.write(line)
+            self.popen.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def close_input(self) -> None:
+        """Close standard input: the process's signal to leave."""
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            try:
+                self.popen.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    async def wait(self) -> int:
+        while (code := self.popen.poll()) is None:
+            await asyncio.sleep(0.05)
+        return code
+
+    def signal(self, how: str) -> None:
+        """``terminate`` or ``kill`` (sudo passes the signal on to the process it runs)."""
+        if self.popen.poll() is None:
+            getattr(self.popen, how)()
+
+    def detach(self) -> None:
+        for transport in self._transports:
+            transport.close()
+
+
+def _popen(account: str) -> subprocess.Popen:
+    return subprocess.Popen(command(account), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+class Spares:
+    """One process of :data:`ENTRY` kept started for each account asked for, its imports done.
+
+    The first is started with the first process an account asks for (a server that never
+    starts a cluster holds none). :meth:`take` hands it out (and starts the next), with the changes to this process's
+    environment since it started, which it applies before it runs: it then runs with the
+    environment a process started now would have. One started under other interpreter
+    settings (``PYTHON*``), or gone, is ended and a fresh one started. A process kept ready
+    leaves when its standard input closes, so one this process no longer needs, or leaves
+    behind when it exits, ends by itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keepers: collections.Counter[str] = collections.Counter()
+        self._ready: dict[str, tuple[dict[str, str], subprocess.Popen]] = {}
+
+    def keep(self, account: str) -> None:
+        """Keep one process of ``account`` ready, from its next :meth:`take`, until as many
+        :meth:`release` calls as these."""
+        with self._lock:
+            self._keepers[account] += 1
+
+    def release(self, account: str) -> None:
+        """One keeper of ``account`` is done; the last one's going ends the process kept ready."""
+        with self._lock:
+            if self._keepers[account] > 0:
+                self._keepers[account] -= 1
+            kept = self._ready.pop(account, None) if self._keepers[account] == 0 else None
+        if kept is not None:
+            _release(kept[1])
+
+    def take(self, account: str) -> tuple[subprocess.Popen, dict[str, str | None]]:
+        """A process of ``account`` waiting for its order, and the environment changes it is to
+        apply (a name to its value now, or to None when unset since): the one kept ready, or a new one."""
+        now = dict(os.environ)
+        with self._lock:
+            then, popen = self._ready.pop(account, (None, None))
+            changes = _changes(then, now) if then is not None else {}
+            if popen is not None and (any(k.startswith("PYTHON") for k in changes) or popen.poll() is not None):
+                _release(popen)
+                popen = None
+            if self._keepers[account] > 0:
+                self._ready[account] = (now, _popen(account))
+        return (popen, changes) if popen is not None else (_popen(account), {})
+
+    def ready(self, account: str) -> int | None:
+        """The pid of the process kept ready for ``account``, if any."""
+        with self._lock:
+            kept = self._ready.get(account)
+        return kept[1].pid if kept is not None else None
+
+
+def _changes(then: dict[str, str], now: dict[str, str]) -> dict[str, str | None]:
+    changed: dict[str, str | None] = {k: v for k, v in now.items() if then.get(k) != v}
+    changed.update((k, None) for k in then if k not in now)
+    return changed
+
+
+def _release(popen: subprocess.Popen) -> None:
+    """Let a process that has had no order leave: its standard input closes, it ends."""
+    for pipe in (popen.stdin, popen.stdout, popen.stderr):
+        try:
+            if pipe is not None:
+                pipe.close()
+        except OSError:
+            pass
+
+
+#: The processes kept ready in this process.
+SPARES = Spares()
+
+
 class AccountProcess(ProcessInterface):
     """One process of :data:`ENTRY` under ``account``; ``error`` says why it failed to start."""
 
@@ -84,7 +218,7 @@ class AccountProcess(ProcessInterface):
         self.ca_dir = Path(ca_dir)
         self.timeout = timeout
         self.hosts = hosts
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Child | None = None
         self.error: ClusterError | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self._pumps: list[asyncio.Task] = []
@@ -122,12 +256,12 @@ class AccountProcess(ProcessInterface):
                         site=self.site, kind=self.kind)
         order = {**self.order(), "role": self.role, "cluster": ca.cluster_id, "revoked": ca.revoked(),
                  "cert": {"ca_pem": cert.ca_pem, "cert_pem": cert.cert_pem, "key_pem": cert.key_pem}}
-        self.proc = await asyncio.create_subprocess_exec(
-            *command(self.account), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(order).encode() + b"\n")
-        await self.proc.stdin.drain()
+        popen, changes = SPARES.take(self.account)
+        if changes:
+            order["environ"] = changes
+        self.proc = Child(popen)
+        await self.proc.attach()
+        self.proc.send(json.dumps(order).encode() + b"\n")
         self._pumps.append(asyncio.ensure_future(self._pump(self.proc.stderr, keep=True)))
         while True:
             raw = await self.proc.stdout.readline()
@@ -166,21 +300,21 @@ class AccountProcess(ProcessInterface):
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.close()
+        proc.close_input()
         try:
             await asyncio.wait_for(proc.wait(), STOP_GRACE)
         except asyncio.TimeoutError:
             logger.warning("%s %s did not stop within %.0f s; ending it", self.role, self.name, STOP_GRACE)
-            for signal_it in (proc.terminate, proc.kill):
+            for how in ("terminate", "kill"):
                 try:
-                    signal_it()  # sudo passes the signal on to the process it runs
+                    proc.signal(how)
                     await asyncio.wait_for(proc.wait(), 5)
                     break
                 except (ProcessLookupError, asyncio.TimeoutError):
                     continue
         for task in self._pumps:
             task.cancel()
+        proc.detach()
 
     async def close(self) -> None:
         await self._stop()

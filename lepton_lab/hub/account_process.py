@@ -6,7 +6,10 @@ to its standard input: the role, the certificate the cluster's CA issued for
 it, and the arguments of the process. Everything the process keeps lives in one
 private temporary directory of that account, removed when it ends. The process
 ends when its standard input closes (the control plane stopped it, or is gone),
-on SIGTERM, or when its scheduler is gone.
+on SIGTERM, or when its scheduler is gone. It loads what both roles need before it
+reads its order, so a process started ahead of time (``accounts.SPARES``) starts its
+scheduler or worker without that wait; one whose input closes before any order ends
+quietly.
 
 On standard output it says, one line each: ``lepton-scheduler ADDRESS DASHBOARD_PORT``
 once a scheduler listens, or the ``worker NAME ... joined ...`` line of
@@ -96,10 +99,19 @@ def run(order: dict[str, Any]) -> int:
     directory = Path(tempfile.mkdtemp(prefix=f"lepton-{role}-"))
     os.umask(old)
     try:
+        # A process started ahead: the server's environment changed since (see accounts.Spares).
+        for key, value in (order.get("environ") or {}).items():
+            if value is None:
+                os.environ.pop(str(key), None)
+            else:
+                os.environ[str(key)] = str(value)
         os.environ["LEPTON_HOME"] = str(directory / "home")
         os.environ["DASK_TEMPORARY_DIRECTORY"] = str(directory / "scratch")
         for key, value in (order.get("env") or {}).items():
             os.environ[str(key)] = str(value)
+        import dask.config
+
+        dask.config.refresh()  # Dask read the environment when it loaded, before the order
         os.chdir(directory)
         files = _write_certs(directory, role, order["cert"])
         _watch_stdin()
@@ -118,8 +130,24 @@ def _leave(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _load() -> None:
+    """Import what a scheduler and a worker need (no device library: that is the worker's, after its order)."""
+    import distributed  # noqa: F401
+
+    from .. import cli  # noqa: F401
+    from ..cluster import gate, workers  # noqa: F401
+
+    try:  # the scheduler's dashboard: most of a scheduler's start when left to it
+        import distributed.dashboard.scheduler  # noqa: F401
+    except ImportError:  # no bokeh: the scheduler runs without a dashboard
+        pass
+
+
 def main() -> int:
+    _load()
     line = sys.stdin.buffer.readline()
+    if not line:
+        return 0  # kept ready, and not needed
     try:
         order = json.loads(line)
     except ValueError:

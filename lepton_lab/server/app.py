@@ -71,9 +71,9 @@ class LeptonApp(ExtensionApp):
                                        "(env LEPTON_SCHEDULER_ADVERTISE).").tag(config=True)
 
     schedulers = Enum(["in-process", "process"], help="Where the clusters' schedulers and local workers run: "
-                      "in-process (in this server's event loop, as LocalCluster does) or process (processes "
-                      "of their own, so a busy or failing scheduler never slows or stops the server; "
-                      "bring-up takes seconds longer) (env LEPTON_SCHEDULERS; default in-process).").tag(config=True)
+                      "process (processes of their own, one kept started ahead, so a busy or failing "
+                      "scheduler never slows or stops the server) or in-process (in this server's event "
+                      "loop, as LocalCluster does) (env LEPTON_SCHEDULERS; default process).").tag(config=True)
 
     # Unconfigured, each trait reads what is in force without a configuration: the
     # environment variable or the built-in default, as lepton_lab.config states them.
@@ -241,7 +241,9 @@ class LeptonApp(ExtensionApp):
     async def stop_extension(self) -> None:
         # The next server in this process (tests start many) reads its own configuration.
         config.configure({})
-        # No decision comes after the server: what is pending is written and the audit writer ends.
+        # No decision comes after the server: what is pending is written and the audit writer ends;
+        # no cluster comes either, so no process is kept started ahead for one.
         services = getattr(self, "services", None)
         if services is not None:
             services.close_audit()
+            services.close_spare()

@@ -16,6 +16,7 @@ from typing import Any
 from tornado.websocket import WebSocketHandler
 
 from .. import config
+from ..cluster import accounts
 from ..cluster.idle import IdleClock
 from ..cluster.launcher import ClusterManager
 from ..security.audit import AuditLog
@@ -51,6 +52,10 @@ class Services(DeploymentServices, ClusterServices, ModelServices, TemplateServi
         # Each cluster's scheduler and local workers are processes apart from this one (implied by
         # run_as_owner): a busy scheduler never holds up the server's event loop.
         self.out_of_process = out_of_process or run_as_owner
+        # The next cluster's scheduler, started ahead (see close_spare).
+        self._spare = accounts.this_account() if out_of_process and not run_as_owner else None
+        if self._spare is not None:
+            accounts.SPARES.keep(self._spare)
         self.home = Path(home or config.home())
         self.audit = audit or AuditLog(config.audit_path())
         self.tokens = tokens or TokenStore(config.tokens_path())
@@ -89,9 +94,16 @@ class Services(DeploymentServices, ClusterServices, ModelServices, TemplateServi
                                                reason=reason, request_id=request_id, detail=detail))
 
     def close(self) -> None:
-        """Stop the clusters (see ``ClusterServices.close``), then the audit writer."""
+        """Stop the clusters (see ``ClusterServices.close``), then the audit writer and the process kept ready."""
         super().close()
         self.close_audit()
+        self.close_spare()
+
+    def close_spare(self) -> None:
+        """Stop keeping a process started ahead for the next cluster (idempotent)."""
+        account, self._spare = self._spare, None
+        if account is not None:
+            accounts.SPARES.release(account)
 
     def close_audit(self) -> None:
         """Write the audit lines still pending and stop the audit writer; later decisions are refused."""

@@ -6,6 +6,8 @@ team deployment's test runs them under other Linux accounts through sudo.
 
 import getpass
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,14 +20,27 @@ from lepton_lab.cluster.launcher import ManagedCluster
 from lepton_lab.cluster.profiles import resolve_profile
 from lepton_lab.errors import ClusterError
 from lepton_lab.security.certs import ClusterCA
+from tests.helpers import eventually
 
 
 def account_processes() -> list[psutil.Process]:
+    """This process's account processes that run a scheduler or worker (not one kept ready)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if accounts.ENTRY in " ".join(p.info["cmdline"] or []):
-            found.append(p)
+    spare = accounts.SPARES.ready(accounts.this_account())
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.pid != spare and accounts.ENTRY in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
     return found
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def private_dirs() -> set[str]:
@@ -99,3 +114,94 @@ def test_a_worker_that_refuses_to_start_says_why_in_one_line(ca):
     assert "\n" not in message and "no GPU found on this machine" in message
     assert "Fatal Python error" not in message and "Python frame" not in message
     assert account_processes() == []
+
+
+def _temporary_directory():
+    """Where Dask's scratch goes in the process that runs it (by value: the workers cannot import tests)."""
+    return lambda: str(__import__("dask").config.get("temporary-directory"))
+
+
+def _environ(*names):
+    return lambda: {n: __import__("os").environ.get(n) for n in names}
+
+
+def _apart(ca, name: str, workers: int) -> ManagedCluster:
+    ca_dir, security = ca
+    profile = resolve_profile({"name": name, "sites": [
+        {"name": "cloud", "kind": "cloud", "workers": workers, "threads": 1, "memory": "512MiB"}]})
+    return ManagedCluster.start(profile, name=name, security=security, ca_dir=ca_dir, out_of_process=True, gpus=[])
+
+
+def test_a_process_kept_ready_becomes_the_next_scheduler_with_its_own_settings(ca):
+    """The process kept ready loaded Dask before its order: it runs the next cluster's
+    scheduler, and the settings its order brings (the private scratch directory) are in force."""
+    security = ca[1]
+    me = accounts.this_account()
+    accounts.SPARES.keep(me)
+    try:
+        assert accounts.SPARES.ready(me) is None  # none until a cluster needs one
+        first = _apart(ca, "first", 0)
+        try:
+            ready = accounts.SPARES.ready(me)
+            assert ready is not None
+            second = _apart(ca, "second", 1)
+            try:
+                with Client(second.address, security=security, timeout=10) as client:
+                    assert client.run_on_scheduler(os.getpid) == ready
+                    assert "/lepton-scheduler-" in client.run_on_scheduler(_temporary_directory())
+                    assert all("/lepton-worker-" in d for d in client.run(_temporary_directory()).values())
+                kept = accounts.SPARES.ready(me)
+                assert kept not in (None, ready) and not gone(kept)
+            finally:
+                second.close()
+        finally:
+            first.close()
+    finally:
+        accounts.SPARES.release(me)
+    assert eventually(lambda: gone(kept), 30), "the process kept ready did not leave once released"
+    assert account_processes() == []
+
+
+def test_a_process_kept_ready_runs_with_the_environment_as_it_is_at_its_order(ca, monkeypatch):
+    security = ca[1]
+    me = accounts.this_account()
+    monkeypatch.setenv("LEPTON_TEST_GONE", "before")
+    accounts.SPARES.keep(me)
+    try:
+        first = _apart(ca, "first", 0)
+        first.close()
+        ready = accounts.SPARES.ready(me)
+        monkeypatch.setenv("LEPTON_TEST_MARK", "after")
+        monkeypatch.delenv("LEPTON_TEST_GONE")
+        cluster = _apart(ca, "env", 0)
+        try:
+            with Client(cluster.address, security=security, timeout=10) as client:
+                assert client.run_on_scheduler(os.getpid) == ready
+                seen = client.run_on_scheduler(_environ("LEPTON_TEST_MARK", "LEPTON_TEST_GONE"))
+                assert seen == {"LEPTON_TEST_MARK": "after", "LEPTON_TEST_GONE": None}
+        finally:
+            cluster.close()
+
+        # What the interpreter reads as it starts cannot change later: a fresh process, not the one kept.
+        stale = accounts.SPARES.ready(me)
+        set_before = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
+        if set_before:
+            monkeypatch.delenv("PYTHONDONTWRITEBYTECODE")
+        else:
+            monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+        cluster = _apart(ca, "fresh", 0)
+        try:
+            with Client(cluster.address, security=security, timeout=10) as client:
+                assert client.run_on_scheduler(os.getpid) != stale
+                dont_write = client.run_on_scheduler(lambda: __import__("sys").dont_write_bytecode)
+                assert dont_write is not set_before
+        finally:
+            cluster.close()
+        assert eventually(lambda: gone(stale), 30)
+    finally:
+        accounts.SPARES.release(me)
+
+
+def test_a_process_whose_input_closes_before_any_order_ends_quietly():
+    done = subprocess.run([sys.executable, "-m", accounts.ENTRY], input=b"", capture_output=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")

@@ -1,4 +1,5 @@
-"""``LeptonApp.schedulers = "process"``: a cluster the server starts runs apart from the server."""
+"""``LeptonApp.schedulers``: by default (``process``) a cluster the server starts runs apart from the
+server, its scheduler in the process kept started ahead; ``in-process`` keeps it in the server."""
 
 from __future__ import annotations
 
@@ -8,12 +9,8 @@ import os
 import psutil
 import pytest
 
+from lepton_lab.cluster import accounts
 from tests.helpers import eventually
-
-
-@pytest.fixture
-def jp_server_config(jp_server_config):
-    return {**jp_server_config, "LeptonApp": {"schedulers": "process"}}
 
 
 def _pid() -> int:
@@ -27,6 +24,7 @@ async def test_scheduler_and_workers_are_processes_apart_and_leave_with_the_clus
     assert code == 201 and c["tls"] is True, c
     client = services._client(services.manager.get(c["id"]))
     scheduler_pid = await asyncio.to_thread(client.run_on_scheduler, _pid)
+    assert accounts.SPARES.ready(accounts.this_account()) is not None  # the next cluster's, started ahead
     worker_pids = list((await asyncio.to_thread(client.run, _pid)).values())
     assert len(worker_pids) == 1
     server = os.getpid()

@@ -68,7 +68,10 @@ async def test_up_scale_down_with_tls_quota_and_audit(door, lepton_home):
     assert [e for e in _audit_lines(lepton_home, "clusters:scale") if e["outcome"] == "deny"]
 
 
-async def test_gpus_auto_takes_every_free_gpu(door, monkeypatch, tmp_path):
+async def test_gpus_auto_takes_every_free_gpu(door, monkeypatch, tmp_path, jp_serverapp):
+    # The fake GPUs exist in this process only: the server's clusters run their schedulers here, not
+    # apart (where the workers would look for GPUs themselves and rightly find none).
+    monkeypatch.setattr(jp_serverapp.web_app.settings["lepton"], "out_of_process", False)
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(2))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     install_fake_dask_cuda(tmp_path, monkeypatch)
