@@ -30,11 +30,6 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("scheduler", "worker")
-#: Dask defaults of these processes (configuration the account sets still wins). An idle
-#: scheduler or worker times its event loop every 20 ms under distributed's own default,
-#: most of what it spends idle; every 500 ms still catches a blocked loop (distributed warns
-#: once it is held for 3 s), as distributed's own test settings do.
-DASK_DEFAULTS = {"distributed": {"admin": {"tick": {"interval": "500ms"}}}}
 
 
 def _watch_stdin() -> None:
@@ -117,7 +112,6 @@ def run(order: dict[str, Any]) -> int:
         import dask.config
 
         dask.config.refresh()  # Dask read the environment when it loaded, before the order
-        dask.config.update_defaults(DASK_DEFAULTS)
         os.chdir(directory)
         files = _write_certs(directory, role, order["cert"])
         _watch_stdin()
