@@ -17,7 +17,8 @@ Each block measures every server in a rotating order: 5 rounds of 100 requests a
 (p50 and p99 of a lone request). Ratios 16 clusters / none are taken per block and
 reported as median and range over the blocks. Target: <= 1.1 x for schedulers out of the
 server. The clusters' bring-up (POST to 201, its workers joined) is timed too, the two
-ways alternating.
+ways alternating, and what every server and the processes under it spend while nothing
+is asked of them (CPU over ``IDLE_SECONDS``, as a share of one core).
 """
 
 from __future__ import annotations
@@ -44,12 +45,42 @@ PATH = "/api/status"
 MODES = ("process", "in-process")
 ROUNDS = 5
 SINGLES = 100
+IDLE_SECONDS = 10.0
 
 
 def _children(server) -> int:
     import psutil
 
     return len(psutil.Process(server.process.pid).children(recursive=True))
+
+
+def _cpu_seconds(processes) -> float:
+    import psutil
+
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _idle_cpu(servers: dict) -> dict[str, dict[str, float]]:
+    """Per server: % of one core its process and the processes under it spend over ``IDLE_SECONDS`` of no requests."""
+    import psutil
+
+    tree = {}
+    for key, server in servers.items():
+        main = psutil.Process(server.process.pid)
+        tree[key] = (main, main.children(recursive=True))
+    before = {k: (_cpu_seconds([m]), _cpu_seconds(kids)) for k, (m, kids) in tree.items()}
+    time.sleep(IDLE_SECONDS)
+    after = {k: (_cpu_seconds([m]), _cpu_seconds(kids)) for k, (m, kids) in tree.items()}
+    return {f"{mode}-{n}": {"server_pct": round(100 * (after[(mode, n)][0] - before[(mode, n)][0]) / IDLE_SECONDS, 1),
+                            "under_it_pct": round(100 * (after[(mode, n)][1] - before[(mode, n)][1]) / IDLE_SECONDS, 1)}
+            for (mode, n) in tree}
 
 
 async def _measure(port: int, token: str) -> dict[str, float]:
@@ -108,6 +139,7 @@ def main() -> int:
                     raise RuntimeError(f"creating cluster {i + 1} ({mode}): {code} {c}")
                 bring_up[mode].append(time.perf_counter() - t)
         children = {f"{mode}-{n}": _children(s) for (mode, n), s in servers.items()}
+        idle = _idle_cpu(servers)
 
         names = list(servers)
         per_block: list[dict] = []
@@ -130,7 +162,7 @@ def main() -> int:
                                  "none; schedulers as processes of their own vs in the server's process",
                      "clusters": n_clusters, "workers_per_cluster": args.workers, "blocks": blocks,
                      "target": f"<= {TARGET} (process)", "cpus": os.cpu_count(),
-                     "child_processes": children, "modes": {}}
+                     "child_processes": children, "idle_cpu_pct_of_one_core": idle, "modes": {}}
     print(f"GET {PATH}: {n_clusters} clusters running / none, median [min-max] of {blocks} blocks")
     print(f"  {'':12}" + "".join(f"{m:>24}" for m in metrics))
     all_met = True
@@ -158,6 +190,8 @@ def main() -> int:
             print(f"  bring-up of one cluster ({mode}): median {statistics.median(up):.2f} s "
                   f"[{min(up):.2f}-{max(up):.2f}] over {len(up)}")
     print(f"  processes under each server: {children}")
+    print(f"  idle, % of one core over {IDLE_SECONDS:g} s (server / the processes under it): "
+          + ", ".join(f"{k} {v['server_pct']} / {v['under_it_pct']}" for k, v in idle.items()))
     print(f"  target: process <= {TARGET} x on every measure")
     return write_results(args.out, results, all_met=all_met, strict=args.strict)
 

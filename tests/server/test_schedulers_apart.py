@@ -1,5 +1,5 @@
 """``LeptonApp.schedulers``: by default (``process``) a cluster the server starts runs apart from the
-server, its scheduler in the process kept started ahead; ``in-process`` keeps it in the server."""
+server, and a process is kept started ahead for the next (``in-process``: test_schedulers_in_server)."""
 
 from __future__ import annotations
 
