@@ -48,12 +48,6 @@ SINGLES = 100
 IDLE_SECONDS = 10.0
 
 
-def _children(server) -> int:
-    import psutil
-
-    return len(psutil.Process(server.process.pid).children(recursive=True))
-
-
 def _cpu_seconds(processes) -> float:
     import psutil
 
@@ -67,8 +61,9 @@ def _cpu_seconds(processes) -> float:
     return total
 
 
-def _idle_cpu(servers: dict) -> dict[str, dict[str, float]]:
-    """Per server: % of one core its process and the processes under it spend over ``IDLE_SECONDS`` of no requests."""
+def _idle_cpu(servers: dict) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
+    """Per server: how many processes run under it, and the % of one core its own process and those processes
+    spend over ``IDLE_SECONDS`` of no requests."""
     import psutil
 
     tree = {}
@@ -78,9 +73,13 @@ def _idle_cpu(servers: dict) -> dict[str, dict[str, float]]:
     before = {k: (_cpu_seconds([m]), _cpu_seconds(kids)) for k, (m, kids) in tree.items()}
     time.sleep(IDLE_SECONDS)
     after = {k: (_cpu_seconds([m]), _cpu_seconds(kids)) for k, (m, kids) in tree.items()}
-    return {f"{mode}-{n}": {"server_pct": round(100 * (after[(mode, n)][0] - before[(mode, n)][0]) / IDLE_SECONDS, 1),
-                            "under_it_pct": round(100 * (after[(mode, n)][1] - before[(mode, n)][1]) / IDLE_SECONDS, 1)}
-            for (mode, n) in tree}
+
+    def share(key, i: int) -> float:
+        return round(100 * (after[key][i] - before[key][i]) / IDLE_SECONDS, 1)
+
+    children = {f"{mode}-{n}": len(kids) for (mode, n), (_, kids) in tree.items()}
+    return children, {f"{mode}-{n}": {"server_pct": share((mode, n), 0), "under_it_pct": share((mode, n), 1)}
+                      for (mode, n) in tree}
 
 
 async def _measure(port: int, token: str) -> dict[str, float]:
@@ -138,8 +137,7 @@ def main() -> int:
                 if code != 201:
                     raise RuntimeError(f"creating cluster {i + 1} ({mode}): {code} {c}")
                 bring_up[mode].append(time.perf_counter() - t)
-        children = {f"{mode}-{n}": _children(s) for (mode, n), s in servers.items()}
-        idle = _idle_cpu(servers)
+        children, idle = _idle_cpu(servers)
 
         names = list(servers)
         per_block: list[dict] = []

@@ -82,7 +82,6 @@ class Child:
 
     def __init__(self, popen: subprocess.Popen):
         self.popen = popen
-        self.pid = popen.pid
         self.stdout = asyncio.StreamReader()
         self.stderr = asyncio.StreamReader()
         self._transports: list[asyncio.BaseTransport] = []

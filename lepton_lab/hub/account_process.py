@@ -6,9 +6,10 @@ to its standard input: the role, the certificate the cluster's CA issued for
 it, and the arguments of the process. Everything the process keeps lives in one
 private temporary directory of that account, removed when it ends. The process
 ends when its standard input closes (the control plane stopped it, or is gone),
-on SIGTERM, or when its scheduler is gone. It loads what both roles need before it
-reads its order, so a process started ahead of time (``accounts.SPARES``) starts its
-scheduler or worker without that wait; one whose input closes before any order ends
+on SIGTERM, or when its scheduler is gone. While no order is waiting it loads what
+both roles need, so a process started ahead of time (``accounts.SPARES``) starts its
+scheduler or worker without that wait; a process started for an order waiting on its
+input loads only what its role needs. One whose input closes before any order ends
 quietly.
 
 On standard output it says, one line each: ``lepton-scheduler ADDRESS DASHBOARD_PORT``
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import sys
@@ -143,8 +145,17 @@ def _load() -> None:
         pass
 
 
+def _order_waiting() -> bool:
+    """Whether standard input already holds the order (or its end): a process started for one."""
+    try:
+        return bool(select.select([sys.stdin.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 def main() -> int:
-    _load()
+    if not _order_waiting():
+        _load()  # kept ready: load now, while no one waits
     line = sys.stdin.buffer.readline()
     if not line:
         return 0  # kept ready, and not needed

@@ -205,3 +205,27 @@ def test_a_process_kept_ready_runs_with_the_environment_as_it_is_at_its_order(ca
 def test_a_process_whose_input_closes_before_any_order_ends_quietly():
     done = subprocess.run([sys.executable, "-m", accounts.ENTRY], input=b"", capture_output=True, timeout=120)
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+LOADED = ("import sys\nfrom lepton_lab.hub import account_process\ncode = account_process.main()\n"
+          "print('distributed.dashboard.scheduler' in sys.modules, code, flush=True)\n")
+BAD_ORDER = b'{"role": "neither"}\n'
+
+
+def test_a_process_started_for_a_waiting_order_loads_only_what_its_role_needs():
+    done = subprocess.run([sys.executable, "-c", LOADED], input=BAD_ORDER, capture_output=True, timeout=120)
+    assert done.stdout.split() == [b"False", b"2"], done.stderr
+
+
+def test_a_process_kept_ready_loads_both_roles_before_its_order():
+    child = subprocess.Popen([sys.executable, "-c", LOADED], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        wchan = Path(f"/proc/{child.pid}/wchan")
+        # blocked reading its input: past the loading done while no order waits
+        assert eventually(lambda: "pipe_read" in wchan.read_text(), 120)
+        out, err = child.communicate(BAD_ORDER, timeout=120)
+    finally:
+        child.kill()
+        child.wait()
+    assert out.split() == [b"True", b"2"], err
