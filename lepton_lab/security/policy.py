@@ -37,6 +37,8 @@ from lepton_lab.security.policy_file import example_policy_text, policy_fields, 
 from lepton_lab.security.quota import Quota, Usage, check_quota
 from lepton_lab.security.roles import ALL_TEAMS, BUILTIN_ROLES, PERMISSIONS, ROLE_RANKS, role_rank, suggest
 
+#: How many (user, team) quotas a policy remembers before it starts over.
+QUOTA_MEMO = 4096
 
 @dataclass(frozen=True)
 class Grant:
@@ -65,6 +67,9 @@ class Policy:
     version: int = 1
     #: "team" or "team/dataset" -> (ε, δ): the differential-privacy budget of its data.
     privacy: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
+    #: (user, team) -> quota_for's answer: the policy never changes, and a request asks it again and again.
+    _quotas: dict[tuple[str | None, str | None], Quota] = field(default_factory=dict, init=False, repr=False,
+                                                                compare=False)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<policy>") -> Policy:
@@ -186,9 +191,15 @@ class Policy:
         """The quota of a user, of a team, or with both the tighter of the two, field by field."""
         if user is None and team is None:
             raise TypeError("quota_for needs a user, a team or both")
+        found = self._quotas.get((user, team))
+        if found is not None:
+            return found
         user_quota = self.user_quotas.get(user, self.default_user_quota) if user is not None else Quota()
         team_quota = self.team_quotas.get(team, self.default_team_quota) if team is not None else Quota()
-        return user_quota.tighter(team_quota)
+        if len(self._quotas) >= QUOTA_MEMO:  # any signed-in name may ask: the memo stays bounded
+            self._quotas.clear()
+        found = self._quotas[(user, team)] = user_quota.tighter(team_quota)
+        return found
 
     # -- helpers --------------------------------------------------------------------
 

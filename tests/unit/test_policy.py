@@ -327,6 +327,18 @@ def test_quota_lookup_inherits_defaults_field_by_field():
         p.quota_for()
 
 
+def test_quotas_asked_again_give_the_same_answer_and_the_memo_stays_bounded(monkeypatch):
+    p = policy()
+    first = [p.quota_for(user="bob"), p.quota_for(user="root", team="finance"), p.quota_for(team="finance")]
+    assert [p.quota_for(user="bob"), p.quota_for(user="root", team="finance"), p.quota_for(team="finance")] == first
+    assert p == policy()  # what a policy remembers is not part of what it is
+    monkeypatch.setattr("lepton_lab.security.policy.QUOTA_MEMO", 8)
+    for i in range(50):
+        assert p.quota_for(user=f"stranger-{i}") == Quota(max_gpus=1, max_workers=8, max_clusters=2)
+    assert len(p._quotas) <= 8
+    assert p.quota_for(user="bob") == first[0]
+
+
 def test_check_quota_team_message_has_the_numbers():
     with pytest.raises(QuotaExceeded) as caught:
         check_quota(policy(), "root", "finance", Usage(), Usage(gpus=2), Usage(gpus=1))
