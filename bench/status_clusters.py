@@ -18,7 +18,8 @@ Each block measures every server in a rotating order: 5 rounds of 100 requests a
 reported as median and range over the blocks. Target: <= 1.1 x for schedulers out of the
 server. The clusters' bring-up (POST to 201, its workers joined) is timed too, the two
 ways alternating, and what every server and the processes under it spend while nothing
-is asked of them (CPU over ``IDLE_SECONDS``, as a share of one core).
+is asked of them (CPU over ``IDLE_SECONDS``, as a share of one core), and the memory
+each of them holds alone (unique set size: pages shared with other processes are left out).
 """
 
 from __future__ import annotations
@@ -61,9 +62,22 @@ def _cpu_seconds(processes) -> float:
     return total
 
 
-def _idle_cpu(servers: dict) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
-    """Per server: how many processes run under it, and the % of one core its own process and those processes
-    spend over ``IDLE_SECONDS`` of no requests."""
+def _uss_mib(processes) -> float:
+    """Memory only these processes hold (unique set size, summed), MiB."""
+    import psutil
+
+    total = 0
+    for p in processes:
+        try:
+            total += p.memory_full_info().uss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return round(total / 2**20, 1)
+
+
+def _at_rest(servers: dict) -> tuple[dict[str, int], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per server, while nothing is asked of it: how many processes run under it; the % of one core
+    its own process and those processes spend over ``IDLE_SECONDS``; and the memory each holds (USS)."""
     import psutil
 
     tree = {}
@@ -78,8 +92,11 @@ def _idle_cpu(servers: dict) -> tuple[dict[str, int], dict[str, dict[str, float]
         return round(100 * (after[key][i] - before[key][i]) / IDLE_SECONDS, 1)
 
     children = {f"{mode}-{n}": len(kids) for (mode, n), (_, kids) in tree.items()}
-    return children, {f"{mode}-{n}": {"server_pct": share((mode, n), 0), "under_it_pct": share((mode, n), 1)}
-                      for (mode, n) in tree}
+    cpu = {f"{mode}-{n}": {"server_pct": share((mode, n), 0), "under_it_pct": share((mode, n), 1)}
+           for (mode, n) in tree}
+    memory = {f"{mode}-{n}": {"server_mib": _uss_mib([main]), "under_it_mib": _uss_mib(kids)}
+              for (mode, n), (main, kids) in tree.items()}
+    return children, cpu, memory
 
 
 async def _measure(port: int, token: str) -> dict[str, float]:
@@ -137,7 +154,7 @@ def main() -> int:
                 if code != 201:
                     raise RuntimeError(f"creating cluster {i + 1} ({mode}): {code} {c}")
                 bring_up[mode].append(time.perf_counter() - t)
-        children, idle = _idle_cpu(servers)
+        children, idle, memory = _at_rest(servers)
 
         names = list(servers)
         per_block: list[dict] = []
@@ -160,7 +177,8 @@ def main() -> int:
                                  "none; schedulers as processes of their own vs in the server's process",
                      "clusters": n_clusters, "workers_per_cluster": args.workers, "blocks": blocks,
                      "target": f"<= {TARGET} (process)", "cpus": os.cpu_count(),
-                     "child_processes": children, "idle_cpu_pct_of_one_core": idle, "modes": {}}
+                     "child_processes": children, "idle_cpu_pct_of_one_core": idle,
+                     "memory_uss_mib": memory, "modes": {}}
     print(f"GET {PATH}: {n_clusters} clusters running / none, median [min-max] of {blocks} blocks")
     print(f"  {'':12}" + "".join(f"{m:>24}" for m in metrics))
     all_met = True
@@ -190,6 +208,8 @@ def main() -> int:
     print(f"  processes under each server: {children}")
     print(f"  idle, % of one core over {IDLE_SECONDS:g} s (server / the processes under it): "
           + ", ".join(f"{k} {v['server_pct']} / {v['under_it_pct']}" for k, v in idle.items()))
+    print("  memory held, MiB (unique set size; server / the processes under it): "
+          + ", ".join(f"{k} {v['server_mib']} / {v['under_it_mib']}" for k, v in memory.items()))
     print(f"  target: process <= {TARGET} x on every measure")
     return write_results(args.out, results, all_met=all_met, strict=args.strict)
 
