@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+import dask
+from dask.utils import parse_timedelta
 from distributed import LocalCluster, SpecCluster
+from distributed.deploy.cluster import Cluster
 
 from ..errors import ClusterError
 from . import accounts
@@ -70,6 +74,7 @@ class Sites:
     status: Any
     name: Any
     _correct_state: Any
+    _futures: set[Any]
     sync: Any
 
     def bind_sites(self, profile: Profile, *, cluster_id: str, ca_dir: Path | None = None,
@@ -191,6 +196,38 @@ class Sites:
                                               ca_dir=self.ca_dir)
         self.kubernetes.scale(replicas)
         return self.kubernetes.expected(replicas)
+
+    # -- a lost worker ------------------------------------------------------------------------
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        """Keep the scheduler's view of the workers; close a worker lost for good.
+
+        As in ``SpecCluster``, a worker the scheduler has not seen again
+        ``distributed.deploy.lost-worker-timeout`` after it left is closed and dropped from
+        ``workers``, so the spec can start it afresh. Each loss has its own count:
+        ``SpecCluster``'s timer looks only at whether the name is missing when it
+        fires, so a worker its nanny brought back and that was lost again within
+        the timeout had its nanny closed, mid-restart, by the first loss's timer.
+        """
+        if op != "remove":
+            super()._update_worker_status(op, msg)  # type: ignore[misc]
+            return
+        info = self.scheduler_info["workers"].get(msg)
+        if info is None:
+            return  # not in this view: nothing to keep or close
+        name = info["name"]
+        losses: Counter = self.__dict__.setdefault("_losses", Counter())
+        losses[name] += 1
+        delay = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+        asyncio.get_running_loop().call_later(delay, self._close_if_lost, name, losses[name])
+        Cluster._update_worker_status(self, op, msg)  # type: ignore[arg-type]
+
+    def _close_if_lost(self, name: Any, loss: int) -> None:
+        if self.__dict__["_losses"][name] != loss or name not in self.workers:
+            return  # lost again since (that loss decides), or already gone from the spec
+        if any(w["name"] == name for w in self.scheduler_info["workers"].values()):
+            return
+        self._futures.add(asyncio.ensure_future(self.workers.pop(name).close()))
 
     def close_sites(self, timeout: float = 20) -> None:
         """Delete the Kubernetes objects, then close the scheduler and every worker. Never raises."""
