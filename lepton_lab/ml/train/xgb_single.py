@@ -50,6 +50,8 @@ def _place_and_submit(job: _Job, ctx: _Context, pick: _Worker, borrowed: list[_W
         args = (parts["X"], parts["y"], None, parts["X_test"], parts["y_test"])
         data = [f for v in parts.values() for f in v]
         transfer = "persisted partitions"
+        if borrowed:
+            _in_memory(ctx, pick, data)
     pooled = f", borrowing the threads of {', '.join(w.name for w in borrowed)} on its host" if borrowed else ""
     strategy = (f"single: trained in one process on {pick.name} with {spec['nthread']} thread(s)"
                 f"{pooled}, data by {transfer}; {why}")
@@ -70,6 +72,32 @@ def _place_and_submit(job: _Job, ctx: _Context, pick: _Worker, borrowed: list[_W
         placed.clear()
 
     return _Attempt(ctx, {pick.address: pick.name}, futures=[fut], collect=collect, cleanup=cleanup), strategy
+
+
+#: Seconds between two looks at whether the persisted partitions are ready (and their worker alive).
+READY_POLL = 1.0
+
+
+def _in_memory(ctx: _Context, pick: _Worker, futures: list[Any]) -> None:
+    """Wait until the persisted partitions are computed (or ``pick`` is gone).
+
+    The holds that come next take every thread of the borrowed workers until the
+    training ends. A task the partitions still need that Dask placed on one of
+    them (a key the fingerprint's computation shares, or one the data's own graph
+    pins there) would then wait behind its hold, and the training behind it, for
+    ever. A partition that fails is the training task's error to report; a lost
+    ``pick`` is the supervisor's to see.
+    """
+    from distributed import wait
+
+    while True:
+        try:
+            wait(futures, timeout=READY_POLL)
+            return
+        except TimeoutError:
+            pass
+        if pick.address not in ctx.site.live():
+            return
 
 
 def _concat(parts: Any) -> Any:
