@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,7 @@ class Result:
     skipped: int = 0
     seconds: float = 0.0
     note: str = ""
+    problems: list[str] = field(default_factory=list)  # "kind test-id: first line of its message"
 
     @property
     def ok(self) -> bool:
@@ -75,6 +76,12 @@ def read_junit(report: Path) -> Result:
         r.failed += failed
         r.errors += errors
         r.skipped += skipped
+    for case in root.iter("testcase"):
+        for kind in ("failure", "error"):
+            for bad in case.findall(kind):
+                test = "::".join(x for x in (case.get("classname", ""), case.get("name", "")) if x)
+                message = (bad.get("message") or bad.text or "").strip().splitlines()
+                r.problems.append(f"{kind} {test}: {message[0][:300] if message else '(no message)'}")
     return r
 
 
@@ -255,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                 break
 
     print("\n" + table(results))
+    for name, r in results.items():
+        for problem in r.problems:
+            print(f"{name}: {problem}")
     passed = sum(r.passed for r in results.values())
     failed = sum(r.failed + r.errors for r in results.values())
     print(f"{passed} passed, {failed} failed")

@@ -22,6 +22,31 @@ def test_junit_counts(tmp_path):
     assert (r.passed, r.failed, r.errors, r.skipped) == (4, 2, 1, 3)
 
 
+NAMED = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="1" failures="1" skipped="0" tests="3" time="1.5">
+<testcase classname="tests.ml.test_train" name="test_ok" time="0.1"/>
+<testcase classname="tests.ml.test_train" name="test_red" time="0.1">
+<failure message="AssertionError: cluster did not get back to 2 workers&#10;assert 1 == 2">trace</failure></testcase>
+<testcase classname="tests.ml.test_zoo" name="test_last" time="0.1">
+<error message="failed on teardown with &quot;AssertionError: processes left: [12]&quot;">trace</error></testcase>
+</testsuite></testsuites>"""
+
+
+def test_failing_tests_are_named_with_their_first_line(tmp_path, monkeypatch, capsys):
+    report = tmp_path / "python.xml"
+    report.write_text(NAMED)
+    r = run_suites.read_junit(report)
+    assert r.problems == [
+        "failure tests.ml.test_train::test_red: AssertionError: cluster did not get back to 2 workers",
+        'error tests.ml.test_zoo::test_last: failed on teardown with "AssertionError: processes left: [12]"',
+    ]
+    suite = Suite("python", lambda _s: [sys.executable, "-c", "raise SystemExit(1)"], lambda *_: r)
+    monkeypatch.setattr(run_suites, "make_suites", lambda paths: [suite])
+    assert run_suites.main([]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3:] == [f"python: {problem}" for problem in r.problems] + ["1 passed, 2 failed"]
+
+
 def test_mypy_closing_lines():
     clean = run_suites.read_mypy(Path(), 0, "Success: no issues found in 12 source files\n")
     assert (clean.passed, clean.failed, clean.ok) == (12, 0, True)
