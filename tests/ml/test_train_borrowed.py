@@ -5,6 +5,7 @@ import time
 
 import dask
 import dask.array as da
+import distributed
 import pytest
 from sklearn.datasets import make_classification
 
@@ -38,28 +39,42 @@ def cluster():
     lepton_lab.down(handle.name)
 
 
+def _state(dask_scheduler, cloud0: str, hold_prefix: str) -> tuple[bool, bool]:
+    """(a task restricted to cloud-0 alone exists: the training's persist; a hold exists)."""
+    tasks = dask_scheduler.tasks.values()
+    return (any(ts.worker_restrictions == {cloud0} for ts in tasks),
+            any(str(ts.key).startswith(hold_prefix) for ts in tasks))
+
+
 def test_data_still_to_compute_on_a_borrowed_worker_does_not_wait_behind_its_hold(cluster):
-    """The data's tasks are pinned to cloud-1 and can run only once a gate opens; the gate
-    opens as soon as a hold has taken cloud-1's thread (or after 5 s without one). Holding
-    before the persisted partitions are computed leaves them waiting behind the hold until
-    the stall timeout; holding after, the training runs on cloud-0 with cloud-1's threads."""
+    """X's one block is computed on cloud-1 and only once a gate opens; y is in memory already,
+    so the planning, which reads y, finds cloud-1 idle and borrows it. The gate opens once the
+    training has persisted its split on cloud-0 and then either a hold appears or 3 s pass.
+    Holding before the persisted partitions are computed takes cloud-1's only thread, so X's
+    block waits behind the hold until the stall timeout; holding after, the training runs on
+    cloud-0 with cloud-1's thread."""
     from distributed import Event
 
     client = cluster.client
     X, y = make_classification(4000, 20, n_informative=8, random_state=0)
     address = {w["name"]: a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
     gate = client.submit(_gate, GATE, workers=[address["edge-0"]], pure=False)
-    pinned = dict(workers=[address["cloud-1"]], allow_other_workers=False, pure=False)
-    X_f, y_f = client.submit(_after, gate, X, **pinned), client.submit(_after, gate, y, **pinned)
+    X_f = client.submit(_after, gate, X, workers=[address["cloud-1"]], allow_other_workers=False, pure=False)
     dX = da.from_delayed(dask.delayed(_same)(X_f), X.shape, X.dtype)
-    dy = da.from_delayed(dask.delayed(_same)(y_f), y.shape, y.dtype)
+    dy = client.persist(da.from_array(y, chunks=len(y)))
+    distributed.wait(dy)
     held = []
 
     def open_gate():
-        end = time.monotonic() + 5
+        prefix = f"train-{NAME}-hold-"
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not any(
+                client.run_on_scheduler(_state, cloud0=address["cloud-0"], hold_prefix=prefix)):
+            time.sleep(0.05)
+        end = time.monotonic() + 3
         while time.monotonic() < end and not held:
-            held.extend(k for keys in client.processing().values() for k in keys
-                        if str(k).startswith(f"train-{NAME}-hold-"))
+            if client.run_on_scheduler(_state, cloud0=address["cloud-0"], hold_prefix=prefix)[1]:
+                held.append(True)
             time.sleep(0.05)
         Event(GATE, client=client).set()
 
