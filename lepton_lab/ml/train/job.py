@@ -33,6 +33,9 @@ class _Context:
     topic: str
     job: str
     attempt: int = 0
+    # Set by the supervisor: how long a start may wait without progress, and when the training must end.
+    stall_timeout: float | None = None
+    deadline: float | None = None
 
 
 @dataclass

@@ -53,6 +53,7 @@ def _supervise(job: "_Job", ctx: _Context, listener: _progress.ProgressListener,
                timeout: float | None, stall_timeout: float | None) -> tuple[_Outcome, int | None, int]:
     """Run attempts until one finishes; resume from the last checkpoint when a worker is lost."""
     deadline = time.monotonic() + timeout if timeout else None
+    ctx.stall_timeout, ctx.deadline = stall_timeout, deadline
     restarts = 0
     resumed_from: int | None = None
     resume: dict[str, Any] | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import dask
@@ -16,6 +18,8 @@ from .sites import _openmp_threads, _profiler_paused, _release, _resources, _roo
 from .xgb_params import _early_stopping
 from .xgb_progress import _xgb_history, _XGBProgress
 from .xgb_split import VALIDATION_SIZE, _dask_split, _monitor_rows
+
+logger = logging.getLogger(__name__)
 
 
 def _place_and_submit(job: _Job, ctx: _Context, pick: _Worker, borrowed: list[_Worker], spec: dict[str, Any],
@@ -79,17 +83,20 @@ READY_POLL = 1.0
 
 
 def _in_memory(ctx: _Context, pick: _Worker, futures: list[Any]) -> None:
-    """Wait until the persisted partitions are computed (or ``pick`` is gone).
+    """Wait until the persisted partitions are computed, ``pick`` is gone, or they stall.
 
     The holds that come next take every thread of the borrowed workers until the
     training ends. A task the partitions still need that Dask placed on one of
     them (a key the fingerprint's computation shares, or one the data's own graph
     pins there) would then wait behind its hold, and the training behind it, for
     ever. A partition that fails is the training task's error to report; a lost
-    ``pick`` is the supervisor's to see.
+    ``pick`` is the supervisor's to see; so is data that makes no progress for
+    the stall timeout or past the deadline: the training is submitted all the
+    same and the supervisor's watch reports it.
     """
     from distributed import wait
 
+    done, since = 0, time.monotonic()
     while True:
         try:
             wait(futures, timeout=READY_POLL)
@@ -97,6 +104,15 @@ def _in_memory(ctx: _Context, pick: _Worker, futures: list[Any]) -> None:
         except TimeoutError:
             pass
         if pick.address not in ctx.site.live():
+            return
+        now_done = sum(f.done() for f in futures)
+        now = time.monotonic()
+        if now_done > done:
+            done, since = now_done, now
+        stalled = ctx.stall_timeout is not None and now - since > ctx.stall_timeout
+        if stalled or (ctx.deadline is not None and now > ctx.deadline):
+            logger.warning("training %s: %d of %d data partitions computed, none more for %.0f s; "
+                           "training without waiting for them", ctx.name, done, len(futures), now - since)
             return
 
 
