@@ -10,6 +10,7 @@ cluster's description plus a ``distributed.Client`` connected to it.
 from __future__ import annotations
 
 import builtins
+import logging
 import threading
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ from .cluster import allocation
 from .cluster.clients import open_client
 from .embedded import EmbeddedTransport
 from .errors import ClusterError, ConfigError, NotFound
+
+logger = logging.getLogger(__name__)
 
 
 class Transport(Protocol):
@@ -103,6 +106,9 @@ class ClusterHandle:
         self.closed = True
         try:
             self.client.close(timeout=10)
+        except Exception as e:  # the scheduler already gone: its client was mid-reconnect, nothing to keep
+            logger.warning("cluster %s: its client did not close cleanly (%s: %s)", self.name, type(e).__name__,
+                           (str(e).splitlines() or [""])[0][:200])
         finally:
             if self.owned and self.transport is not None:
                 try:
