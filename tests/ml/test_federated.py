@@ -23,6 +23,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 import lepton_lab
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ConfigError
 from lepton_lab.ml import federated as fed
 from lepton_lab.ml.federated import DPConfig, FederatedError, FederatedResult, federate, get_vector
@@ -185,7 +186,7 @@ def secure_run(_cluster_slot, loader, data):
                                                                 if str(k).startswith("federated-data-")))
             sent = client.run(lambda dask_worker: sorted(str(k) for e in dask_worker.transfer_outgoing_log
                                                          for k in e.get("keys", ())))
-            names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+            names = {a: w["name"] for a, w in workers_now(client).items()}
             seen.append({"scheduler": data_placement(client),
                          "workers": {names[a]: ks for a, ks in worker_keys.items()},
                          "sent": {names[a]: ks for a, ks in sent.items()}})
