@@ -1,7 +1,6 @@
 """Single training that borrows its host's idle workers waits for Dask data before holding them."""
 
 import threading
-import time
 
 import dask
 import dask.array as da
@@ -11,6 +10,8 @@ from sklearn.datasets import make_classification
 
 import lepton_lab
 from lepton_lab.api import train
+from lepton_lab.cluster.workers import workers_now
+from tests.helpers import eventually
 
 NAME = "borrowed"
 GATE = "lepton-test-borrowed-gate"
@@ -57,7 +58,7 @@ def test_data_still_to_compute_on_a_borrowed_worker_does_not_wait_behind_its_hol
 
     client = cluster.client
     X, y = make_classification(4000, 20, n_informative=8, random_state=0)
-    address = {w["name"]: a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    address = {w["name"]: a for a, w in workers_now(client).items()}
     gate = client.submit(_gate, GATE, workers=[address["edge-0"]], pure=False)
     X_f = client.submit(_after, gate, X, workers=[address["cloud-1"]], allow_other_workers=False, pure=False)
     dX = da.from_delayed(dask.delayed(_same)(X_f), X.shape, X.dtype)
@@ -66,16 +67,12 @@ def test_data_still_to_compute_on_a_borrowed_worker_does_not_wait_behind_its_hol
     held = []
 
     def open_gate():
-        prefix = f"train-{NAME}-hold-"
-        end = time.monotonic() + 120
-        while time.monotonic() < end and not any(
-                client.run_on_scheduler(_state, cloud0=address["cloud-0"], hold_prefix=prefix)):
-            time.sleep(0.05)
-        end = time.monotonic() + 3
-        while time.monotonic() < end and not held:
-            if client.run_on_scheduler(_state, cloud0=address["cloud-0"], hold_prefix=prefix)[1]:
-                held.append(True)
-            time.sleep(0.05)
+        def state() -> tuple[bool, bool]:
+            return client.run_on_scheduler(_state, cloud0=address["cloud-0"], hold_prefix=f"train-{NAME}-hold-")
+
+        eventually(lambda: any(state()), 120)
+        if eventually(lambda: state()[1], 3):
+            held.append(True)
         Event(GATE, client=client).set()
 
     opener = threading.Thread(target=open_gate, daemon=True)
