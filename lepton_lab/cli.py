@@ -122,21 +122,31 @@ def run_worker(a: argparse.Namespace) -> int:
     base = {"security": security, "host": a.host, "death_timeout": a.death_timeout}
 
     async def serve() -> None:
-        nannies = []
-        for plan in plans:
-            spec = worker_spec(plan, base)
-            nannies.append(SiteNanny(a.scheduler, **spec["options"]))
-        await asyncio.gather(*nannies)
-        for plan, n in zip(plans, nannies):
-            print(f"worker {plan.name} ({site.kind}, resources {plan.resources}) joined {a.scheduler} "
-                  f"from {n.worker_address}", flush=True)
+        # The stop signals are ours before any nanny starts: a SIGTERM while the workers
+        # are still joining closes them like one after, instead of killing this process
+        # and leaving its worker processes to find out by themselves.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        finished = [asyncio.ensure_future(n.finished()) for n in nannies]
         waiter = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([waiter, *finished], return_when=asyncio.FIRST_COMPLETED)
+        nannies = [SiteNanny(a.scheduler, **worker_spec(plan, base)["options"]) for plan in plans]
+        starting = asyncio.ensure_future(asyncio.gather(*nannies))
+        try:
+            await asyncio.wait([waiter, starting], return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a nanny that failed to start raises here
+                for plan, n in zip(plans, nannies):
+                    print(f"worker {plan.name} ({site.kind}, resources {plan.resources}) joined {a.scheduler} "
+                          f"from {n.worker_address}", flush=True)
+                finished = [asyncio.ensure_future(n.finished()) for n in nannies]
+                await asyncio.wait([waiter, *finished], return_when=asyncio.FIRST_COMPLETED)
+            else:
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                print(f"stopped before joining {a.scheduler}", file=sys.stderr, flush=True)
+        finally:
+            waiter.cancel()
         await asyncio.gather(*(n.close(reason="lepton-lab worker stopped") for n in nannies),
                              return_exceptions=True)
 

@@ -1,6 +1,8 @@
 """`lepton-lab worker` as real processes joining a scheduler on loopback."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -41,6 +43,23 @@ def test_workers_join_by_site_and_take_placed_work():
         assert codes == [0, 0]
         out = procs[0].stdout.read()
         assert "worker edge-hospital-a-0 (edge" in out
+
+
+def test_a_worker_stopped_while_joining_exits_cleanly():
+    # A scheduler that takes the connection and never answers holds the worker in its start.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(60)
+        port = silent.getsockname()[1]
+        proc = start_worker(f"tcp://127.0.0.1:{port}", "--site", "edge-a", "--index", "0")
+        try:
+            conn, _ = silent.accept()  # the nanny is registering: the command is past its start-up
+            with conn:
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(60)
+        finally:
+            proc.kill()
+    assert code == 0, proc.stderr.read()
+    assert "stopped before joining" in proc.stderr.read()
 
 
 @pytest.mark.parametrize("args, message", [
