@@ -68,6 +68,20 @@ class Interrupted(KeyboardInterrupt):
         return [f"interrupted: {self}"]
 
 
+def first_line(error: BaseException, *, named: bool = False, limit: int = 200) -> str:
+    """The first line of ``error``'s message, cut to ``limit`` characters.
+
+    ``named`` puts the error's type in front (``ValueError: ...``). An error whose
+    message says nothing gives its type's name alone, never an empty string.
+    """
+    lines = str(error).strip().splitlines()
+    kind = type(error).__name__
+    if not lines:
+        return kind
+    text = lines[0].strip()[:limit]
+    return f"{kind}: {text}" if named else text
+
+
 def by_kind(kind: str | None) -> type[LeptonError] | None:
     """The LeptonError subclass named ``kind`` (as a REST error body names it), or None."""
     todo: list[type[LeptonError]] = [LeptonError]

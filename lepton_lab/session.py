@@ -20,7 +20,7 @@ from . import config
 from .cluster import allocation
 from .cluster.clients import open_client
 from .embedded import EmbeddedTransport
-from .errors import ClusterError, ConfigError, NotFound
+from .errors import ClusterError, ConfigError, NotFound, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ class ClusterHandle:
         try:
             self.client.close(timeout=10)
         except Exception as e:  # the scheduler already gone: its client was mid-reconnect, nothing to keep
-            logger.warning("cluster %s: its client did not close cleanly (%s: %s)", self.name, type(e).__name__,
-                           (str(e).splitlines() or [""])[0][:200])
+            logger.warning("cluster %s: its client did not close cleanly (%s)", self.name,
+                           first_line(e, named=True))
         finally:
             if self.owned and self.transport is not None:
                 try:

@@ -37,7 +37,7 @@ from typing import Any
 
 from distributed.deploy.spec import ProcessInterface
 
-from ..errors import ClusterError, ConfigError
+from ..errors import ClusterError, ConfigError, first_line
 from .profiles import Profile, SiteSpec
 from .workers import WorkerPlan, site_resources
 
@@ -263,9 +263,6 @@ def _kr8s() -> Any:
     return kr8s
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class KubernetesSites:
@@ -293,7 +290,7 @@ class KubernetesSites:
                 self._api = kr8s.api(namespace=self.namespace)
             except Exception as e:
                 raise ClusterError(f"kubernetes: no cluster to reach (kubeconfig or in-cluster service "
-                                   f"account): {_one_line(e)}") from None
+                                   f"account): {first_line(e, named=True)}") from None
         return self._api
 
     def _classes(self) -> tuple[Any, Any]:
@@ -322,7 +319,8 @@ class KubernetesSites:
                     extra.delete()
                 group.patch({"spec": {"worker": {"replicas": n}}})
             except Exception as e:
-                raise ClusterError(f"kubernetes: could not {what} in {self.namespace}: {_one_line(e)}") from None
+                raise ClusterError(f"kubernetes: could not {what} in {self.namespace}: "
+                                   + first_line(e, named=True)) from None
 
     def _create(self, api: Any, replicas: dict[str, int]) -> None:
         from kr8s.objects import Secret
@@ -340,7 +338,7 @@ class KubernetesSites:
             except Exception as e:
                 self.delete()  # nothing half-made stays behind
                 raise ClusterError(f"kubernetes: could not create {manifest['kind']} {manifest['metadata']['name']} "
-                                   f"in {self.namespace}: {_one_line(e)}") from None
+                                   f"in {self.namespace}: {first_line(e, named=True)}") from None
             self.created.append(obj)
             if manifest["kind"] == "DaskWorkerGroup":
                 self.groups[manifest["metadata"]["labels"][LABEL_SITE]] = obj
@@ -352,7 +350,8 @@ class KubernetesSites:
                 obj.delete()
             except Exception as e:
                 if "NotFound" not in type(e).__name__:
-                    logger.warning("kubernetes: could not delete %s %s: %s", obj.kind, obj.name, _one_line(e))
+                    logger.warning("kubernetes: could not delete %s %s: %s", obj.kind, obj.name,
+                                   first_line(e, named=True))
         self.created.clear()
         self.groups.clear()
 

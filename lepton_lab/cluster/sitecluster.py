@@ -23,7 +23,7 @@ from dask.utils import parse_timedelta
 from distributed import LocalCluster, SpecCluster
 from distributed.deploy.cluster import Cluster
 
-from ..errors import ClusterError
+from ..errors import ClusterError, first_line
 from . import accounts
 from .kubernetes import KubernetesSites, is_slot, slot_spec, split_joined
 from .profiles import Profile
@@ -147,7 +147,7 @@ class Sites:
             except asyncio.TimeoutError:
                 self._raise_missing(pods, timeout)
             except Exception as e:
-                raise ClusterError(f"cluster {self.name}: {_one_line(e)}") from None
+                raise ClusterError(f"cluster {self.name}: {first_line(e)}") from None
             if pods:
                 self._wait_for_pods(pods, timeout)
 
@@ -248,6 +248,3 @@ class AccountSiteCluster(Sites, SpecCluster):
     """A ``SpecCluster`` whose scheduler and workers are processes of their own (of ``account``), held by site."""
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Callable
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from ..errors import ConfigError, IntegrityError
+from ..errors import ConfigError, IntegrityError, first_line
 from ..security.files import write_atomic
 from ..security.vault import SealedWriter, decrypt_bytes
 
@@ -64,16 +64,14 @@ def location(directory: str | os.PathLike) -> tuple[Any, str]:
     try:
         return fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:
-        raise ConfigError(f"checkpoints: cannot use {url!r} ({_one_line(e)}); "
+        raise ConfigError(f"checkpoints: cannot use {url!r} ({first_line(e)}); "
                           "install its fsspec filesystem or give a path") from None
     except Exception as e:  # an SFTP host refused (its key, the login) or out of reach
         if not ssh and not isinstance(e, OSError):
             raise
-        raise ConfigError(f"checkpoints: cannot reach {url!r}: {_one_line(e)}") from None
+        raise ConfigError(f"checkpoints: cannot reach {url!r}: {first_line(e)}") from None
 
 
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _local(fs: Any) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 from distributed import WorkerPlugin, get_worker
 
 from ..cluster.workers import site_workers
-from ..errors import ClusterError, ConfigError, IntegrityError, LeptonError, NotFound
+from ..errors import ClusterError, ConfigError, IntegrityError, LeptonError, NotFound, first_line
 
 #: Scheduler plugin names of deployments begin with this.
 PLUGIN_PREFIX = "lepton-deploy:"
@@ -115,8 +115,7 @@ def predict_on_site(name: str, inputs: Any) -> dict[str, Any]:
     except LeptonError:
         raise
     except (ValueError, TypeError, RuntimeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"inputs do not fit {plugin.manifest.ref}: {first}") from None
+        raise ConfigError(f"inputs do not fit {plugin.manifest.ref}: {first_line(e)}") from None
     out["worker"] = worker.name
     return out
 
@@ -155,7 +154,7 @@ def deploy(client: Any, *, name: str, site: str, payload: bytes, manifest_json: 
     except Exception as e:  # a framework that cannot read the model on a worker
         _unregister(client, name)
         raise ConfigError(f"deployment {name}: a worker of {site} could not load the model "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+                          f"({first_line(e, named=True, limit=160)})") from None
     record = {**info, "name": name, "site": site}
     client.set_metadata([*METADATA, name], record)
     return describe(client, record)

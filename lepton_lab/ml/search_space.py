@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 __all__ = ["parse_space", "grid_of", "describe"]
 
@@ -110,7 +110,7 @@ def _range(name: str, kind: str, lo: Any, hi: Any, *, log: bool, step: Any) -> A
             return IntDistribution(int(lo), int(hi), log=log, step=int(step or 1))
         return FloatDistribution(float(lo), float(hi), log=log, step=None if step is None else float(step))
     except ValueError as e:
-        raise ConfigError(f"tune: {name}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"tune: {name}: {first_line(e)}") from None
 
 
 def _is_number(v: Any) -> bool:

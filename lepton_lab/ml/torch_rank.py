@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import first_line
 from . import progress as _progress
 from .checkpoints import save_checkpoint
 from .metrics import holdout_metrics
@@ -350,7 +351,7 @@ def main(fd: int) -> None:
         code = 0
     except BaseException as e:  # everything goes back to the task as one line
         try:
-            _send(conn, ("error", f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:500]}"))
+            _send(conn, ("error", first_line(e, named=True, limit=500)))
         except OSError:
             pass
         code = 1

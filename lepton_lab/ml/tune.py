@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import LeptonError
+from ..errors import LeptonError, first_line
 from . import tune_trial as _trial
 from .search_space import describe, grid_of
 from .train import TrainingError, _Site, _TorchJob
@@ -200,7 +200,7 @@ class _Runner:
                 self.study.tell(r.trial, out["value"])
                 self.keep_if_best(number, out)
         else:
-            error = _first_line(r.future.exception()) if r.future.status == "error" else r.future.status
+            error = first_line(r.future.exception(), named=True) if r.future.status == "error" else r.future.status
             r.trial.set_user_attr("error", error)
             self.study.tell(r.trial, state=state.FAIL)
             if _worker_lost(r.future) and number not in self.retried:
@@ -352,7 +352,8 @@ def _retrain(runner: _Runner, best: Any, workers: list[Any]) -> dict[str, Any]:
     except LeptonError:
         raise
     except Exception as e:
-        raise TrainingError(f"tune: retraining the best trial #{best.number} failed: {_first_line(e)}") from None
+        raise TrainingError(f"tune: retraining the best trial #{best.number} failed: "
+                            + first_line(e, named=True)) from None
     if out.get("pruned"):
         raise TrainingError(f"tune: retraining the best trial #{best.number} was stopped")
     return out
@@ -413,9 +414,4 @@ def _worker_lost(future: Any) -> bool:
     return isinstance(exc, (KilledWorker, OSError)) or type(exc).__name__ in ("CommClosedError", "FutureCancelledError")
 
 
-def _first_line(e: BaseException | None) -> str:
-    if e is None:
-        return "unknown error"
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 

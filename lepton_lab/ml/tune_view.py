@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any
 
+from ..errors import first_line
 from ..reprs import render
 from .tune_result import trials_rows
 
@@ -85,7 +86,7 @@ class StudyView:
             try:
                 fig = getattr(vis, fn)(study)
             except Exception as e:  # a figure Optuna cannot draw yet (one distinct value, say)
-                self.figure_errors[title] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self.figure_errors[title] = first_line(e, named=True)
                 continue
             self.figure_errors.pop(title, None)
             with out:

@@ -13,7 +13,7 @@ import warnings
 import zipfile
 from typing import Any
 
-from lepton_lab.errors import ConfigError
+from lepton_lab.errors import ConfigError, first_line
 from lepton_lab.registry.builders import resolve_builder
 
 #: The formats each framework is stored in.
@@ -33,10 +33,6 @@ def check_facts(framework: Any, format: Any, construction: Any) -> None:
         resolve_builder(getattr(construction, "target", None), framework)  # type: ignore[arg-type]
     elif framework == "torch":
         raise ConfigError("a torch model needs a construction spec (its class and arguments)")
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def check_payload(payload: bytes | bytearray | memoryview, framework: str, format: str) -> None:
@@ -64,7 +60,7 @@ def _check_xgboost(data: bytes | bytearray, format: str) -> None:
         xgb.Booster().load_model(bytearray(data))
     except (xgb.core.XGBoostError, ValueError, TypeError) as err:
         raise ConfigError(
-            f"the payload declared as XGBoost {format} is not an XGBoost model: {_first_line(err)}"
+            f"the payload declared as XGBoost {format} is not an XGBoost model: {first_line(err)}"
         ) from None
 
 
@@ -80,7 +76,7 @@ def _check_torch(data: bytes | bytearray) -> None:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a bad archive; all mean "not a state_dict"
         raise ConfigError(
-            f"the payload declared as a torch state_dict does not load: {_first_line(err)}"
+            f"the payload declared as a torch state_dict does not load: {first_line(err)}"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ConfigError("the payload declared as a torch state_dict is not a dict of named tensors")

@@ -12,7 +12,7 @@ import itertools
 import warnings
 from typing import Any
 
-from lepton_lab.errors import ConfigError
+from lepton_lab.errors import ConfigError, first_line
 from lepton_lab.registry.builders import resolve_builder
 from lepton_lab.registry.manifest import Manifest, Quantization
 
@@ -125,9 +125,8 @@ def _load_weights(module: Any, state: dict, manifest: Manifest, *, assign: bool)
     try:
         module.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
         target = manifest.construction.target if manifest.construction else "its class"
-        raise ConfigError(f"weights of {manifest.ref} do not fit {target}: {first}") from None
+        raise ConfigError(f"weights of {manifest.ref} do not fit {target}: {first_line(err)}") from None
 
 
 def _build_on_meta(cls: type, kwargs: dict, state: dict, torch: Any, manifest: Manifest) -> Any:

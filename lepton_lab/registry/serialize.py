@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lepton_lab.errors import ConfigError
+from lepton_lab.errors import ConfigError, first_line
 from lepton_lab.registry.builders import allow_builder, resolve_builder
 from lepton_lab.registry.manifest import Construction, Quantization, to_plain_json
 from lepton_lab.registry.restore import _BufferReader as _BufferReader
@@ -245,8 +245,7 @@ def _torch_from_spec(module: Any, spec: dict[str, Any], torch: Any) -> Serialize
         built = _shapes(fresh)
         fresh.load_state_dict(_torch_load(payload, torch), strict=True)
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"the compressed model does not rebuild from its spec: {first}") from None
+        raise ConfigError(f"the compressed model does not rebuild from its spec: {first_line(err)}") from None
     if built != _shapes(module):
         raise ConfigError("the compressed model's layers differ from its spec; compress it again")
     construction = Construction(target=_target(build_model), kwargs=kwargs)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from .. import config
-from ..errors import ConfigError, IntegrityError, LeptonError, NotFound
+from ..errors import ConfigError, IntegrityError, LeptonError, NotFound, first_line
 from .base import Actor, ServicesBase
 
 
@@ -159,8 +159,7 @@ class ModelServices(ServicesBase):
         try:
             return predict_with(model, inputs, manifest)
         except (ValueError, TypeError, RuntimeError, IndexError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"inputs do not fit {manifest.name} v{manifest.version}: {first}") from None
+            raise ConfigError(f"inputs do not fit {manifest.name} v{manifest.version}: {first_line(e)}") from None
 
 
 def _check_input_rank(inputs: Any, manifest: Any) -> None:

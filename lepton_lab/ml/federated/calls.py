@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ...errors import first_line
+
 
 def short(exc: BaseException | None) -> str:
     """A failure as one short line."""
-    if exc is None:
-        return "no answer"
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+    return "no answer" if exc is None else first_line(exc, named=True, limit=160)
 
 
 def collect(client, futures: dict[str, Any], timeout: float,

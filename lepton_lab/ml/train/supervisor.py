@@ -7,7 +7,7 @@ import re
 import time
 from typing import Any
 
-from ...errors import LeptonError
+from ...errors import LeptonError, first_line
 from .. import progress as _progress
 from .job import _Attempt, _Context, _Job, _Outcome
 from .result import TrainingError
@@ -65,7 +65,7 @@ def _supervise(job: "_Job", ctx: _Context, listener: _progress.ProgressListener,
             raise
         except Exception as e:
             raise TrainingError(f"training {ctx.name}: could not start on site {ctx.site.name}: "
-                                f"{type(e).__name__}: {_first_line(e)}") from e
+                                + first_line(e, named=True, limit=300)) from e
         try:
             return _watch(ctx, attempt, listener, deadline, stall_timeout), resumed_from, restarts
         except _Retry as retry:
@@ -101,13 +101,9 @@ def _supervise(job: "_Job", ctx: _Context, listener: _progress.ProgressListener,
             if isinstance(e, LeptonError) or not isinstance(e, Exception):
                 raise
             raise TrainingError(f"training {ctx.name} failed on site {ctx.site.name}: "
-                                f"{type(e).__name__}: {_first_line(e)}") from e
+                                + first_line(e, named=True, limit=300)) from e
         finally:
             attempt.cleanup()
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def _watch(ctx: _Context, attempt: _Attempt, listener: _progress.ProgressListener, deadline: float | None,
