@@ -54,14 +54,15 @@ def test_data_that_never_comes_is_left_to_the_supervisor_after_the_stall_timeout
     ctx, pick = _ctx(client, stall_timeout=0.5)
     nowhere = client.submit(_wait_for, "never", workers=["tcp://127.0.0.1:9"], allow_other_workers=False, pure=False)
     assert _returns_within(10, ctx, pick, [nowhere]) and nowhere.status == "pending"
-    assert "0 of 1 data partitions computed" in caplog.text
+    assert "0 of 1 data partitions computed, none more for" in caplog.text
     client.cancel(nowhere)
 
 
-def test_the_deadline_bounds_the_wait_too(client):
+def test_the_deadline_bounds_the_wait_too(client, caplog):
     ctx, pick = _ctx(client, deadline=time.monotonic() + 0.5)
     nowhere = client.submit(_wait_for, "never", workers=["tcp://127.0.0.1:9"], allow_other_workers=False, pure=False)
     assert _returns_within(10, ctx, pick, [nowhere]) and nowhere.status == "pending"
+    assert "0 of 1 data partitions computed, the job's deadline has passed" in caplog.text
     client.cancel(nowhere)
 
 

@@ -111,8 +111,9 @@ def _in_memory(ctx: _Context, pick: _Worker, futures: list[Any]) -> None:
             done, since = now_done, now
         stalled = ctx.stall_timeout is not None and now - since > ctx.stall_timeout
         if stalled or (ctx.deadline is not None and now > ctx.deadline):
-            logger.warning("training %s: %d of %d data partitions computed, none more for %.0f s; "
-                           "training without waiting for them", ctx.name, done, len(futures), now - since)
+            why = f"none more for {now - since:.0f} s" if stalled else "the job's deadline has passed"
+            logger.warning("training %s: %d of %d data partitions computed, %s; training without waiting for them",
+                           ctx.name, done, len(futures), why)
             return
 
 
