@@ -18,6 +18,7 @@ from distributed import Client
 from lepton_lab.cluster import accounts
 from lepton_lab.cluster.launcher import ManagedCluster
 from lepton_lab.cluster.profiles import resolve_profile
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ClusterError
 from lepton_lab.security.certs import ClusterCA
 from tests.helpers import eventually
@@ -69,7 +70,7 @@ def test_scheduler_and_workers_are_processes_of_the_account_and_leave_nothing(ca
             assert len(set(pids.values())) == 4
             assert os.getpid() not in {*pids.values(), scheduler_pid}  # nothing runs in this process
             assert client.submit(lambda: os.getuid(), pure=False).result() == os.getuid()
-            names = sorted(w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+            names = sorted(w["name"] for w in workers_now(client).values())
             assert names == ["cloud-0", "cloud-1", "edge-0", "edge-1"]
         assert len(account_processes()) == 5
         cluster.scale(1, "edge")

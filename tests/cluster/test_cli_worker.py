@@ -11,6 +11,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 import lepton_lab
+from lepton_lab.cluster.workers import workers_now
 
 
 def start_worker(address, *args):
@@ -26,7 +27,7 @@ def test_workers_join_by_site_and_take_placed_work():
                  start_worker(cluster.scheduler_address, "--site", "cloud", "--nthreads", "2", "--index", "0")]
         try:
             client.wait_for_workers(2, timeout=60)
-            info = {w["name"]: w for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+            info = {w["name"]: w for w in workers_now(client).values()}
             assert info["edge-hospital-a-0"]["resources"] == {"edge": 1, "edge-hospital-a": 1}
             assert info["cloud-0"]["resources"] == {"cloud": 2} and info["cloud-0"]["nthreads"] == 2
             pid = client.submit(os.getpid, resources=lepton_lab.on_site("edge-hospital-a"), pure=False).result()

@@ -18,6 +18,7 @@ from distributed import Client
 from lepton_lab.cluster.launcher import ClusterManager
 from lepton_lab.cluster.ledger import GPULedger
 from lepton_lab.cluster.profiles import Profile, SiteSpec
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ClusterError, QuotaExceeded
 from lepton_lab.security.policy import parse_policy_text
 from lepton_lab.services import Actor, Services
@@ -43,7 +44,7 @@ def gpu_view(managed):
     with Client(managed.address, security=managed.security, timeout=30, set_as_default=False) as client:
         seen = client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("FAKE_CUDA_CONTEXT"),
                                    sorted(os.sched_getaffinity(0))))
-        names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        names = {a: w["name"] for a, w in workers_now(client).items()}
     return {names[a]: v for a, v in seen.items()}
 
 

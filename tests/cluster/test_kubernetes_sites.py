@@ -30,7 +30,7 @@ from lepton_lab.cluster import kubernetes as k8s
 from lepton_lab.cluster.gate import SiteGate
 from lepton_lab.cluster.launcher import ManagedCluster
 from lepton_lab.cluster.profiles import profile_from_dict
-from lepton_lab.cluster.workers import site_resources
+from lepton_lab.cluster.workers import site_resources, workers_now
 from lepton_lab.errors import ClusterError, ConfigError
 from lepton_lab.security.certs import ClusterCA
 from tests.helpers import eventually, wait_no_dask_children
@@ -217,7 +217,7 @@ def test_the_pod_command_joins_as_its_site_with_the_rendered_certificate(ca, gat
     pod = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         client.wait_for_workers(1, timeout=60)
-        (worker,) = client.scheduler_info(n_workers=-1)["workers"].values()
+        (worker,) = workers_now(client).values()
         assert worker["name"] == f"cloud-pool-{int(suffix, 16) * k8s.PER_POD}"
         assert worker["resources"] == site_resources("cloud", "cloud-pool", 1)
         work = client.submit(sum, [4, 5], resources=lepton_lab.on_site("cloud-pool"), pure=False)
@@ -226,7 +226,7 @@ def test_the_pod_command_joins_as_its_site_with_the_rendered_certificate(ca, gat
         pod.terminate()
         out, err = pod.communicate(timeout=60)
     assert pod.returncode == 0, err
-    assert eventually(lambda: not client.scheduler_info(n_workers=-1)["workers"], timeout=30)
+    assert eventually(lambda: not workers_now(client), timeout=30)
 
 
 @pytest.mark.parametrize("change, field", [

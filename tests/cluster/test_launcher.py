@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 import lepton_lab
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ClusterError, ConfigError, NoGPUError, NotFound
 from tests.fake_gpu import cuda_modules_loaded, install_fake_dask_cuda
 from tests.helpers import dask_children, fake_nvml
@@ -24,11 +25,11 @@ def cluster():
 
 
 def worker_names(client):
-    return sorted(w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    return sorted(w["name"] for w in workers_now(client).values())
 
 
 def test_local_profile_has_two_cloud_and_two_edge_workers(cluster):
-    workers = cluster.client.scheduler_info(n_workers=-1)["workers"].values()
+    workers = workers_now(cluster.client).values()
     by_name = {w["name"]: w for w in workers}
     assert sorted(by_name) == ["cloud-0", "cloud-1", "edge-0", "edge-1"]
     assert by_name["edge-0"]["resources"] == {"edge": 1}
@@ -109,7 +110,7 @@ def test_named_sites_of_hybrid_profile():
     try:
         names = worker_names(handle.client)
         assert names == ["cloud-0", "edge-branch-b-0", "edge-hospital-a-0"]
-        res = {w["name"]: w["resources"] for w in handle.client.scheduler_info(n_workers=-1)["workers"].values()}
+        res = {w["name"]: w["resources"] for w in workers_now(handle.client).values()}
         assert res["edge-hospital-a-0"] == {"edge": 1, "edge-hospital-a": 1}
         f = handle.client.submit(lambda: __import__("distributed").get_worker().name,
                                  resources=lepton_lab.on_site("edge-hospital-a"), pure=False)
@@ -140,7 +141,7 @@ def test_fake_gpus_start_real_workers_pinned_to_their_gpu(monkeypatch, tmp_path)
     try:
         env = handle.client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
         context = handle.client.run(lambda: os.environ.get("FAKE_CUDA_CONTEXT"))
-        by_name = {w["name"]: w for w in handle.client.scheduler_info(n_workers=-1)["workers"].values()}
+        by_name = {w["name"]: w for w in workers_now(handle.client).values()}
         assert sorted(by_name) == ["cloud-0", "cloud-1"]
         assert {by_name[n]["resources"]["GPU"] for n in by_name} == {1}
         assert sorted(env.values()) == ["0,1", "1,0"]

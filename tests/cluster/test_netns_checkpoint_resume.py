@@ -31,6 +31,7 @@ import xgboost
 from sklearn.datasets import make_classification
 
 import lepton_lab
+from lepton_lab.cluster.workers import workers_now
 from tests.helpers import eventually
 from tests.ssh_hosts import RigMissing, ssh_hosts
 
@@ -150,7 +151,7 @@ def _checkpoint(directory):
 
 def test_a_killed_worker_on_another_host_resumes_from_the_checkpoint_on_a_storage_host(hosts, cluster):
     client = cluster["handle"].client
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = workers_now(client)
     host_of = {w["name"]: a for a, w in workers.items()}
     ns_ips = [h["ip"] for h in hosts["hosts"]]
     assert sorted(host_of) == [f"{SITE}-0", f"{SITE}-1"]

@@ -21,6 +21,7 @@ from lepton_lab.cluster.gate import (
 )
 from lepton_lab.cluster.launcher import ManagedCluster
 from lepton_lab.cluster.profiles import resolve_profile
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.security.certs import ClusterCA
 from lepton_lab.security.peers import peer_identity
 from lepton_lab.security.revocation import CertBook
@@ -103,7 +104,7 @@ def test_worker_claiming_another_site_is_refused_and_never_gets_tasks(gated, tmp
     for resources in ("edge=1,edge-hospital-a=1,edge-hospital-b=1", "cloud=1,edge-hospital-a=1"):
         sneak = _dask_worker(address, files, f"{SITE}-7", resources)
         assert sneak.returncode != 0
-    assert client.scheduler_info(n_workers=-1)["workers"] == {}
+    assert workers_now(client) == {}
     reasons = [e["reason"] for _, e in client.get_events(TOPIC)]
     assert any("edge-hospital-b-0 is not a worker name of site edge-hospital-a" in r for r in reasons)
     assert any("claims resources edge-hospital-b beyond site edge-hospital-a" in r for r in reasons)
@@ -119,7 +120,7 @@ def test_worker_claiming_another_site_is_refused_and_never_gets_tasks(gated, tmp
         client.wait_for_workers(1, timeout=60)
         assert client.submit(sum, [2, 3], resources=lepton_lab.on_site(SITE), pure=False).result(30) == 5
         # claiming another site later, through set_resources, removes it
-        names = [w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()]
+        names = [w["name"] for w in workers_now(client).values()]
         assert names == [f"{SITE}-0"]
 
         async def claim(dask_worker):
@@ -128,10 +129,10 @@ def test_worker_claiming_another_site_is_refused_and_never_gets_tasks(gated, tmp
         client.run(claim, wait=False)
         for _ in range(600):
             events = [e["reason"] for _, e in client.get_events(TOPIC)]
-            if not client.scheduler_info(n_workers=-1)["workers"] and len(events) > len(reasons):
+            if not workers_now(client) and len(events) > len(reasons):
                 break
             time.sleep(0.05)
-        assert not client.scheduler_info(n_workers=-1)["workers"]
+        assert not workers_now(client)
         assert "claims resources edge-hospital-b beyond site edge-hospital-a" in events[-1]
         assert waiting.status == "pending"
     finally:

@@ -12,6 +12,7 @@ from distributed import Client, LocalCluster, get_worker
 
 import lepton_lab
 from lepton_lab.cluster.gate import SiteGate, push_revocations
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.security.certs import ClusterCA
 from tests.helpers import netns_host
 
@@ -58,7 +59,7 @@ def test_worker_and_client_on_another_host_are_held_to_their_certificates(tmp_pa
             liar = _in_ns(net["ns"], *base, "--site", "edge-hospital-b")
             assert liar.returncode == 2
             assert "refused worker edge-hospital-b-0" in liar.stderr.strip().splitlines()[-1]
-            assert client.scheduler_info(n_workers=-1)["workers"] == {}
+            assert workers_now(client) == {}
             honest = subprocess.Popen(["ip", "netns", "exec", net["ns"], *base, "--site", "edge-hospital-a"],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:

@@ -23,6 +23,7 @@ from distributed import Client
 
 from lepton_lab.cluster.launcher import ClusterManager, ManagedCluster
 from lepton_lab.cluster.profiles import profile_from_dict
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ClusterError, ConfigError
 from lepton_lab.security.certs import ClusterCA, IssuedCert
 from lepton_lab.security.policy import parse_policy_text
@@ -85,7 +86,7 @@ def worker_processes_in(ns: str) -> list[psutil.Process]:
 
 
 def worker_info(client: Client) -> dict[str, dict]:
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = workers_now(client)
     return {w["name"]: {**w, "address": address} for address, w in workers.items()}
 
 

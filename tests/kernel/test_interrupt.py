@@ -16,6 +16,7 @@ import time
 from distributed import Client, Security
 from jupyter_client.manager import start_new_kernel
 
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import Interrupted
 
 LINE = re.compile(r"^interrupted: cancelled job (?P<job>.+?) on (?P<workers>[\w-]+(, [\w-]+)*)"
@@ -161,7 +162,7 @@ def _wait_free(kernel: Kernel, address: str, worker: str, timeout: float = 60) -
         while True:
             reply, out = kernel.run(probe)
             assert reply["status"] == "ok", reply
-            running = {str(outside.scheduler_info(n_workers=-1)["workers"][a]["name"]): keys
+            running = {str(workers_now(outside)[a]["name"]): keys
                        for a, keys in outside.run(_probe()).items()}
             if out.strip() == "[]" and not running.get(worker):
                 return
@@ -302,7 +303,7 @@ def test_magic_shows_an_interrupt_of_kernel_side_work_as_one_line(capsys):
 
 def _busy_workers(outside: Client, key: str = "") -> set[str]:
     """Names of the workers whose threads run a task whose key has ``key`` in it."""
-    names = {a: str(w["name"]) for a, w in outside.scheduler_info(n_workers=-1)["workers"].items()}
+    names = {a: str(w["name"]) for a, w in workers_now(outside).items()}
     return {names.get(a, a) for a, keys in outside.run(_probe()).items() if any(key in k for k in keys)}
 
 

@@ -6,6 +6,7 @@ import re
 import pytest
 
 import lepton_lab
+from lepton_lab.cluster.workers import workers_now
 
 
 def run(shell, capsys, code):
@@ -24,7 +25,7 @@ def up(shell):
 def test_up_binds_client_and_shows_view(shell, up, capsys):
     client = shell.user_ns["client"]
     assert client is up.client and client.status == "running"
-    names = sorted(w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    names = sorted(w["name"] for w in workers_now(client).values())
     assert names == ["cloud-0", "cloud-1", "edge-0", "edge-1"]
     views = shell.magics_manager.registry["LeptonMagics"].views
     assert views and views[-1].handle is up and views[-1].running
@@ -38,7 +39,7 @@ def test_second_up_with_same_name_reuses(shell, up, capsys):
 
 def test_run_cell_on_edge_worker_streams_output_and_returns(shell, up, capsys):
     edge_pids = {pid for addr, pid in up.client.run(os.getpid).items()
-                 if up.client.scheduler_info(n_workers=-1)["workers"][addr]["name"].startswith("edge-")}
+                 if workers_now(up.client)[addr]["name"].startswith("edge-")}
     shell.run_cell("base = 20")
     result, out, _ = run(shell, capsys, (
         "%%lepton run --site edge --job greet --return pid,answer\n"

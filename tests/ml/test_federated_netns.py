@@ -27,6 +27,7 @@ from torch import nn
 import lepton_lab
 from lepton_lab.cluster.launcher import ManagedCluster
 from lepton_lab.cluster.profiles import profile_from_dict
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.ml.federated import federate, get_vector
 from lepton_lab.security.certs import ClusterCA
 from tests.helpers import netns_host, sh
@@ -80,7 +81,7 @@ def tls_cluster(netns, tmp_path_factory):
                                     security=ca.security("client", hosts=hosts), timeout=10)
         end = time.monotonic() + 60
         while time.monotonic() < end:
-            names = {w["name"] for w in handle.client.scheduler_info(n_workers=-1)["workers"].values()}
+            names = {w["name"] for w in workers_now(handle.client).values()}
             if f"{REMOTE}-0" in names:
                 break
             assert proc.poll() is None, (tmp / "remote-worker.log").read_text()[-3000:]
@@ -106,7 +107,7 @@ def tls_cluster(netns, tmp_path_factory):
 def test_link_cut_mid_round_finishes_with_the_other_sites(netns, tls_cluster):
     client = tls_cluster["handle"].client
     assert client.scheduler.address.startswith("tls://")
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    workers = workers_now(client)
     remote_addr = next(a for a, w in workers.items() if w["name"] == f"{REMOTE}-0")
     assert remote_addr.startswith(f"tls://{netns['ns_ip']}:")  # a different host, over TLS
 

@@ -8,6 +8,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from sklearn.datasets import load_breast_cancer, load_digits
 
 import lepton_lab
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ConfigError, NotFound
 from lepton_lab.registry import records_init_kwargs
 from tests.helpers import checked_cluster
@@ -89,7 +90,7 @@ def test_serve_on_edge_and_predict(booster, edge_cluster):
         assert np.allclose(again["probabilities"], out["probabilities"][:3])
         # the cloud worker received the plugin but keeps nothing of the model
         held = other.run(deployments._loaded_here, "fraud-served")
-        names = {a: w["name"] for a, w in other.scheduler_info(n_workers=-1)["workers"].items()}
+        names = {a: w["name"] for a, w in workers_now(other).items()}
         assert {names[a]: v for a, v in held.items()} == {"cloud-0": False, "edge-0": True}
     assert [d.name for d in lepton_lab.deployments()] == ["fraud-served"]
     assert lepton_lab.serve_stop("fraud-served") == ["fraud-served"]

@@ -8,6 +8,7 @@ from sklearn.datasets import make_classification
 
 import lepton_lab
 from lepton_lab.cluster.profiles import profile_from_dict
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ConfigError
 from lepton_lab.ml.checkpoints import Checkpoints, save_checkpoint
 
@@ -47,7 +48,7 @@ def test_a_killed_worker_resumes_from_the_shared_directory(tmp_path, monkeypatch
         "    sites:\n      - {name: cloud, kind: cloud, workers: 2, threads: 1, memory: 2GiB}\n")
     handle = lepton_lab.up("shared-ckpt", name="shared-ckpt")
     try:
-        info = handle.client.scheduler_info(n_workers=-1)["workers"]
+        info = workers_now(handle.client)
         pids = {info[a]["name"]: pid for a, pid in handle.client.run(os.getpid).items()}
         killed: list[tuple[str, int]] = []
 

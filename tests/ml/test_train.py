@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits, make_classification, make_regression
 
 import lepton_lab
 from lepton_lab.api import train
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.errors import ConfigError
 from lepton_lab.ml.train import TrainingError, TrainResult
 from tests.helpers import checked_cluster
@@ -48,7 +49,7 @@ def mlp(width: int = 64):
 
 def worker_pids(handle) -> dict[str, int]:
     """Worker name → process id (the nanny's child)."""
-    info = handle.client.scheduler_info(n_workers=-1)["workers"]
+    info = workers_now(handle.client)
     return {info[addr]["name"]: pid for addr, pid in handle.client.run(os.getpid).items()}
 
 
@@ -56,7 +57,7 @@ def wait_for_workers(handle, n: int = 2, timeout: float = 30) -> None:
     """After a kill the nanny restarts the worker; later tests want the full cluster back."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if len(handle.client.scheduler_info(n_workers=-1)["workers"]) == n:
+        if len(workers_now(handle.client)) == n:
             return
         time.sleep(0.2)
     raise AssertionError(f"cluster did not get back to {n} workers")

@@ -14,6 +14,7 @@ from sklearn.datasets import load_breast_cancer
 
 import lepton_lab
 from lepton_lab import session as session_mod
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.ml import deployments as domain
 from lepton_lab.registry.serialize import to_payload
 from lepton_lab.rest import RestTransport, ServerInfo
@@ -42,7 +43,7 @@ def _server_client(jp_serverapp, cluster_id):
 
 
 def _addresses(client, name):
-    return [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == name]
+    return [a for a, w in workers_now(client).items() if w["name"] == name]
 
 
 def _kill_and_wait_for_replacement(client, name):
@@ -112,7 +113,7 @@ async def test_a_deployment_outlives_its_kernel_and_its_worker(as_user, jp_fetch
     assert code == 200 and out["worker"] == "edge-1" and out["rows"] == 2
     # the cloud worker got the plugin and kept nothing
     held = await asyncio.to_thread(client.run, domain._loaded_here, "diagnosis")
-    names = {a: w["name"] for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    names = {a: w["name"] for a, w in workers_now(client).items()}
     assert {names[a]: v for a, v in held.items()} == {"cloud-0": False, "edge-1": True}
 
     # stopping it removes the plugin from the scheduler and the model from the workers
@@ -186,7 +187,7 @@ def _executing(client) -> dict[str, list[str]]:
     def running(dask_worker):
         return [str(k) for k, ts in dask_worker.state.tasks.items() if ts.state == "executing"]
 
-    names = {a: str(w["name"]) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    names = {a: str(w["name"]) for a, w in workers_now(client).items()}
     return {names.get(a, a): keys for a, keys in client.run(running).items() if keys}
 
 
@@ -263,7 +264,7 @@ async def test_a_prediction_stops_when_its_rest_caller_does(how, as_user, jp_ser
         assert out.strip() == ("interrupted: cancelled job predict sleepy@1 on edge-0 "
                                "(restarted edge-0 to stop its running code)"), (out, err)
     await _until("edge-0 is free again", lambda: "edge-0" in {w["name"] for w in
-                                                             client.scheduler_info(n_workers=-1)["workers"].values()}
+                                                             workers_now(client).values()}
                  and not _executing(client))
     assert not jp_serverapp.web_app.settings["lepton"].predicting
     # nothing is left to cancel: the job ended

@@ -16,6 +16,7 @@ import pytest
 
 import lepton_lab
 from lepton_lab import session as session_mod
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.embedded import EmbeddedTransport
 from lepton_lab.errors import AlreadyExists, ConfigError, NoGPUError, NotFound, QuotaExceeded
 from lepton_lab.rest import RestTransport, ServerInfo
@@ -78,7 +79,7 @@ async def test_gpus_auto_takes_every_free_gpu(door, monkeypatch, tmp_path, jp_se
     handle = await run(lambda: lepton_lab.up("hybrid", name=f"auto-{door}", edge=0, gpus="auto", memory="512MiB"))
     try:
         assert [s["gpus"] for s in handle.info["sites"] if s["kind"] == "cloud"] == [2]
-        workers = await run(lambda: handle.client.scheduler_info(n_workers=-1)["workers"].values())
+        workers = await run(lambda: workers_now(handle.client).values())
         assert sorted(w["resources"].get("GPU", 0) for w in workers) == [1, 1]
     finally:
         await run(lepton_lab.down, f"auto-{door}")

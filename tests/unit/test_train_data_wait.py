@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from distributed import Client, Event, LocalCluster
 
+from lepton_lab.cluster.workers import workers_now
 from lepton_lab.ml.train import xgb_single
 
 
@@ -20,7 +21,7 @@ def client():
 
 
 def _ctx(client, stall_timeout=None, deadline=None):
-    live = set(client.scheduler_info()["workers"])
+    live = set(workers_now(client))
     return SimpleNamespace(name="wait", stall_timeout=stall_timeout, deadline=deadline,
                            site=SimpleNamespace(live=lambda: live)), SimpleNamespace(address=next(iter(live)))
 
