@@ -163,7 +163,7 @@ def _refusal(error: BaseException, scheduler: str) -> LeptonError:
     """The scheduler's own words from a worker that failed to start, as one line."""
     import re
 
-    from .errors import PermissionDenied
+    from .errors import PermissionDenied, first_line
 
     chain: list[BaseException] = []
     cause: BaseException | None = error
@@ -174,7 +174,7 @@ def _refusal(error: BaseException, scheduler: str) -> LeptonError:
         said = re.search(r"""['"]message['"]: ['"](.+?)['"]\s*[,}]""", str(each))
         if said and "refused" in said[1]:
             return PermissionDenied(said[1])
-    return LeptonError(f"could not join {scheduler}: {chain[-1]}".splitlines()[0])
+    return LeptonError(f"could not join {scheduler}: {first_line(chain[-1])}")
 
 
 def _int_arg(text: str, flag: str) -> int:

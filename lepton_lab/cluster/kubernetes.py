@@ -263,8 +263,6 @@ def _kr8s() -> Any:
     return kr8s
 
 
-
-
 class KubernetesSites:
     """The operator objects of one Lepton cluster's Kubernetes sites, created, scaled and deleted."""
 

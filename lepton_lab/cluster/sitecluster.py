@@ -246,5 +246,3 @@ class SiteCluster(Sites, LocalCluster):
 
 class AccountSiteCluster(Sites, SpecCluster):
     """A ``SpecCluster`` whose scheduler and workers are processes of their own (of ``account``), held by site."""
-
-

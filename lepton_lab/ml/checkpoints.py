@@ -72,8 +72,6 @@ def location(directory: str | os.PathLike) -> tuple[Any, str]:
         raise ConfigError(f"checkpoints: cannot reach {url!r}: {first_line(e)}") from None
 
 
-
-
 def _local(fs: Any) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 

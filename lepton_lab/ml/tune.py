@@ -412,6 +412,3 @@ def _worker_lost(future: Any) -> bool:
     except (FutureCancelledError, Exception):
         return True
     return isinstance(exc, (KilledWorker, OSError)) or type(exc).__name__ in ("CommClosedError", "FutureCancelledError")
-
-
-
