@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
@@ -32,6 +36,65 @@ def eventually(predicate, timeout: float = 20.0, interval: float = 0.05):
         if value or time.monotonic() >= end:
             return value
         time.sleep(interval)
+
+
+def traceable() -> dict[str, str]:
+    """This process's environment, for a Python process a test starts and may need to see inside.
+
+    In such a process SIGUSR1 prints its threads' and asyncio tasks' stacks
+    (tests/stacks/sitecustomize.py), and faulthandler prints every thread's stack on
+    the SIGABRT that ends it (:func:`dump_stacks`).
+    """
+    stacks = str(Path(__file__).parent / "stacks")
+    return {**os.environ, "PYTHONFAULTHANDLER": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [stacks, os.environ.get("PYTHONPATH")]))}
+
+
+def dump_stacks(pid: int, wait: float = 10.0) -> None:
+    """Make ``pid`` and its descendants, started with :func:`traceable`, print their stacks; then end them.
+
+    For a process that should have done something and did not: what each of its
+    threads and asyncio tasks was waiting on ends up in its stderr.
+    """
+    try:
+        root = psutil.Process(pid)
+        tree = [*reversed(root.children(recursive=True)), root]
+    except psutil.NoSuchProcess:
+        return
+    for how in (signal.SIGUSR1, signal.SIGABRT):
+        for p in tree:
+            try:
+                p.send_signal(how)
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(2)
+    psutil.wait_procs(tree, timeout=wait)
+
+
+class Output:
+    """A process's stdout and stderr, read as they come so that a full pipe never stalls it."""
+
+    def __init__(self, proc):
+        self.text = {"stdout": "", "stderr": ""}
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._read, args=(name, getattr(proc, name)), daemon=True)
+                         for name in self.text]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, name, stream) -> None:
+        for line in stream:
+            with self._lock:
+                self.text[name] += line
+
+    def has(self, name: str, needle: str, timeout: float) -> bool:
+        return bool(eventually(lambda: needle in self.text[name], timeout))
+
+    def done(self, timeout: float = 30.0) -> dict[str, str]:
+        """Everything the process wrote, once both streams reached their end (the process exited)."""
+        for t in self._threads:
+            t.join(timeout)
+        return dict(self.text)
 
 
 def wait_no_dask_children(timeout: float = 15.0) -> list[psutil.Process]:

@@ -12,20 +12,37 @@ from distributed import Client, LocalCluster
 
 import lepton_lab
 from lepton_lab.cluster.workers import workers_now
+from tests.helpers import Output, dump_stacks, traceable
 
 
 def start_worker(address, *args):
     return subprocess.Popen(
         [sys.executable, "-m", "lepton_lab.cli", "worker", "--scheduler", address, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=traceable(),
     )
+
+
+def joined(proc, out: Output, name: str, timeout: float = 45) -> str:
+    """The command's line saying its worker ``name`` joined; on none, every thread's stack in the failure."""
+    if out.has("stdout", f"worker {name} (", timeout):
+        return next(line for line in out.text["stdout"].splitlines() if line.startswith(f"worker {name} ("))
+    dump_stacks(proc.pid)
+    said = out.done(10)
+    pytest.fail(f"lepton-lab worker said nothing of {name} joining in {timeout:.0f} s "
+                f"(stdout {said['stdout']!r}); its stderr, stacks at the end:\n{said['stderr'][-8000:]}")
 
 
 def test_workers_join_by_site_and_take_placed_work():
     with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
         procs = [start_worker(cluster.scheduler_address, "--site", "edge-hospital-a", "--index", "0"),
                  start_worker(cluster.scheduler_address, "--site", "cloud", "--nthreads", "2", "--index", "0")]
+        outs = [Output(p) for p in procs]
         try:
+            # A user waits for the command's word that its worker joined, as the test does.
+            line = joined(procs[0], outs[0], "edge-hospital-a-0")
+            assert line.startswith("worker edge-hospital-a-0 (edge, resources {'edge': 1, 'edge-hospital-a': 1}) "
+                                   f"joined {cluster.scheduler_address} from tcp://127.0.0.1:"), line
+            joined(procs[1], outs[1], "cloud-0")
             client.wait_for_workers(2, timeout=60)
             info = {w["name"]: w for w in workers_now(client).values()}
             assert info["edge-hospital-a-0"]["resources"] == {"edge": 1, "edge-hospital-a": 1}
@@ -41,9 +58,8 @@ def test_workers_join_by_site_and_take_placed_work():
             for p in procs:
                 p.terminate()
             codes = [p.wait(30) for p in procs]
-        assert codes == [0, 0]
-        out = procs[0].stdout.read()
-        assert "worker edge-hospital-a-0 (edge" in out
+        said = [o.done() for o in outs]
+        assert codes == [0, 0], [s["stderr"][-2000:] for s in said]
 
 
 def test_a_worker_stopped_while_joining_exits_cleanly():

@@ -32,7 +32,7 @@ from sklearn.datasets import make_classification
 
 import lepton_lab
 from lepton_lab.cluster.workers import workers_now
-from tests.helpers import eventually
+from tests.helpers import dump_stacks, eventually, traceable
 from tests.ssh_hosts import RigMissing, ssh_hosts
 
 SITE = "edge-lab"
@@ -93,12 +93,16 @@ def cluster(hosts, sftp_key, tmp_path, monkeypatch):
                     ["ip", "netns", "exec", host["ns"], sys.executable, "-m", "lepton_lab.cli", "worker", *args,
                      "--host", host["ip"], "--index", str(index), "--nthreads", "1", "--memory-limit", "1GiB",
                      "--death-timeout", "30"],
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd)))
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd), env=traceable()))
         try:
             handle.client.wait_for_workers(2, timeout=90)
         except Exception:
-            logs = "\n".join((tmp_path / f"machine-{i}" / "worker.log").read_text()[-1500:] for i in range(len(procs)))
-            pytest.fail(f"the namespaced workers did not join:\n{logs}")
+            there = sorted(w["name"] for w in workers_now(handle.client).values())
+            for proc in procs:
+                dump_stacks(proc.pid)  # each one's stacks end its log
+            logs = "\n".join(f"--- machine-{i}:\n" + (tmp_path / f"machine-{i}" / "worker.log").read_text()[-6000:]
+                             for i in range(len(procs)))
+            pytest.fail(f"the namespaced workers did not join (the scheduler has {there}):\n{logs}")
         yield {"handle": handle, "procs": procs, "shared": shared, "url": url}
     finally:
         for proc in procs:
