@@ -191,10 +191,6 @@ def _executing(client) -> dict[str, list[str]]:
     return {names.get(a, a): keys for a, keys in client.run(running).items() if keys}
 
 
-def _address_of(client, name: str) -> str | None:
-    return next((a for a, w in workers_now(client).items() if w["name"] == name), None)
-
-
 def _sleepy_deployment(client) -> None:
     """A deployment on the edge site whose predictions take ten minutes."""
     import torch
@@ -258,7 +254,7 @@ async def test_a_prediction_stops_when_its_rest_caller_does(how, as_user, jp_ser
     try:
         busy = await _until("the prediction runs on edge-0", lambda: _executing(client).get("edge-0"))
         assert all(k.startswith("predict-sleepy-") for k in busy)
-        running_on = _address_of(client, "edge-0")
+        running_on = _addresses(client, "edge-0")
         caller.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
         out, err = await asyncio.to_thread(caller.communicate, timeout=120)
     finally:
@@ -270,7 +266,7 @@ async def test_a_prediction_stops_when_its_rest_caller_does(how, as_user, jp_ser
                                "(restarted edge-0 to stop its running code)"), (out, err)
     # Its code ran on after the cancel, so the server restarted edge-0 (after a grace period); the
     # request that waited for it ended. Neither waits for the other: the test waits for both.
-    await _until("edge-0 restarted and idle", lambda: _address_of(client, "edge-0") not in (None, running_on)
+    await _until("edge-0 restarted and idle", lambda: _addresses(client, "edge-0") not in ([], running_on)
                  and not _executing(client))
     await _until("the server no longer holds the prediction",
                  lambda: not jp_serverapp.web_app.settings["lepton"].predicting)
