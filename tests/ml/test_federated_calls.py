@@ -5,6 +5,7 @@ and the scheduler's own view of the workers, not the client's refreshed cache.""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import dask
@@ -45,6 +46,33 @@ def test_one_broadcast_answers_every_site_and_names_each_failure(client):
                                                 "bad": (b, ("bad", -1)), "slow": (a, ("slow", 99))}, 1.0)
     assert results == {"s1": ("s1", 2), "s2": ("s2", 4), "s3": ("s3", 6)}
     assert failed == {"bad": "ValueError: site bad refuses -1", "slow": "no answer within 1 s"}
+
+
+async def _echo_on_loop(site: str, value: int) -> tuple[str, int, bool]:
+    if value < 0:
+        raise ValueError(f"site {site} refuses {value}")
+    if value == 99:
+        await asyncio.sleep(3)
+    # A blocking call here would hold the worker; the coroutine runs on its event loop itself.
+    return site, value * 2, threading.current_thread().name.startswith("asyncio")
+
+
+def _where_it_ran(site: str) -> bool:
+    return threading.current_thread().name.startswith("asyncio")
+
+
+def test_a_coroutine_runs_on_the_event_loop_each_bounded_and_the_others_answer(client):
+    a, b = sorted(workers_now(client))
+    t = time.perf_counter()
+    results, failed = calls.rpc(client, _echo_on_loop,
+                                {"s1": (a, ("s1", 1)), "s2": (b, ("s2", 2)), "s3": (a, ("s3", 3)),
+                                 "bad": (b, ("bad", -1)), "late": (a, ("late", 99))}, 1.0)
+    # No call ran in the loop's executor thread: on the event loop, with no thread hop.
+    assert results == {"s1": ("s1", 2, False), "s2": ("s2", 4, False), "s3": ("s3", 6, False)}
+    assert failed == {"bad": "ValueError: site bad refuses -1", "late": "no answer within 1 s"}
+    assert time.perf_counter() - t < 2.5  # the late call was cut at its deadline, not awaited
+    # A plain function still runs in a thread, where blocking holds up nothing else.
+    assert calls.rpc(client, _where_it_ran, {"s1": (a, ("s1",))}, 5.0) == ({"s1": True}, {})
 
 
 def test_a_worker_that_never_answers_costs_the_others_nothing(client, monkeypatch):

@@ -51,11 +51,19 @@ ANSWER_GRACE = 2.0
 
 
 async def _serve_calls(fn: Callable, by_site: dict[str, tuple], timeout: float) -> dict[str, tuple[str, Any]]:
-    """On one worker: each of its sites' calls in a thread, bounded by ``timeout``; {site: (failure, result)}."""
+    """On one worker: each of its sites' calls, bounded by ``timeout``; {site: (failure, result)}.
+
+    A coroutine function runs on the worker's event loop, so it must never block: a
+    quick call costs no thread hop. Any other function runs in a thread, so that one
+    that blocks keeps the worker's event loop (and its other sites' calls) going.
+    """
     import asyncio
+    import inspect
+
+    on_loop = inspect.iscoroutinefunction(fn)
 
     async def one(call: tuple):
-        return await asyncio.wait_for(asyncio.to_thread(fn, *call), timeout)
+        return await asyncio.wait_for(fn(*call) if on_loop else asyncio.to_thread(fn, *call), timeout)
 
     outs = await asyncio.gather(*(one(c) for c in by_site.values()), return_exceptions=True)
     return {site: ((_why(out, timeout), None) if isinstance(out, BaseException) else ("", out))
@@ -79,7 +87,9 @@ def rpc(client, fn, calls: dict[str, tuple[str, tuple]],
         timeout: float) -> tuple[dict[str, Any], dict[str, str]]:
     """Call ``fn(*call)`` on each site's worker directly, each bounded by ``timeout``.
 
-    ``calls`` maps each site to ``(worker address, call arguments)``.
+    ``calls`` maps each site to ``(worker address, call arguments)``. ``fn`` runs on the
+    worker's event loop if it is a coroutine function, in a thread otherwise (see
+    :func:`_serve_calls`).
 
     The secure-aggregation control messages (keys, shares, unmasking) carry no data
     and need no placement, so they go as one ``Client.run`` broadcast through the

@@ -5,6 +5,7 @@ The armed faults live in this module on each worker; the site's tasks check them
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Iterable
 
@@ -15,12 +16,27 @@ from lepton_lab.ml.federated.options import PHASES
 _FAULTS: dict[str, list[dict[str, Any]]] = {}  # site -> armed faults (testing aid)
 
 
+def _armed(site: str, phase: str, round_no: int) -> dict[str, Any] | None:
+    return next((f for f in _FAULTS.get(site, ())
+                 if f["phase"] == phase and (f["rounds"] is None or round_no in f["rounds"])), None)
+
+
 def _fault(site: str, phase: str, round_no: int) -> None:
-    for f in _FAULTS.get(site, ()):
-        if f["phase"] == phase and (f["rounds"] is None or round_no in f["rounds"]):
-            if f["mode"] == "hang":
-                time.sleep(f["seconds"])
-            raise RuntimeError(f"injected fault: site {site} fails in {phase} of round {round_no}")
+    """In a site's task or threaded call: fail, after a sleep if the fault hangs."""
+    f = _armed(site, phase, round_no)
+    if f is not None:
+        if f["mode"] == "hang":
+            time.sleep(f["seconds"])
+        raise RuntimeError(f"injected fault: site {site} fails in {phase} of round {round_no}")
+
+
+async def _afault(site: str, phase: str, round_no: int) -> None:
+    """In a call on the worker's event loop: the same, its hang an answer that is late, not a stalled worker."""
+    f = _armed(site, phase, round_no)
+    if f is not None:
+        if f["mode"] == "hang":
+            await asyncio.sleep(f["seconds"])
+        raise RuntimeError(f"injected fault: site {site} fails in {phase} of round {round_no}")
 
 
 def _arm_fault(site: str, phase: str, rounds: list[int] | None, mode: str, seconds: float) -> None:

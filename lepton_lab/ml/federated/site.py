@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lepton_lab.errors import ConfigError
-from lepton_lab.ml.federated.faults import _fault
+from lepton_lab.ml.federated.faults import _afault, _fault
 from lepton_lab.ml.federated.local import _metrics, _train_local, get_vector, set_vector
 from lepton_lab.ml.privacy import clip_update
 from lepton_lab.ml.secagg import Roster, SecAggError, SiteSecAgg, quantize
@@ -71,8 +71,9 @@ def _site_describe(data: SiteData) -> dict[str, Any]:
             "features": list(data.X.shape[1:])}
 
 
-def _site_keys(run_id: str, site: str, epoch: int, context: bytes) -> tuple[bytes, bytes]:
-    _fault(site, "keys", epoch)
+async def _site_keys(run_id: str, site: str, epoch: int, context: bytes) -> tuple[bytes, bytes]:
+    """A call on the worker's event loop (two X25519 key pairs: microseconds)."""
+    await _afault(site, "keys", epoch)
     state = _site_state(run_id, site)
     agent = SiteSecAgg(site, context)
     state["epochs"] = {epoch: agent}  # older epochs' keys are dropped: they are burned or done
@@ -80,6 +81,7 @@ def _site_keys(run_id: str, site: str, epoch: int, context: bytes) -> tuple[byte
 
 
 def _site_share(run_id: str, site: str, epoch: int, roster: Roster):
+    """A call in a thread: splitting and sealing the epoch's secrets grows with sites x rounds."""
     _fault(site, "share", epoch)
     agent = _site_state(run_id, site)["epochs"].get(epoch)
     if agent is None:
@@ -116,9 +118,11 @@ def _site_round(data: SiteData, template: nn.Module, global_vec: np.ndarray, cfg
     return {"metrics": metrics, "vector": agent.mask(ring, round_no, secure["participants"])}
 
 
-def _site_unmask(run_id: str, site: str, epoch: int, round_no: int, survivors: list[str],
-                 dropped: list[str], inbox: dict | None):
-    _fault(site, "unmask", round_no)
+async def _site_unmask(run_id: str, site: str, epoch: int, round_no: int, survivors: list[str],
+                       dropped: list[str], inbox: dict | None):
+    """A call on the worker's event loop: it looks up the shares it holds (tens of microseconds),
+    and decrypts its inbox only if the round's task did not take it."""
+    await _afault(site, "unmask", round_no)
     agent = _site_state(run_id, site)["epochs"].get(epoch)
     if agent is None:
         raise SecAggError(f"site {site} holds no keys for epoch {epoch}")
