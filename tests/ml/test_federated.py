@@ -366,6 +366,71 @@ def test_corrupt_share_is_caught_not_used():
         co.unmask(1, masked, SITES, answers)
 
 
+def _unmasking_run(sites, agents, failing=()):
+    """A coordinator whose calls reach the in-process agents; ``failing`` sites do not answer."""
+    from lepton_lab.ml.federated.coordinator import _Run
+
+    run = object.__new__(_Run)
+    run.sites, run.run_id, run.unmask_timeout = list(sites), "test-run", 5.0
+    run.trips = []
+
+    def rpc(fn, calls, timeout):
+        run.trips.append(sorted(calls))
+        results = {s: agents[s].unmask(r, survivors, gone)
+                   for s, (_, _, _, r, survivors, gone, _) in calls.items() if s not in failing}
+        return results, {s: "no answer within 5 s" for s in calls if s in failing}
+
+    run._rpc = rpc
+    return run
+
+
+def _unmask_round(run, co, updates, r, gone=()):
+    from lepton_lab.ml.federated.coordinator import _Epoch
+    from lepton_lab.ml.federated.result import RoundRecord
+
+    rec = RoundRecord(r, list(run.sites), [], {}, [], {}, {}, None, None, False, 0.0)
+    arrived = {s: {"vector": v} for s, v in updates.items() if s not in gone}
+    return rec, run._unmask(rec, _Epoch(1, co, (1, 2, 3)), list(run.sites), arrived, list(run.sites))
+
+
+def test_unmasking_asks_a_threshold_and_one_more_and_the_others_only_when_needed():
+    sites = [f"edge-{i}" for i in range(8)]  # threshold 5: six asked
+    rng = np.random.default_rng(3)
+    plain = {s: rng.normal(size=50) for s in sites}
+    agents, co = _epoch(sites)
+
+    def masked(r, among):
+        return {s: agents[s].mask(quantize(plain[s], parties=len(among)), r, among) for s in among}
+
+    run = _unmasking_run(sites, agents)
+    rec, total = _unmask_round(run, co, masked(1, sites), 1)
+    assert len(run.trips) == 1 and len(run.trips[0]) == threshold_for(8) + 1 == 6
+    assert np.max(np.abs(total - sum(plain.values()))) < 1e-6 and not rec.dropped and rec.skipped is None
+    first = run.trips[0]
+    # The holders asked turn with the rounds: no site answers every round.
+    rec, total = _unmask_round(run, co, masked(2, sites), 2)
+    assert len(run.trips) == 2 and run.trips[1] != first
+    assert np.max(np.abs(total - sum(plain.values()))) < 1e-6
+    # Two of the six asked do not answer: four shares are too few, so the other two holders are asked.
+    m3 = masked(3, sites)
+    probe = _unmasking_run(sites, agents)
+    _unmask_round(probe, co, m3, 3)
+    first = probe.trips[0]
+    run = _unmasking_run(sites, agents, failing=set(first[:2]))
+    rec, total = _unmask_round(run, co, m3, 3)
+    assert run.trips == [first, sorted(set(sites) - set(first))]
+    assert rec.skipped is None and np.max(np.abs(total - sum(plain.values()))) < 1e-6
+    assert set(rec.dropped) == set(first[:2])
+    # A site whose masked input never came: the first holders' shares of its key remove its masks.
+    agents, co = _epoch(sites)
+    run = _unmasking_run(sites, agents)
+    rec, total = _unmask_round(run, co, masked(1, sites), 1, gone={"edge-5"})
+    assert len(run.trips) == 1 and len(run.trips[0]) == 6 and "edge-5" not in run.trips[0]
+    assert np.max(np.abs(total - sum(v for s, v in plain.items() if s != "edge-5"))) < 1e-6
+    assert co.burned == {"edge-5"}
+    assert all(why.startswith("unmask: ") for why in rec.dropped.values())
+
+
 # -- dropout in a real run --------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from lepton_lab.cluster.workers import on_site, workers_now
 from lepton_lab.errors import ConfigError
 from lepton_lab.ml.federated.calls import collect, rpc, short
 from lepton_lab.ml.federated.local import _metrics, get_vector, set_vector
-from lepton_lab.ml.federated.options import LOAD_TIMEOUT, STALE_AFTER, FederatedError, _as_dp, _check_args
+from lepton_lab.ml.federated.options import LOAD_TIMEOUT, STALE_AFTER, UNMASK_SPARE, FederatedError, _as_dp, _check_args
 from lepton_lab.ml.federated.result import FederatedResult, RoundRecord
 from lepton_lab.ml.federated.secure import _Epoch, need_rekey, open_epoch
 from lepton_lab.ml.federated.site import _site_describe, _site_forget, _site_load, _site_round, _site_unmask
@@ -298,23 +298,35 @@ class _Run:
         # Share holders: the survivors and the keyed sites not sampled this round; not the
         # sites that just failed to answer (a cut link would only make us wait again).
         holders = [s for s in available if s in co.keyed and s not in gone]
-        calls = {s: (self.run_id, s, epoch.number, r, survivors, gone,
-                     None if s in co.delivered else dict(co.inboxes[s])) for s in holders}
-        t = time.perf_counter()
-        answers, failed = self._rpc(_site_unmask, calls, self.unmask_timeout)
-        rec.timings["unmask"] = round(time.perf_counter() - t, 4)
-        for s in answers:
-            co.delivered.add(s)
-        for s, why in failed.items():
-            rec.dropped.setdefault(s, f"unmask: {why}")
-        try:
+        # Any `threshold` holders' shares rebuild every seed and key: that many are asked,
+        # and UNMASK_SPARE more, in an order that turns with the rounds; the others only
+        # when those answers do not rebuild the sum (a holder failed, or a share was bad).
+        k = co.roster.threshold + UNMASK_SPARE
+        turn = holders[r % len(holders):] + holders[:r % len(holders)] if holders else []
+        masked = {s: results[s]["vector"] for s in survivors}
+        answers: dict[str, Any] = {}
+        rec.timings["unmask"] = rec.timings["unmask_sum"] = 0.0
+        for batch in (turn[:k], turn[k:]):
+            if not batch and answers:
+                break
+            calls = {s: (self.run_id, s, epoch.number, r, survivors, gone,
+                         None if s in co.delivered else dict(co.inboxes[s])) for s in batch}
             t = time.perf_counter()
-            ring = co.unmask(r, {s: results[s]["vector"] for s in survivors}, participants, answers.values())
-            rec.timings["unmask_sum"] = round(time.perf_counter() - t, 4)
-        except SecAggError as e:
-            rec.skipped = f"secure aggregation could not unmask the sum ({e})"
-            return None
-        return dequantize(ring)
+            got, failed = self._rpc(_site_unmask, calls, self.unmask_timeout)
+            rec.timings["unmask"] = round(rec.timings["unmask"] + time.perf_counter() - t, 4)
+            answers.update(got)
+            co.delivered.update(got)
+            for s, why in failed.items():
+                rec.dropped.setdefault(s, f"unmask: {why}")
+            try:
+                t = time.perf_counter()
+                ring = co.unmask(r, masked, participants, answers.values())
+                rec.timings["unmask_sum"] = round(rec.timings["unmask_sum"] + time.perf_counter() - t, 4)
+                return dequantize(ring)
+            except SecAggError as e:
+                error = e
+        rec.skipped = f"secure aggregation could not unmask the sum ({error})"
+        return None
 
     def _apply(self, rec: RoundRecord, total: np.ndarray, survivors: list[str]) -> None:
         """Average the summed updates into the global model, unless the sum is not what it must be."""

@@ -19,6 +19,9 @@ EPOCH_ROUNDS = 50
 STALE_AFTER = 8.0
 #: Seconds loading may take by default: a site's first task also imports PyTorch there.
 LOAD_TIMEOUT = 120.0
+#: Share holders asked to unmask beyond the threshold of shares a seed needs: one answer
+#: may fail or be bad without a second trip to the others.
+UNMASK_SPARE = 1
 #: Phases of a round, as history and :func:`inject_fault` name them.
 PHASES = ("load", "keys", "share", "train", "unmask")
 
