@@ -19,10 +19,13 @@ The breast-cancer training set is split into three disjoint, unevenly sized part
 4. **scaling** (a second cluster of 24 edge sites, 256 synthetic samples each): a round
    at 3, 6, 12 and 24 sites with secure aggregation against a plain-Dask FedAvg of the
    same model (same shards, the same local training function, ``client.submit`` per
-   site pinned to its worker, numpy mean), runs alternated, median round; the ratio
-   secure ÷ plain (target <= 1.3 at 12 sites), Lepton without secure aggregation as a
+   site pinned to its worker, numpy mean), each Lepton round followed by a plain-Dask
+   round so that the two alternate round by round, Lepton's modes alternated run by run,
+   median round; the ratio secure ÷ plain (target <= 1.3 at 12 sites), over every measured
+   round and per run, Lepton without secure aggregation as a
    middle step, how each phase (keys, train, unmask) grows with the sites, and what one
-   control message to every site costs: Lepton's ``rpc`` against a plain ``Client.run``.
+   control message to every site costs: Lepton's ``rpc`` (of a coroutine, as the keys and
+   unmasking calls, and of a plain function, run in a thread) against a plain ``Client.run``.
 
 ``--only scaling`` (or any of accuracy, round_time, dp, scaling, comma-separated) runs a selection.
 """
@@ -200,36 +203,48 @@ def _plain_site_round(data, template, vector, cfg: dict, seed: int):
     return len(X) * (get_vector(model) - vector), len(X)
 
 
-def plain_fedavg(client, shards: dict, make, rounds: int) -> list[float]:
-    """FedAvg as a Dask user writes it: ``client.submit`` per site, numpy mean. Seconds per round."""
-    import numpy as np
+class PlainFedAvg:
+    """FedAvg as a Dask user writes it: ``client.submit`` per site, numpy mean; one round per call.
 
-    from lepton_lab.cluster.workers import on_site
-    from lepton_lab.ml.federated.local import get_vector, set_vector
+    The shards are loaded onto their sites' workers and the model scattered there first,
+    as ``federate`` does before its rounds.
+    """
 
-    model = make()
-    vector = get_vector(model)
-    cfg = {"local_epochs": 1, "lr": 0.1, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
-           "strategy": "fedavg", "mu": 0.0, "kind": "binary"}
-    data = {s: client.submit(_plain_load, *xy, resources=on_site(s), pure=False) for s, xy in shards.items()}
-    client.gather(list(data.values()))
-    holders = client.who_has(list(data.values()))
-    where = {s: holders[f.key][0] for s, f in data.items()}
-    templates = {s: client.scatter(model, workers=[where[s]], hash=False) for s in shards}
-    times = []
-    for r in range(rounds):
+    def __init__(self, client, shards: dict, make):
+        from lepton_lab.cluster.workers import on_site
+        from lepton_lab.ml.federated.local import get_vector
+
+        self.client, self.model = client, make()
+        self.vector = get_vector(self.model)
+        self.cfg = {"local_epochs": 1, "lr": 0.1, "batch_size": 32, "optimizer": "sgd", "momentum": 0.9,
+                    "strategy": "fedavg", "mu": 0.0, "kind": "binary"}
+        self.data = {s: client.submit(_plain_load, *xy, resources=on_site(s), pure=False) for s, xy in shards.items()}
+        client.gather(list(self.data.values()))
+        holders = client.who_has(list(self.data.values()))
+        self.where = {s: holders[f.key][0] for s, f in self.data.items()}
+        self.templates = {s: client.scatter(self.model, workers=[self.where[s]], hash=False) for s in shards}
+        self.rounds = 0
+
+    def round(self) -> float:
+        """One round; its seconds."""
+        import numpy as np
+
+        from lepton_lab.ml.federated.local import set_vector
+
         t = time.perf_counter()
-        futs = [client.submit(_plain_site_round, data[s], templates[s], vector, cfg, r * 7919 + i,
-                              workers=[where[s]], allow_other_workers=False, pure=False)
-                for i, s in enumerate(shards)]
-        out = client.gather(futs)
+        r, self.rounds = self.rounds, self.rounds + 1
+        futs = [self.client.submit(_plain_site_round, self.data[s], self.templates[s], self.vector, self.cfg,
+                                   r * 7919 + i, workers=[self.where[s]], allow_other_workers=False, pure=False)
+                for i, s in enumerate(self.data)]
+        out = self.client.gather(futs)
         total = np.sum([u for u, _ in out], axis=0)
-        vector = vector + total / sum(n for _, n in out)
-        set_vector(model, vector)
-        times.append(time.perf_counter() - t)
-    for f in [*data.values(), *templates.values()]:
-        f.release()
-    return times
+        self.vector = self.vector + total / sum(n for _, n in out)
+        set_vector(self.model, self.vector)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        for f in [*self.data.values(), *self.templates.values()]:
+            f.release()
 
 
 def _control(site: str, round_no: int) -> tuple[str, int]:
@@ -237,28 +252,37 @@ def _control(site: str, round_no: int) -> tuple[str, int]:
     return site, round_no
 
 
+async def _control_on_loop(site: str, round_no: int) -> tuple[str, int]:
+    """The same as a coroutine: what a round's keys and unmasking calls are."""
+    return site, round_no
+
+
 def control_message_ms(client, sites: list[str], reps: int = 20) -> dict:
     """One control message to every site: Lepton's ``rpc`` (one broadcast, each worker bounding
-    its own call) against a plain ``Client.run`` of the same function on the same workers,
-    alternated; medians in ms."""
+    its own call) of a coroutine (run on the worker's event loop, as the keys and unmasking
+    calls) and of a plain function (run in a thread, as the share call), against a plain
+    ``Client.run`` of the same function on the same workers, rotated; medians in ms."""
     from lepton_lab.cluster.workers import site_workers
     from lepton_lab.ml.federated.calls import rpc
 
     where = {s: next(iter(site_workers(client, s))) for s in sites}
-    times: dict[str, list[float]] = {"lepton_rpc": [], "plain_client_run": []}
+    modes = ["lepton_rpc", "lepton_rpc_thread", "plain_client_run"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
     for i in range(reps + 1):
-        for mode in (["lepton_rpc", "plain_client_run"] if i % 2 else ["plain_client_run", "lepton_rpc"]):
+        for mode in modes[i % 3:] + modes[:i % 3]:
             t = time.perf_counter()
-            if mode == "lepton_rpc":
-                results, failed = rpc(client, _control, {s: (a, (s, i)) for s, a in where.items()}, 10.0)
-                assert len(results) == len(sites) and not failed, failed
-            else:
+            if mode == "plain_client_run":
                 client.run(_control, "any", i, workers=list(where.values()))
+            else:
+                fn = _control_on_loop if mode == "lepton_rpc" else _control
+                results, failed = rpc(client, fn, {s: (a, (s, i)) for s, a in where.items()}, 10.0)
+                assert len(results) == len(sites) and not failed, failed
             if i:  # the first of each is a warm-up
                 times[mode].append(time.perf_counter() - t)
     med = {m: statistics.median(v) for m, v in times.items()}
     return {**{f"{m}_ms": round(1000 * v, 1) for m, v in med.items()},
-            "ratio": round(med["lepton_rpc"] / med["plain_client_run"], 3), "reps": reps}
+            "ratio": round(med["lepton_rpc"] / med["plain_client_run"], 3),
+            "thread_ratio": round(med["lepton_rpc_thread"] / med["plain_client_run"], 3), "reps": reps}
 
 
 def bench_scaling(client, sites: list[str], runs: int, rounds: int) -> dict:
@@ -281,37 +305,46 @@ def bench_scaling(client, sites: list[str], runs: int, rounds: int) -> dict:
         def loader(site, shards=shards):
             return shards[site]
 
-        per: dict[str, list[float]] = {"plain_dask": [], "lepton_plain": [], "secure": []}
+        # Each Lepton round is followed by a plain-Dask round of its own (``on_round``), so
+        # the two alternate round by round: the machine's drift over seconds hits both alike.
+        per: dict[str, list[float]] = {"lepton_plain": [], "secure": []}
+        paired: dict[str, list[float]] = {m: [] for m in per}
         per_run: dict[str, list[float]] = {m: [] for m in per}
         phases: dict[str, list[float]] = {}
         first_secure = []
         for i in range(runs + 1):
-            modes = ["plain_dask", "lepton_plain", "secure"]
-            for mode in (modes if i % 2 == 0 else modes[::-1]):  # alternated: drift hits every mode
-                if mode == "plain_dask":
-                    times = plain_fedavg(client, shards, make, rounds)
-                else:
+            for mode in (["lepton_plain", "secure"] if i % 2 == 0 else ["secure", "lepton_plain"]):
+                plain = PlainFedAvg(client, shards, make)
+                plain_times: list[float] = []
+                try:
                     r = federate(make(), loader=loader, sites=chosen, rounds=rounds, secure=mode == "secure",
-                                 client=client, progress=False, name=f"bench-scale-{n}-{mode}-{i}")
-                    times = [h.seconds for h in r.history]
-                    if mode == "secure" and i:
-                        first_secure.append(r.history[0].seconds)
-                        for h in r.history[1:]:
-                            for phase, sec in h.timings.items():
-                                phases.setdefault(phase, []).append(sec)
-                if i:  # run 0 is the warm-up
-                    per[mode].extend(times[1:])  # round 1 also loads and, secure, makes the keys
-                    per_run[mode].append(statistics.median(times[1:]))
+                                 client=client, progress=False, name=f"bench-scale-{n}-{mode}-{i}",
+                                 on_round=lambda rec, plain=plain, out=plain_times: out.append(plain.round()))
+                finally:
+                    plain.close()
+                times = [h.seconds for h in r.history]
+                if not i:
+                    continue  # run 0 is the warm-up
+                if mode == "secure":
+                    first_secure.append(times[0])
+                    for h in r.history[1:]:
+                        for phase, sec in h.timings.items():
+                            phases.setdefault(phase, []).append(sec)
+                # Round 1 also loads and, secure, makes the keys; its plain partner is the first
+                # round of a fresh plain run.
+                per[mode].extend(times[1:])
+                paired[mode].extend(plain_times[1:])
+                per_run[mode].append(statistics.median(times[1:]) / statistics.median(plain_times[1:]))
         med = {m: statistics.median(v) for m, v in per.items()}
+        plain_med = {m: statistics.median(v) for m, v in paired.items()}
         out["sites"][str(n)] = {
-            "plain_dask_round_ms": round(1000 * med["plain_dask"], 1),
+            "plain_dask_round_ms": round(1000 * statistics.median(paired["secure"] + paired["lepton_plain"]), 1),
             "lepton_plain_round_ms": round(1000 * med["lepton_plain"], 1),
             "secure_round_ms": round(1000 * med["secure"], 1),
-            "secure_over_plain_dask": round(med["secure"] / med["plain_dask"], 3),
-            # Each run's median secure round over the same run's plain-Dask one: the spread.
-            "secure_over_plain_dask_per_run": [round(a / b, 3) for a, b in
-                                               zip(per_run["secure"], per_run["plain_dask"])],
-            "lepton_plain_over_plain_dask": round(med["lepton_plain"] / med["plain_dask"], 3),
+            # Each mode over the plain-Dask rounds paired with its own.
+            "secure_over_plain_dask": round(med["secure"] / plain_med["secure"], 3),
+            "secure_over_plain_dask_per_run": [round(x, 3) for x in per_run["secure"]],
+            "lepton_plain_over_plain_dask": round(med["lepton_plain"] / plain_med["lepton_plain"], 3),
             "secure_phase_ms": {p: round(1000 * statistics.median(v), 1) for p, v in sorted(phases.items())},
             "first_secure_round_ms": round(1000 * statistics.median(first_secure), 1),
             "control_message": control_message_ms(client, chosen),
@@ -351,8 +384,9 @@ def print_table(results: dict) -> None:
               f"{'<= 1.3 ' if n == '12' else ''}{r['secure_over_plain_dask_per_run']}")
         print(f"{'  secure phases, ms (median)':44} {phases}")
         cm = r["control_message"]
-        print(f"{'  a control message to every site, ms':44} Lepton rpc {cm['lepton_rpc_ms']} / plain Client.run "
-              f"{cm['plain_client_run_ms']} ({cm['ratio']}x)")
+        print(f"{'  a control message to every site, ms':44} Lepton rpc {cm['lepton_rpc_ms']} "
+              f"(in a thread {cm['lepton_rpc_thread_ms']}) / plain Client.run {cm['plain_client_run_ms']} "
+              f"({cm['ratio']}x, {cm['thread_ratio']}x)")
 
 
 def main() -> None:
