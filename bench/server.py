@@ -418,22 +418,26 @@ def bench_bring_up(tmp: Path, rounds: int) -> dict:
 
     profile = get_profile("local").with_overrides(cloud=2, edge=2)
 
-    def plain() -> float:
-        # The same launcher, profile and wait, with no certificate anywhere: plain TCP.
-        t = time.perf_counter()
-        managed = ManagedCluster.start(profile, name="bench-plain")
+    def ready(t: float, name: str, scheme: str, security=None, user_security=None) -> float:
+        """Seconds from ``t`` until ``profile`` is up as ``name`` and a client sees all 4 workers."""
+        managed = ManagedCluster.start(profile, name=name, security=security)
         client = None
         try:
-            client = Client(managed.address, timeout=10, set_as_default=False)
+            client = Client(managed.address, security=user_security() if user_security else None, timeout=10,
+                            set_as_default=False)
             client.wait_for_workers(4)
             dt = time.perf_counter() - t
-            if not managed.address.startswith("tcp://"):
-                raise RuntimeError(f"the plain cluster listens on {managed.address}")
+            if not managed.address.startswith(scheme):
+                raise RuntimeError(f"the {name} cluster listens on {managed.address}")
         finally:
             if client is not None:
                 client.close()
             managed.close()
         return dt
+
+    def plain() -> float:
+        # The same launcher, profile and wait, with no certificate anywhere: plain TCP.
+        return ready(time.perf_counter(), "bench-plain", "tcp://")
 
     def tls() -> float:
         # What the server does for POST /lepton/api/clusters, then what a user's kernel does.
@@ -441,21 +445,10 @@ def bench_bring_up(tmp: Path, rounds: int) -> dict:
         ca_dir = tmp / "keys" / "clusters" / uuid.uuid4().hex[:12]
         ca = ClusterCA.create("bench-tls", ca_dir)
         security = ca.security("scheduler", "worker", "client", common_name="lepton-server")
-        managed = ManagedCluster.start(profile, name="bench-tls", security=security)
-        client = None
         try:
-            user_cert = ca.issue("bench-user", role="client")
-            client = Client(managed.address, security=user_cert.security(), timeout=10, set_as_default=False)
-            client.wait_for_workers(4)
-            dt = time.perf_counter() - t
-            if not managed.address.startswith("tls://"):
-                raise RuntimeError(f"the TLS cluster listens on {managed.address}")
+            return ready(t, "bench-tls", "tls://", security, lambda: ca.issue("bench-user", role="client").security())
         finally:
-            if client is not None:
-                client.close()
-            managed.close()
             shutil.rmtree(ca_dir, ignore_errors=True)
-        return dt
 
     plain(), tls()  # warm-up: the first start in a process pays for imports
     p, s = [], []

@@ -48,17 +48,18 @@ def test_one_broadcast_answers_every_site_and_names_each_failure(client):
     assert failed == {"bad": "ValueError: site bad refuses -1", "slow": "no answer within 1 s"}
 
 
+def _in_a_thread(site: str) -> bool:
+    """Whether this runs in a thread of the event loop's executor (where ``asyncio.to_thread`` runs)."""
+    return threading.current_thread().name.startswith("asyncio")
+
+
 async def _echo_on_loop(site: str, value: int) -> tuple[str, int, bool]:
     if value < 0:
         raise ValueError(f"site {site} refuses {value}")
     if value == 99:
         await asyncio.sleep(3)
     # A blocking call here would hold the worker; the coroutine runs on its event loop itself.
-    return site, value * 2, threading.current_thread().name.startswith("asyncio")
-
-
-def _where_it_ran(site: str) -> bool:
-    return threading.current_thread().name.startswith("asyncio")
+    return site, value * 2, _in_a_thread(site)
 
 
 def test_a_coroutine_runs_on_the_event_loop_each_bounded_and_the_others_answer(client):
@@ -72,7 +73,7 @@ def test_a_coroutine_runs_on_the_event_loop_each_bounded_and_the_others_answer(c
     assert failed == {"bad": "ValueError: site bad refuses -1", "late": "no answer within 1 s"}
     assert time.perf_counter() - t < 2.5  # the late call was cut at its deadline, not awaited
     # A plain function still runs in a thread, where blocking holds up nothing else.
-    assert calls.rpc(client, _where_it_ran, {"s1": (a, ("s1",))}, 5.0) == ({"s1": True}, {})
+    assert calls.rpc(client, _in_a_thread, {"s1": (a, ("s1",))}, 5.0) == ({"s1": True}, {})
 
 
 def test_a_worker_that_never_answers_costs_the_others_nothing(client, monkeypatch):
