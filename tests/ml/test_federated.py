@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -512,6 +513,40 @@ def test_site_sampling_with_secure_aggregation(cluster, loader, data):
     again = run(cluster, loader, data, rounds=4, secure=True, fraction=0.5, seed=7, name="sampled-again")
     assert [tuple(r.sites) for r in again.history] == sampled
     assert np.max(np.abs(get_vector(result.model) - get_vector(again.model))) < 1e-5
+
+
+
+def test_a_rounds_tasks_are_let_go_after_the_next_rounds_are_submitted(cluster, loader, data):
+    """Released at the end of their round, a round's tasks went to the scheduler in a batch of
+    their own, and the next round's tasks waited out the client's send interval behind them."""
+    client = cluster.client
+    name = re.compile(r"federated-round-letgo-.+-(\d+)-[0-9a-f]{8}$")
+
+    def rounds_of(keys) -> list[int]:
+        return sorted({int(m.group(1)) for k in keys if (m := name.match(str(k)))})
+
+    held = []
+    result = run(cluster, loader, data, rounds=4, secure=False, name="letgo",
+                 on_round=lambda rec: held.append(rounds_of(client.futures)))
+    assert [r.aggregated for r in result.history] == [SITES] * 4
+    # Each round's tasks are still held when the round is over, the round before's no more.
+    assert held == [[1], [2], [3], [4]]
+
+    def log(dask_scheduler):
+        return [(str(key), finish, str(stimulus)) for key, _, finish, _, stimulus, _ in dask_scheduler.transition_log]
+
+    steps = [(int(m.group(1)), finish, stimulus) for key, finish, stimulus in client.run_on_scheduler(log)
+             if (m := name.match(key))]
+    for r in (2, 3, 4):
+        arrived = min(i for i, (rr, _, stimulus) in enumerate(steps) if rr == r and stimulus.startswith("update-graph"))
+        let_go = [i for i, (rr, _, stimulus) in enumerate(steps)
+                  if rr == r - 1 and stimulus.startswith("client-releases-keys")]
+        assert len(let_go) >= len(SITES) and min(let_go) > arrived, (r, arrived, let_go)
+    # The last round's tasks go when the run ends.
+    deadline = time.monotonic() + 10
+    while rounds_of(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))):
+        assert time.monotonic() < deadline, "the last round's tasks are still held after the run"
+        time.sleep(0.05)
 
 
 # -- differential privacy --------------------------------------------------------------------

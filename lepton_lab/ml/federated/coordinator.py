@@ -75,6 +75,8 @@ class _Run:
         self.eval_data = eval_data
         self.places: dict[str, _Placement] = {}
         self.stuck: dict[str, list[Any]] = {s: [] for s in sites}
+        # The last round's tasks, released only with the next round's (see ``_submit_round``).
+        self.finished: list[Any] = []
         self.load_failures: dict[str, str] = {}
         self.epoch: _Epoch | None = None
         self.epochs = 0
@@ -257,16 +259,7 @@ class _Run:
             if len(participants) < self.min_sites:
                 rec.skipped = f"{len(participants)} sites hold keys, fewer than min_sites={self.min_sites}"
                 return
-        futs = {}
-        for s in participants:
-            secure = None
-            if epoch is not None:
-                co = epoch.coordinator
-                secure = {"epoch": epoch.number, "participants": participants,
-                          "inbox": None if s in co.delivered else dict(co.inboxes[s])}
-            p = self.places[s]
-            futs[s] = self._pinned(_site_round, p.data, p.template, self.vector, self.cfg, self.run_id, r, secure,
-                                   site=s, what="round", round_no=r)
+        futs = self._submit_round(r, participants, epoch)
         t = time.perf_counter()
         results, failed = self._collect(futs, self.round_timeout)
         rec.timings["train"] = round(time.perf_counter() - t, 4)
@@ -290,6 +283,30 @@ class _Run:
             if total is None:
                 return
         self._apply(rec, total, survivors)
+
+    def _submit_round(self, r: int, participants: list[str], epoch: _Epoch | None) -> dict[str, Any]:
+        """Each participant's training task, then the release of the last round's.
+
+        A client sends to its scheduler in batches at most every 10 ms. Released at the end of
+        their round, the last round's tasks went out in a batch of their own just before this
+        round's availability check, and this round's tasks then waited out the rest of those
+        10 ms; released after them, they leave in the same batch.
+        """
+        futs = {}
+        for s in participants:
+            secure = None
+            if epoch is not None:
+                co = epoch.coordinator
+                secure = {"epoch": epoch.number, "participants": participants,
+                          "inbox": None if s in co.delivered else dict(co.inboxes[s])}
+            p = self.places[s]
+            futs[s] = self._pinned(_site_round, p.data, p.template, self.vector, self.cfg, self.run_id, r, secure,
+                                   site=s, what="round", round_no=r)
+        finished, self.finished = self.finished, list(futs.values())
+        for f in finished:
+            if f.done():  # one not done is a hung site's, kept in ``stuck`` until it ends
+                f.release()
+        return futs
 
     def _unmask(self, rec, epoch: _Epoch, participants, results, available) -> np.ndarray | None:
         co, r = epoch.coordinator, rec.round
@@ -391,7 +408,7 @@ class _Run:
             self._rpc(_site_forget, {s: (self.run_id,) for s in live}, 5.0)
         except Exception:
             pass
-        for futs in self.stuck.values():
+        for futs in [*self.stuck.values(), self.finished]:
             for f in futs:
                 f.release()
         for p in self.places.values():
