@@ -224,6 +224,7 @@ class PlainFedAvg:
         self.where = {s: holders[f.key][0] for s, f in self.data.items()}
         self.templates = {s: client.scatter(self.model, workers=[self.where[s]], hash=False) for s in shards}
         self.rounds = 0
+        self.futs: list = []
 
     def round(self) -> float:
         """One round; its seconds."""
@@ -233,17 +234,19 @@ class PlainFedAvg:
 
         t = time.perf_counter()
         r, self.rounds = self.rounds, self.rounds + 1
-        futs = [self.client.submit(_plain_site_round, self.data[s], self.templates[s], self.vector, self.cfg,
-                                   r * 7919 + i, workers=[self.where[s]], allow_other_workers=False, pure=False)
-                for i, s in enumerate(self.data)]
-        out = self.client.gather(futs)
+        # As in a loop ``futs = [submit ...]; gather(futs)``: the last round's futures go when
+        # the new list replaces them, after this round's tasks are submitted.
+        self.futs = [self.client.submit(_plain_site_round, self.data[s], self.templates[s], self.vector, self.cfg,
+                                        r * 7919 + i, workers=[self.where[s]], allow_other_workers=False, pure=False)
+                     for i, s in enumerate(self.data)]
+        out = self.client.gather(self.futs)
         total = np.sum([u for u, _ in out], axis=0)
         self.vector = self.vector + total / sum(n for _, n in out)
         set_vector(self.model, self.vector)
         return time.perf_counter() - t
 
     def close(self) -> None:
-        for f in [*self.data.values(), *self.templates.values()]:
+        for f in [*self.data.values(), *self.templates.values(), *self.futs]:
             f.release()
 
 
