@@ -17,10 +17,10 @@ one with clusters in turns: 5 bursts of 100 requests at once to each (p50 and p9
 ``bench/server.py`` loads the server), the two alternating burst by burst, then 250 lone
 requests to each, alternating request by request, so the machine's drift falls on both.
 The ratios 16 clusters / none are taken on the percentiles of all blocks' requests together
-(12 blocks by default: 6,000 burst and 3,000 lone requests to each server), since a p99 of
-one block rests on its 5 slowest bursts' requests (a lone request's on its 3 slowest) and
-one block's ratio swings from about 0.4 to 2.6 on a 2-core machine; the median and range of
-the blocks' own ratios are reported beside them as their spread.
+(12 blocks by default: 6,000 burst and 3,000 lone requests to each server), since one
+block's p99 rests on its 5 slowest requests of 500 (a lone request's on its 3 slowest of
+250), and one block's ratio swings from about 0.4 to 2.6 on a 2-core machine; the median
+and range of the blocks' own ratios are reported beside them as their spread.
 Target: <= 1.1 x for schedulers out of the server. The clusters' bring-up (POST to 201,
 its workers joined) is timed too, the two ways alternating, and what every server and
 the processes under it spend while nothing is asked of them (CPU over ``IDLE_SECONDS``,
