@@ -356,6 +356,10 @@ class SecAggCoordinator:
                 self.inboxes[receiver][sender] = blob
         self.commitments[sender] = {int(r): c for r, c in commitments.items()}
 
+    def inbox(self, site: str) -> dict[str, bytes] | None:
+        """The ciphertexts routed to ``site``, or None once a call or task of its took them."""
+        return None if site in self.delivered else dict(self.inboxes[site])
+
     @property
     def keyed(self) -> set[str]:
         """Sites whose shares went out: the only ones that may take part in a round."""

@@ -38,7 +38,7 @@ from lepton_lab.ml.secagg import (
     quantize,
     threshold_for,
 )
-from tests.helpers import checked_cluster
+from tests.helpers import checked_cluster, eventually
 
 SITES = ["edge-hospital-a", "edge-hospital-b", "edge-hospital-c"]
 CLUSTER = "fedtest-mod"
@@ -543,10 +543,8 @@ def test_a_rounds_tasks_are_let_go_after_the_next_rounds_are_submitted(cluster, 
                   if rr == r - 1 and stimulus.startswith("client-releases-keys")]
         assert len(let_go) >= len(SITES) and min(let_go) > arrived, (r, arrived, let_go)
     # The last round's tasks go when the run ends.
-    deadline = time.monotonic() + 10
-    while rounds_of(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))):
-        assert time.monotonic() < deadline, "the last round's tasks are still held after the run"
-        time.sleep(0.05)
+    assert eventually(lambda: not rounds_of(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))),
+                      timeout=10), "the last round's tasks are still held after the run"
 
 
 # -- differential privacy --------------------------------------------------------------------

@@ -76,7 +76,7 @@ class _Run:
         self.places: dict[str, _Placement] = {}
         self.stuck: dict[str, list[Any]] = {s: [] for s in sites}
         # The last round's tasks, released only with the next round's (see ``_submit_round``).
-        self.finished: list[Any] = []
+        self.last_round: list[Any] = []
         self.load_failures: dict[str, str] = {}
         self.epoch: _Epoch | None = None
         self.epochs = 0
@@ -297,13 +297,12 @@ class _Run:
             secure = None
             if epoch is not None:
                 co = epoch.coordinator
-                secure = {"epoch": epoch.number, "participants": participants,
-                          "inbox": None if s in co.delivered else dict(co.inboxes[s])}
+                secure = {"epoch": epoch.number, "participants": participants, "inbox": co.inbox(s)}
             p = self.places[s]
             futs[s] = self._pinned(_site_round, p.data, p.template, self.vector, self.cfg, self.run_id, r, secure,
                                    site=s, what="round", round_no=r)
-        finished, self.finished = self.finished, list(futs.values())
-        for f in finished:
+        last, self.last_round = self.last_round, list(futs.values())
+        for f in last:
             if f.done():  # one not done is a hung site's, kept in ``stuck`` until it ends
                 f.release()
         return futs
@@ -326,8 +325,7 @@ class _Run:
         for batch in (turn[:k], turn[k:]):
             if not batch and answers:
                 break
-            calls = {s: (self.run_id, s, epoch.number, r, survivors, gone,
-                         None if s in co.delivered else dict(co.inboxes[s])) for s in batch}
+            calls = {s: (self.run_id, s, epoch.number, r, survivors, gone, co.inbox(s)) for s in batch}
             t = time.perf_counter()
             got, failed = self._rpc(_site_unmask, calls, self.unmask_timeout)
             rec.timings["unmask"] = round(rec.timings["unmask"] + time.perf_counter() - t, 4)
@@ -408,7 +406,7 @@ class _Run:
             self._rpc(_site_forget, {s: (self.run_id,) for s in live}, 5.0)
         except Exception:
             pass
-        for futs in [*self.stuck.values(), self.finished]:
+        for futs in [*self.stuck.values(), self.last_round]:
             for f in futs:
                 f.release()
         for p in self.places.values():

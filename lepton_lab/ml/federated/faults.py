@@ -21,13 +21,17 @@ def _armed(site: str, phase: str, round_no: int) -> dict[str, Any] | None:
                  if f["phase"] == phase and (f["rounds"] is None or round_no in f["rounds"])), None)
 
 
+def _injected(site: str, phase: str, round_no: int) -> RuntimeError:
+    return RuntimeError(f"injected fault: site {site} fails in {phase} of round {round_no}")
+
+
 def _fault(site: str, phase: str, round_no: int) -> None:
     """In a site's task or threaded call: fail, after a sleep if the fault hangs."""
     f = _armed(site, phase, round_no)
     if f is not None:
         if f["mode"] == "hang":
             time.sleep(f["seconds"])
-        raise RuntimeError(f"injected fault: site {site} fails in {phase} of round {round_no}")
+        raise _injected(site, phase, round_no)
 
 
 async def _afault(site: str, phase: str, round_no: int) -> None:
@@ -36,7 +40,7 @@ async def _afault(site: str, phase: str, round_no: int) -> None:
     if f is not None:
         if f["mode"] == "hang":
             await asyncio.sleep(f["seconds"])
-        raise RuntimeError(f"injected fault: site {site} fails in {phase} of round {round_no}")
+        raise _injected(site, phase, round_no)
 
 
 def _arm_fault(site: str, phase: str, rounds: list[int] | None, mode: str, seconds: float) -> None:
