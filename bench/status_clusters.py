@@ -121,12 +121,15 @@ async def _measure_pair(ports: tuple[int, int], tokens: tuple[str, str], flip: b
             raise RuntimeError(f"GET {PATH} on port {ports[i]}: {status}")
         return 1000 * dt
 
+    def turns(r: int) -> tuple[int, int]:
+        return (0, 1) if (r % 2 == 0) != flip else (1, 0)
+
     try:
         for r in range(ROUNDS):
-            for i in ((0, 1) if (r % 2 == 0) != flip else (1, 0)):
+            for i in turns(r):
                 got[i]["loaded"] += await asyncio.gather(*(one(i) for _ in range(CONCURRENCY)))
         for r in range(SINGLES):
-            for i in ((0, 1) if (r % 2 == 0) != flip else (1, 0)):
+            for i in turns(r):
                 got[i]["single"].append(await one(i))
     finally:
         for client in clients:

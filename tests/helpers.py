@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -222,3 +225,14 @@ def netns_host(prefix: str, seed: int, third_octet: int = 0):
             assert ns not in left.split(), f"namespace {ns} left behind"
 
     return host()
+
+
+def run_bench(script: str, *args: str, out: Path, timeout: float = 280) -> dict:
+    """Run ``bench/<script>.py`` with ``args``, writing its JSON to ``out``; that JSON.
+
+    It must exit 0: the failure carries the end of its standard error."""
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, str(root / "bench" / f"{script}.py"), *args, "--out", str(out)],
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text())

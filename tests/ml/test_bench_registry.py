@@ -7,23 +7,14 @@ team the starting policy does not hold."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def test_the_registry_benchmark_runs_and_every_load_predicts_as_published(tmp_path):
-    out = tmp_path / "registry.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "registry.py"), "--size-mb", "4", "--repeats", "1",
-                          "--out", str(out)], capture_output=True, text=True, timeout=280, check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_bench("registry", "--size-mb", "4", "--repeats", "1", out=tmp_path / "registry.json")
     assert result["same_predictions"] is True
     assert {"load", "publish", "publish_load"} <= set(result)

@@ -6,25 +6,15 @@ benchmark the README quotes for ``/api/status`` from breaking unnoticed."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def test_the_status_benchmark_runs_with_clusters_apart_and_in_the_server(tmp_path):
-    out = tmp_path / "status.json"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "status_clusters.py"), "--clusters", "2",
-                          "--blocks", "2", "--out", str(out)], capture_output=True, text=True, timeout=280,
-                         check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_bench("status_clusters", "--clusters", "2", "--blocks", "2", out=tmp_path / "status.json")
     assert result["requests_per_server"] == {"loaded": 2 * 5 * 100, "single": 2 * 250}
     # Apart: two schedulers, the process kept ready and the audit writer; in the server: the writer.
     assert result["child_processes"] == {"process-0": 0, "process-2": 4, "in-process-0": 0, "in-process-2": 1}
