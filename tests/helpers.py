@@ -171,8 +171,6 @@ def checked_cluster(slot: dict, name: str, names: set[str], **up_kwargs):
 
 def sh(*cmd: str, check: bool = True):
     """Run a command; its CompletedProcess (stdout and stderr as text)."""
-    import subprocess
-
     return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=check)
 
 
